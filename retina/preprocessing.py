@@ -1,0 +1,414 @@
+"""One preprocessing definition for training and serving.
+
+A frozen :class:`PreprocessSpec` (saved in every checkpoint) fully determines how an
+image becomes a model input. There is exactly one path from an image to a tensor:
+
+    eval_transform(spec) = tail(spec) o prepare(spec)
+
+* :func:`prepare` is deterministic and image-level (PIL in, PIL out): mode conversion,
+  squaring (OCT centre crop as in OCTMNIST, fundus crop to the retina disc), resize to
+  ``spec.size`` and, for fundus, local-average colour normalisation. Training caches
+  its output once per image, because it is the expensive part.
+* :func:`tail` turns a prepared ``uint8`` image into the normalised float tensor.
+* :func:`train_transform` is random augmentation between those two, so the served
+  transform is literally the training tail (tested in ``tests/unit``).
+
+Mean and std are never retyped elsewhere: they come from the spec.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageFilter, ImageOps
+from torchvision.transforms import v2
+
+logger = logging.getLogger(__name__)
+
+# Truncated files must fail loudly (422 at the API), never decode half an image silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+Square = Literal["center_crop", "pad", "fundus_disc", "stretch"]
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+
+_PIL_INTERP = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+_TV_INTERP = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image (empty, truncated, unknown format, bomb)."""
+
+    def __init__(self, detail: str, code: str = "invalid_image") -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that defines a model's input; stored verbatim in each checkpoint.
+
+    Attributes:
+        size: output side in pixels; tensors are ``(channels, size, size)``.
+        channels: 1 (grayscale OCT) or 3 (colour fundus).
+        mean, std: per-channel normalisation applied to values in ``[0, 1]``.
+        square: how a non-square image becomes square before resizing:
+            ``center_crop`` (short-side centre crop, the OCTMNIST recipe),
+            ``pad`` (letterbox with black), ``fundus_disc`` (crop to the bright
+            retina disc, then pad to square), ``stretch`` (plain resize).
+        interpolation: resize filter.
+        local_contrast: subtract a Gaussian-blurred copy (Graham 2015,
+            ``4*(img - blur) + 128``) so raw camera photos and publisher-normalised
+            crops look alike; ``sigma = size * local_contrast_sigma``.
+        circle_mask: zero pixels outside the inscribed circle (fundus) so the camera
+            rim, which differs between sources, carries no signal.
+    """
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    square: Square = "center_crop"
+    interpolation: Interpolation = "bilinear"
+    local_contrast: bool = False
+    local_contrast_sigma: float = 1 / 60
+    circle_mask: bool = False
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if self.size < 8:
+            raise ValueError(f"size must be >= 8, got {self.size}")
+        # tuples, not lists, so specs from JSON/YAML compare equal to the code's.
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-typed dict (lists, not tuples) safe for ``torch.load(weights_only=True)``."""
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown preprocess keys {sorted(unknown)}")
+        return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items()})
+
+    def replace(self, **changes: Any) -> PreprocessSpec:
+        return PreprocessSpec.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+
+# Presets referenced by configs and the registry, so a spec is typed once.
+PRESETS: dict[str, PreprocessSpec] = {
+    # OCTMNIST-style grayscale: centre crop of the short side, like MedMNIST.
+    "oct_28": PreprocessSpec(size=28, channels=1, mean=(0.5,), std=(0.5,)),
+    "oct_64": PreprocessSpec(size=64, channels=1, mean=(0.5,), std=(0.5,)),
+    "oct_128": PreprocessSpec(size=128, channels=1, mean=(0.5,), std=(0.5,)),
+    "oct_224": PreprocessSpec(size=224, channels=1, mean=(0.5,), std=(0.5,)),
+    # Fundus: disc crop + Graham local-contrast normalisation; output centred on 128/255.
+    **{
+        f"fundus_{s}": PreprocessSpec(
+            size=s,
+            channels=3,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            square="fundus_disc",
+            local_contrast=True,
+            circle_mask=True,
+        )
+        for s in (128, 160, 192, 224, 256, 384, 512)
+    },
+}
+
+
+def get_preset(name: str) -> PreprocessSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preprocess preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode untrusted bytes to a fully loaded PIL image in ``L`` or ``RGB`` mode.
+
+    Handles EXIF orientation, 16-bit, palette, alpha, CMYK and multi-frame files the same
+    way for training and serving. Raises :class:`ImageDecodeError` for empty, truncated,
+    unknown-format or oversized (decompression bomb) input; never returns half an image.
+    """
+    if not data:
+        raise ImageDecodeError("the file is empty", code="empty_file")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (rather than raises) between max_pixels and 2*max_pixels.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}",
+                    code="image_too_large",
+                )
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"decompression bomb refused: {e}", code="image_too_large") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError("not a recognised image format", code="unsupported_image") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(f"image could not be decoded: {e}") from e
+    return to_standard_mode(img)
+
+
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read an image file with exactly the decoding that serving applies to uploads."""
+    with open(path, "rb") as f:
+        return decode_image(f.read(), max_pixels=max_pixels)
+
+
+def to_standard_mode(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> ``L`` (single channel sources) or ``RGB``, EXIF-upright.
+
+    * 16/32-bit integer and float images are rescaled by their own min/max range to 8 bit
+      (PIL's own ``convert`` clips 16-bit data, which whitens most OCT exports).
+    * Alpha is composited on black, the background of both modalities.
+    * CMYK, YCbCr, palette and LAB go through PIL's colour conversion to RGB.
+    """
+    img = ImageOps.exif_transpose(img)
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if mode == "1":
+        return img.convert("L")
+    if mode == "L":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("LA", "La", "RGBA", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+        return img
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def fundus_disc_box(img: Image.Image, threshold: int = 12) -> tuple[int, int, int, int]:
+    """Bounding box ``(left, top, right, bottom)`` of the bright retina disc.
+
+    Written by hand because no maintained library does this for fundus photos: rows and
+    columns whose max luminance (on a 4x downscale, for speed and noise) exceeds
+    ``threshold`` belong to the disc. Falls back to the full image when nothing is found.
+    """
+    w, h = img.size
+    small = img.convert("L").reduce(4) if min(w, h) >= 64 else img.convert("L")
+    fx, fy = w / small.width, h / small.height
+    a = np.asarray(small)
+    mask = a > threshold
+    rows = np.flatnonzero(mask.mean(axis=1) > 0.02)
+    cols = np.flatnonzero(mask.mean(axis=0) > 0.02)
+    if rows.size < 2 or cols.size < 2:
+        return (0, 0, w, h)
+    left, right = int(cols[0] * fx), int(min(w, (cols[-1] + 1) * fx))
+    top, bottom = int(rows[0] * fy), int(min(h, (rows[-1] + 1) * fy))
+    if right - left < w * 0.2 or bottom - top < h * 0.2:
+        return (0, 0, w, h)
+    return (left, top, right, bottom)
+
+
+def _pad_square(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    side = max(w, h)
+    fill: int | tuple[int, int, int] = 0 if img.mode == "L" else (0, 0, 0)
+    canvas = Image.new(img.mode, (side, side), fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def _center_crop_square(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def _circle_mask(size: int, shrink: float = 0.98) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    return ((yy - c) ** 2 + (xx - c) ** 2) <= (shrink * size / 2) ** 2
+
+
+# Target std of the high-pass image, in 8-bit units: both raw photos (dim, low contrast)
+# and publisher-normalised crops (bright, high contrast) are rescaled to it.
+_LOCAL_CONTRAST_STD = 32.0
+
+
+def _local_contrast(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Graham (2015) local-average subtraction with per-image contrast equalisation.
+
+    ``hp = img - GaussianBlur(img, sigma)`` removes uneven illumination and colour cast;
+    ``128 + hp * (32 / std(hp))`` on retina pixels puts every source on one contrast
+    scale. Pixels outside the retina (black camera border, discs clipped by a publisher's
+    crop, the rim where the blur bleeds) are set to 128, i.e. 0 after normalisation.
+    """
+    sigma = max(0.5, spec.size * spec.local_contrast_sigma)
+    a = np.asarray(img, dtype=np.float32)
+    blur = np.asarray(img.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32)
+    # Retina = bright enough, eroded so the blur's halo at the border is excluded too.
+    lum = img.convert("L")
+    k = max(3, int(round(sigma)) * 2 + 1)
+    valid = np.asarray(lum.point(lambda v: 255 if v > 12 else 0).filter(ImageFilter.MinFilter(k))) > 0
+    if spec.circle_mask:
+        valid &= _circle_mask(spec.size, shrink=0.96)
+    hp = a - blur
+    sel = hp[valid] if valid.any() else hp.reshape(-1)
+    scale = _LOCAL_CONTRAST_STD / max(float(sel.std()), 1.0)
+    out = np.clip(128.0 + hp * scale, 0, 255)
+    out[~valid] = 128.0
+    return Image.fromarray(out.astype(np.uint8), mode=spec.mode)
+
+
+def prepare(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Deterministic image-level steps: PIL (any size, any mode) -> PIL ``size x size``.
+
+    The output mode is ``spec.mode``; pixel values stay ``uint8``.
+    """
+    img = to_standard_mode(img)
+    img = img.convert(spec.mode) if img.mode != spec.mode else img
+    if spec.square == "fundus_disc":
+        img = _pad_square(img.crop(fundus_disc_box(img)))
+    elif spec.square == "center_crop":
+        img = _center_crop_square(img)
+    elif spec.square == "pad":
+        img = _pad_square(img)
+    if img.size != (spec.size, spec.size):
+        img = img.resize((spec.size, spec.size), _PIL_INTERP[spec.interpolation])
+    if spec.local_contrast:
+        img = _local_contrast(img, spec)
+    elif spec.circle_mask:
+        a = np.asarray(img).copy()
+        a[~_circle_mask(spec.size)] = 0
+        img = Image.fromarray(a, mode=spec.mode)
+    return img
+
+
+class Prepare:
+    """Picklable callable wrapper of :func:`prepare` (DataLoader workers need pickling)."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return prepare(img, self.spec)
+
+    def __repr__(self) -> str:
+        return f"Prepare(size={self.spec.size}, square={self.spec.square})"
+
+
+def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL ``L``/``RGB`` -> ``uint8`` tensor ``(C, H, W)``."""
+    return v2.functional.pil_to_tensor(img)
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def tail(spec: PreprocessSpec) -> v2.Compose:
+    """Prepared ``uint8`` tensor ``(C, size, size)`` or PIL -> float ``(C, size, size)``.
+
+    Values are ``(x/255 - mean) / std``. Accepts batched ``(N, C, H, W)`` too.
+    """
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+        ]
+    )
+
+
+def eval_transform(spec: PreprocessSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """The only path from an image to a model input: ``PIL -> float (C, size, size)``."""
+    return v2.Compose([Prepare(spec), tail(spec)])
+
+
+def augmentations(spec: PreprocessSpec, strength: Literal["none", "light", "strong"] = "light") -> v2.Transform:
+    """Random ops on prepared ``uint8`` tensors ``(C, size, size)``; shape is preserved."""
+    if strength == "none":
+        return v2.Identity()
+    interp = _TV_INTERP[spec.interpolation]
+    strong = strength == "strong"
+    ops: list[Any] = [
+        v2.RandomResizedCrop(
+            spec.size, scale=(0.6 if strong else 0.85, 1.0), ratio=(0.9, 1.1), interpolation=interp, antialias=True
+        ),
+        v2.RandomHorizontalFlip(),
+    ]
+    if spec.square == "fundus_disc":
+        # A fundus photo has no canonical up; OCT B-scans do (vitreous on top).
+        ops += [v2.RandomVerticalFlip(), v2.RandomRotation(180 if strong else 30, interpolation=interp)]
+    else:
+        ops += [v2.RandomAffine(degrees=10 if strong else 5, translate=(0.05, 0.05), interpolation=interp)]
+    ops.append(v2.ColorJitter(brightness=0.3 if strong else 0.15, contrast=0.3 if strong else 0.15))
+    if strong:
+        ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3))
+    return v2.Compose(ops)
+
+
+def train_transform(
+    spec: PreprocessSpec, strength: Literal["none", "light", "strong"] = "light"
+) -> Callable[[Image.Image], torch.Tensor]:
+    """``PIL -> float (C, size, size)``: prepare, random augmentation, then the eval tail."""
+    return v2.Compose([Prepare(spec), v2.PILToTensor(), augmentations(spec, strength), tail(spec)])
+
+
+def denormalize(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """Model input ``(C, H, W)`` -> display image ``(H, W, 3)`` float in ``[0, 1]``."""
+    mean = torch.tensor(spec.mean).view(-1, 1, 1)
+    std = torch.tensor(spec.std).view(-1, 1, 1)
+    img = (x.detach().cpu() * std + mean).clamp(0, 1)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return img.permute(1, 2, 0).contiguous()

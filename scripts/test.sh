@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need (once), lints, runs every test.
+#   scripts/test.sh [pytest args...]
+# Tests that need ../shared/data (or RETINA_DATA_DIR) skip when it is absent; browser
+# tests install Debian's chromium when apt-get is usable, and skip with the reason if not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh dev
+venv="${RETINA_VENV:-.venv}"
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${RETINA_NO_BROWSER:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[test] installing Debian chromium for the browser tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "[test] chromium could not be installed; browser tests will skip" >&2
+  fi
+fi
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check . || { echo "[test] run: $venv/bin/ruff format ." >&2; exit 1; }
+exec "$venv/bin/python" -m pytest "$@"

@@ -1,0 +1,77 @@
+"""Shared fixtures: real-data location, tiny checkpoints saved with the real save()."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from retina import checkpoint
+from retina.paths import data_dir
+from retina.registry import MODELS, ModelSpec
+
+DATA = data_dir()
+
+
+def _need(sub: str) -> Path:
+    p = DATA / sub
+    if not p.is_dir():
+        pytest.skip(f"real data {p} absent (set RETINA_DATA_DIR or place ../shared/data)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def oct_dev() -> Path:
+    """``../shared/data/oct-dev`` (OCT2017 layout + labels.csv); skips when absent."""
+    return _need("oct-dev")
+
+
+@pytest.fixture(scope="session")
+def fundus_dev() -> Path:
+    """``../shared/data/fundus-dev`` (EyePACS layout); skips when absent."""
+    return _need("fundus-dev")
+
+
+@pytest.fixture(scope="session")
+def fundus_train() -> Path:
+    return _need("fundus-train")
+
+
+def save_random_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
+    """A checkpoint of ``spec`` with *random* weights, written by the real save().
+
+    For tests only: it exercises loading, validation and the API, never accuracy.
+    """
+    from retina.models import build_model
+
+    torch.manual_seed(seed)
+    args = {"in_channels": spec.preprocess.channels, "num_classes": len(spec.class_names)}
+    model = build_model(spec.arch, **args)
+    return checkpoint.save(
+        path,
+        model,
+        arch=spec.arch,
+        model_args=args,
+        task=spec.task,
+        class_names=list(spec.class_names),
+        preprocess=spec.preprocess,
+        label_scheme="grade" if spec.task == "fundus" else None,
+        metrics={"note": "random weights for tests"},
+        version="0.0.0-test",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir holding every registered model with random weights (session-scoped)."""
+    d = tmp_path_factory.mktemp("models")
+    for spec in MODELS.values():
+        save_random_checkpoint(spec, d / spec.checkpoint)
+    return d
+
+
+@pytest.fixture
+def make_checkpoint() -> Callable[[ModelSpec, Path], Path]:
+    return save_random_checkpoint

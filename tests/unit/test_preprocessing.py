@@ -1,0 +1,161 @@
+"""The one preprocessing definition: decode safety, spec round-trip, train tail == served."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retina import checkpoint
+from retina.models import build_model
+from retina.preprocessing import (
+    PRESETS,
+    ImageDecodeError,
+    PreprocessSpec,
+    augmentations,
+    decode_image,
+    eval_transform,
+    pil_to_uint8_tensor,
+    prepare,
+    tail,
+    train_transform,
+)
+
+
+def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_spec_round_trips_through_checkpoint(tmp_path):
+    spec = PRESETS["fundus_224"]
+    model = build_model("simplecnn", in_channels=3, num_classes=5)
+    p = checkpoint.save(
+        tmp_path / "m.pt",
+        model,
+        arch="simplecnn",
+        model_args={"in_channels": 3, "num_classes": 5},
+        task="fundus",
+        class_names=list("abcde"),
+        preprocess=spec,
+    )
+    raw = torch.load(p, weights_only=True)
+    assert PreprocessSpec.from_dict(raw["preprocess"]) == spec
+    _, meta = checkpoint.load(p)
+    assert meta.preprocess == spec
+
+
+@pytest.mark.parametrize("name", ["oct_28", "oct_128", "fundus_224"])
+def test_train_tail_equals_served_transform(name):
+    """Training caches prepare() and applies tail(); serving applies eval_transform()."""
+    spec = PRESETS[name]
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (300, 420, 3), dtype=np.uint8))
+    served = eval_transform(spec)(img)
+    cached = pil_to_uint8_tensor(prepare(img, spec))
+    trained = tail(spec)(augmentations(spec, "none")(cached))
+    assert served.shape == (spec.channels, spec.size, spec.size)
+    assert torch.equal(served, trained)
+    aug = train_transform(spec, "strong")(img)
+    assert aug.shape == served.shape and aug.dtype == served.dtype
+
+
+def test_prepare_is_deterministic_and_sized():
+    spec = PRESETS["fundus_224"]
+    img = Image.new("RGB", (768, 512), (90, 40, 20))
+    a, b = prepare(img, spec), prepare(img, spec)
+    assert a.size == (224, 224) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (64, 48), 100),
+        lambda: Image.new("RGBA", (64, 48), (10, 200, 30, 128)),
+        lambda: Image.new("P", (64, 48), 3),
+        lambda: Image.new("CMYK", (64, 48), (0, 50, 100, 0)),
+        lambda: Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)),
+    ],
+    ids=["L", "RGBA", "P", "CMYK", "16bit"],
+)
+def test_decode_normalises_modes(make):
+    img = make()
+    fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode.startswith("I") else "PNG")
+    out = decode_image(_png(img, fmt))
+    assert out.mode in ("L", "RGB")
+    assert out.size == (64, 48)
+    for name in ("oct_64", "fundus_128"):
+        x = eval_transform(PRESETS[name])(out)
+        assert torch.isfinite(x).all()
+
+
+def test_sixteen_bit_uses_full_range():
+    a = np.linspace(1000, 3000, 64 * 48).reshape(48, 64).astype(np.uint16)
+    out = np.asarray(decode_image(_png(Image.fromarray(a), "TIFF")))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_exif_rotation_is_applied():
+    img = Image.new("RGB", (80, 40), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    out = decode_image(_png(img, "JPEG", exif=exif))
+    assert out.size == (40, 80)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_file"),
+        (b"hello, this is not an image", "unsupported_image"),
+    ],
+)
+def test_decode_rejects_non_images(data, code):
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(data)
+    assert e.value.code == code
+
+
+def test_decode_rejects_truncated():
+    data = _png(Image.new("RGB", (256, 256), (1, 2, 3)), "JPEG")
+    with pytest.raises(ImageDecodeError):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decode_rejects_bomb_without_decoding():
+    # 20000 x 20000 zeros compress to a few hundred KB; the header alone is refused.
+    img = Image.new("L", (20000, 20000))
+    data = _png(img, "PNG", optimize=False)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(data, max_pixels=50_000_000)
+    assert e.value.code == "image_too_large"
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        PreprocessSpec(size=64, channels=2, mean=(0.5, 0.5), std=(0.5, 0.5))
+    with pytest.raises(ValueError):
+        PreprocessSpec(size=64, channels=3, mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError):
+        PreprocessSpec.from_dict({**PRESETS["oct_28"].to_dict(), "bogus": 1})
+
+
+def test_real_fundus_sources_look_alike(fundus_dev, fundus_train):
+    """Raw camera photos and publisher crops end on one contrast scale after prepare()."""
+    from retina.preprocessing import load_image
+
+    spec = PRESETS["fundus_224"]
+    raw = sorted((fundus_dev / "train").glob("*.jpeg"))[:6]
+    crops = [p for p in sorted((fundus_train / "train").glob("*.jpeg"))[:40] if Image.open(p).size == (256, 256)][:6]
+    assert raw and crops
+
+    def stds(paths):
+        return [float(np.asarray(prepare(load_image(str(p)), spec), dtype=np.float32).std()) for p in paths]
+
+    s_raw, s_crop = np.mean(stds(raw)), np.mean(stds(crops))
+    assert abs(s_raw - s_crop) / s_crop < 0.35, (s_raw, s_crop)
