@@ -1,0 +1,554 @@
+"""Readers for the real-world dataset layouts, patient-disjoint splits, and a prepared cache.
+
+Formats (``read_table(path, fmt="auto")``):
+
+* ``medmnist``: MedMNIST ``.npz`` (``octmnist.npz``, ``octmnist_128.npz``...) with keys
+  ``{train,val,test}_{images,labels}``; label order 0 CNV, 1 DME, 2 DRUSEN, 3 NORMAL.
+* ``oct2017``: Kermany folders ``ROOT/{train,test[,val]}/{CNV,DME,DRUSEN,NORMAL}/CLASS-PATIENT-N.jpeg``;
+  the patient id is parsed from the file name.
+* ``csv``: ``labels.csv`` beside the images with ``path,label[,patient_id]`` (``../shared/data`` layout).
+* ``eyepacs``: Kaggle DR ``trainLabels.csv`` (``image,level``), images ``<image>.jpeg`` in ``train/``
+  or beside the CSV; patient = the part of ``image`` before ``_left``/``_right``.
+* ``aptos``: APTOS 2019 ``train.csv`` (``id_code,diagnosis``), images ``<id_code>.png`` in
+  ``train_images/``, ``train/`` or beside the CSV; APTOS has no patient ids, so each image is its own group.
+
+Every problem is a :class:`DatasetError` naming the file, the line and what was expected;
+nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm.auto import tqdm
+
+from retina.labels import OCT_CLASSES, SCHEME_CLASSES, map_grade
+from retina.preprocessing import ImageDecodeError, PreprocessSpec, load_image, pil_to_uint8_tensor, prepare
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("medmnist", "oct2017", "csv", "eyepacs", "aptos")
+SPLITS = ("train", "val", "test")
+_OCT_NAME = re.compile(r"^(?P<cls>[A-Za-z]+)-(?P<pid>[^-]+)-(?P<n>[^-.]+)\.(jpe?g|png|tiff?|bmp)$", re.IGNORECASE)
+_IMAGE_EXT = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed or yields an empty split; the message says where."""
+
+
+@dataclass
+class ImageTable:
+    """An index of a labelled image collection, before pixels are loaded.
+
+    Attributes:
+        paths: absolute image paths (``""`` for npz-backed rows).
+        labels: ``(N,)`` int64 class index under ``label_scheme``.
+        groups: ``(N,)`` str patient id (the image id where the format has none).
+        class_names: names in label order.
+        task: ``"oct"`` or ``"fundus"``.
+        split: ``(N,)`` str ``train``/``val``/``test`` where the source defines it, else ``None``.
+        images: ``(N, H, W)`` or ``(N, H, W, C)`` uint8 for npz sources, else ``None``.
+        sizes: ``(N, 2)`` int original ``(width, height)``.
+        source: one of :data:`FORMATS`.
+        root: the dataset root.
+        label_scheme: fundus scheme (``grade``...) or ``None`` for OCT.
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    groups: np.ndarray
+    class_names: tuple[str, ...]
+    task: str
+    split: np.ndarray | None
+    images: np.ndarray | None
+    sizes: np.ndarray
+    source: str
+    root: str
+    label_scheme: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> ImageTable:
+        idx = np.asarray(idx, dtype=np.int64)
+        return replace(
+            self,
+            paths=[self.paths[i] for i in idx],
+            labels=self.labels[idx],
+            groups=self.groups[idx],
+            split=None if self.split is None else self.split[idx],
+            images=None if self.images is None else self.images[idx],
+            sizes=self.sizes[idx],
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 over (relative path or pixels, label, group): stable across machines."""
+        h = hashlib.sha256()
+        h.update(f"{self.source}|{self.task}|{self.label_scheme}|{','.join(self.class_names)}\n".encode())
+        if self.images is not None:
+            h.update(np.ascontiguousarray(self.images).tobytes())
+            h.update(self.labels.astype(np.int64).tobytes())
+        else:
+            for p, y, g in zip(self.paths, self.labels, self.groups, strict=True):
+                h.update(f"{os.path.relpath(p, self.root)}\t{int(y)}\t{g}\n".encode())
+        return h.hexdigest()
+
+    def class_counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def detect_format(path: Path) -> str:
+    if path.is_file():
+        if path.suffix == ".npz":
+            return "medmnist"
+        if path.name == "trainLabels.csv":
+            return "eyepacs"
+        if path.suffix == ".csv":
+            header = path.read_text(errors="replace").splitlines()[:1]
+            if header and "id_code" in header[0]:
+                return "aptos"
+            return "csv"
+        raise DatasetError(f"{path}: cannot tell the dataset format from this file")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such file or folder")
+    if (path / "trainLabels.csv").is_file():
+        return "eyepacs"
+    if (path / "train.csv").is_file():
+        return "aptos"
+    if (path / "labels.csv").is_file():
+        return "csv"
+    if any((path / s).is_dir() for s in SPLITS):
+        return "oct2017"
+    npz = sorted(path.glob("*.npz"))
+    if len(npz) == 1:
+        return "medmnist"
+    raise DatasetError(
+        f"{path}: expected one of trainLabels.csv (EyePACS), train.csv (APTOS), labels.csv, "
+        "{train,test,val}/<CLASS>/ folders (OCT2017) or a MedMNIST .npz"
+    )
+
+
+def read_table(
+    path: str | Path, fmt: str = "auto", *, label_scheme: str = "grade", task: str | None = None
+) -> ImageTable:
+    """Index a dataset; see the module docstring for formats. Raises :class:`DatasetError`."""
+    path = Path(path).expanduser().resolve()
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+    reader = {
+        "medmnist": _read_medmnist,
+        "oct2017": _read_oct2017,
+        "csv": _read_labels_csv,
+        "eyepacs": _read_eyepacs,
+        "aptos": _read_aptos,
+    }[fmt]
+    table = reader(path, label_scheme)
+    if task is not None and table.task != task:
+        raise DatasetError(f"{path}: dataset is {table.task}, but the config expects {task}")
+    if len(table) == 0:
+        raise DatasetError(f"{path}: no labelled images found")
+    logger.info(
+        "read %s dataset %s: %d images, %d patients, classes %s",
+        fmt,
+        path,
+        len(table),
+        len(set(table.groups)),
+        table.class_counts(),
+    )
+    return table
+
+
+def _image_sizes(paths: list[str]) -> np.ndarray:
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:  # header only: cheap
+                sizes[i] = im.size
+        except (OSError, SyntaxError) as e:
+            raise DatasetError(f"{p}: unreadable image ({e})") from e
+    return sizes
+
+
+def _read_medmnist(path: Path, label_scheme: str) -> ImageTable:
+    if path.is_dir():
+        path = sorted(path.glob("*.npz"))[0]
+    try:
+        npz = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable .npz ({e})") from e
+    images, labels, splits = [], [], []
+    for s in SPLITS:
+        ki, kl = f"{s}_images", f"{s}_labels"
+        if ki not in npz or kl not in npz:
+            raise DatasetError(f"{path}: missing keys {ki!r}/{kl!r} (MedMNIST layout expected)")
+        x, y = npz[ki], np.asarray(npz[kl]).reshape(-1)
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) != len(y):
+            raise DatasetError(f"{path}: {ki} must be uint8 (N,H,W[,C]) matching {kl}; got {x.dtype} {x.shape}")
+        images.append(x)
+        labels.append(y.astype(np.int64))
+        splits += [s] * len(y)
+    y = np.concatenate(labels)
+    if y.min() < 0 or y.max() >= len(OCT_CLASSES):
+        raise DatasetError(f"{path}: labels must be 0..3 (CNV, DME, DRUSEN, NORMAL); got {y.min()}..{y.max()}")
+    x = np.concatenate(images)
+    n = len(y)
+    return ImageTable(
+        paths=[""] * n,
+        labels=y,
+        # MedMNIST ships no patient ids; its own splits are used as given.
+        groups=np.array([f"{s}-{i}" for i, s in enumerate(splits)]),
+        class_names=OCT_CLASSES,
+        task="oct",
+        split=np.array(splits),
+        images=x,
+        sizes=np.tile([x.shape[2], x.shape[1]], (n, 1)),
+        source="medmnist",
+        root=str(path.parent),
+    )
+
+
+def _read_oct2017(path: Path, label_scheme: str) -> ImageTable:
+    paths, labels, groups, splits = [], [], [], []
+    present = [s for s in SPLITS if (path / s).is_dir()]
+    if "train" not in present and "test" not in present:
+        raise DatasetError(f"{path}: expected train/ and/or test/ folders (OCT2017 layout)")
+    for s in present:
+        for cls_dir in sorted(p for p in (path / s).iterdir() if p.is_dir()):
+            if cls_dir.name.upper() not in OCT_CLASSES:
+                raise DatasetError(f"{cls_dir}: unknown class folder; expected one of {', '.join(OCT_CLASSES)}")
+            for f in sorted(cls_dir.iterdir()):
+                if f.suffix.lower() not in _IMAGE_EXT:
+                    continue
+                m = _OCT_NAME.match(f.name)
+                if not m:
+                    raise DatasetError(f"{f}: file name must be CLASS-PATIENT-N.jpeg to split by patient")
+                if m["cls"].upper() != cls_dir.name.upper():
+                    raise DatasetError(f"{f}: file name class {m['cls']} disagrees with folder {cls_dir.name}")
+                paths.append(str(f))
+                labels.append(OCT_CLASSES.index(cls_dir.name.upper()))
+                groups.append(m["pid"])
+                splits.append(s)
+    return ImageTable(
+        paths=paths,
+        labels=np.array(labels, dtype=np.int64),
+        groups=np.array(groups, dtype=str),
+        class_names=OCT_CLASSES,
+        task="oct",
+        split=np.array(splits),
+        images=None,
+        sizes=_image_sizes(paths),
+        source="oct2017",
+        root=str(path),
+    )
+
+
+def _rows(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: file not found")
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{csv_path}, line 1: missing columns {missing}; header is {reader.fieldnames}")
+        return [(i + 2, row) for i, row in enumerate(reader)]
+
+
+def _grade(csv_path: Path, line: int, value: str, label_scheme: str) -> int | None:
+    try:
+        g = int(value)
+        return map_grade(g, label_scheme)
+    except ValueError as e:
+        raise DatasetError(f"{csv_path}, line {line}: DR grade must be an integer 0-4, got {value!r}") from e
+
+
+def _fundus_table(
+    csv_path: Path, root: Path, rows: list[tuple[str, int, str]], label_scheme: str, source: str
+) -> ImageTable:
+    if label_scheme not in SCHEME_CLASSES:
+        raise DatasetError(f"unknown fundus label scheme {label_scheme!r}; known: {sorted(SCHEME_CLASSES)}")
+    paths = [p for p, _, _ in rows]
+    return ImageTable(
+        paths=paths,
+        labels=np.array([y for _, y, _ in rows], dtype=np.int64),
+        groups=np.array([g for _, _, g in rows], dtype=str),
+        class_names=SCHEME_CLASSES[label_scheme],
+        task="fundus",
+        split=None,
+        images=None,
+        sizes=_image_sizes(paths),
+        source=source,
+        root=str(root),
+        label_scheme=label_scheme,
+    )
+
+
+def _find_image(csv_path: Path, line: int, folders: list[Path], stem: str, exts: tuple[str, ...]) -> str:
+    for d in folders:
+        for e in exts:
+            p = d / f"{stem}{e}"
+            if p.is_file():
+                return str(p)
+    raise DatasetError(
+        f"{csv_path}, line {line}: image {stem}{exts[0]} not found in {', '.join(str(d) for d in folders)}"
+    )
+
+
+def _read_eyepacs(path: Path, label_scheme: str) -> ImageTable:
+    root = path if path.is_dir() else path.parent
+    csv_path = root / "trainLabels.csv" if path.is_dir() else path
+    folders = [d for d in (root / "train", root) if d.is_dir()]
+    rows = []
+    for line, r in _rows(csv_path, ("image", "level")):
+        y = _grade(csv_path, line, r["level"], label_scheme)
+        if y is None:  # binary-strict drops grades 1-2 by design
+            continue
+        img = r["image"].strip()
+        rows.append((_find_image(csv_path, line, folders, img, (".jpeg", ".jpg", ".png")), y, img.rsplit("_", 1)[0]))
+    return _fundus_table(csv_path, root, rows, label_scheme, "eyepacs")
+
+
+def _read_aptos(path: Path, label_scheme: str) -> ImageTable:
+    root = path if path.is_dir() else path.parent
+    csv_path = root / "train.csv" if path.is_dir() else path
+    folders = [d for d in (root / "train_images", root / "train", root) if d.is_dir()]
+    rows = []
+    for line, r in _rows(csv_path, ("id_code", "diagnosis")):
+        y = _grade(csv_path, line, r["diagnosis"], label_scheme)
+        if y is None:
+            continue
+        img = r["id_code"].strip()
+        rows.append((_find_image(csv_path, line, folders, img, (".png", ".jpeg", ".jpg")), y, img))
+    return _fundus_table(csv_path, root, rows, label_scheme, "aptos")
+
+
+def _read_labels_csv(path: Path, label_scheme: str) -> ImageTable:
+    csv_path = path / "labels.csv" if path.is_dir() else path
+    root = csv_path.parent
+    rows = _rows(csv_path, ("path", "label"))
+    raw_labels = {r["label"].strip() for _, r in rows}
+    is_oct = raw_labels <= set(OCT_CLASSES)
+    paths, labels, groups = [], [], []
+    for line, r in rows:
+        p = root / r["path"].strip()
+        if not p.is_file():
+            raise DatasetError(f"{csv_path}, line {line}: image {p} not found")
+        lab = r["label"].strip()
+        if is_oct:
+            y: int | None = OCT_CLASSES.index(lab)
+        elif lab.isdigit():
+            y = _grade(csv_path, line, lab, label_scheme)
+            if y is None:
+                continue
+        else:
+            raise DatasetError(
+                f"{csv_path}, line {line}: unknown label {lab!r}; expected one of {', '.join(OCT_CLASSES)} "
+                "or a DR grade 0-4"
+            )
+        paths.append(str(p))
+        labels.append(y)
+        pid = (r.get("patient_id") or "").strip()
+        groups.append(pid or r["path"].strip())
+    if is_oct:
+        return ImageTable(
+            paths=paths,
+            labels=np.array(labels, dtype=np.int64),
+            groups=np.array(groups, dtype=str),
+            class_names=OCT_CLASSES,
+            task="oct",
+            split=None,
+            images=None,
+            sizes=_image_sizes(paths),
+            source="csv",
+            root=str(root),
+        )
+    return _fundus_table(csv_path, root, list(zip(paths, labels, groups, strict=True)), label_scheme, "csv")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _holdout(labels: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Patient-disjoint stratified hold-out of about ``frac`` of the rows: ``(keep, held)`` positions."""
+    n_groups = len(set(groups))
+    k = int(np.clip(round(1 / frac), 2, n_groups))
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    # Stratify only on classes with enough patients; rare labels fall back to plain grouping.
+    keep, held = next(sgkf.split(np.zeros(len(labels)), labels, groups))
+    return keep, held
+
+
+def split_indices(
+    table: ImageTable, *, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``{"train","val","test"}`` index arrays, patient-disjoint.
+
+    Splits the source defines (OCT2017 folders, MedMNIST npz) are kept; missing ones are
+    carved out of ``train`` by patient. Raises :class:`DatasetError` on an empty split.
+    """
+    n = len(table)
+    all_idx = np.arange(n)
+    given = {s: all_idx[table.split == s] for s in SPLITS} if table.split is not None else {}
+    out: dict[str, np.ndarray] = {}
+    pool = given.get("train", all_idx) if given else all_idx
+    if given and len(given.get("test", [])):
+        out["test"] = given["test"]
+    elif test_frac > 0:
+        keep, held = _holdout(table.labels[pool], table.groups[pool], test_frac, seed)
+        out["test"], pool = pool[held], pool[keep]
+    else:
+        out["test"] = np.array([], dtype=np.int64)
+    if given and len(given.get("val", [])):
+        out["val"] = given["val"]
+    else:
+        # Scale so val is val_frac of the whole, not of what is left after test.
+        frac = min(0.5, val_frac / max(1e-9, 1 - (test_frac if "test" not in given else 0)))
+        keep, held = _holdout(table.labels[pool], table.groups[pool], frac, seed + 1)
+        out["val"], pool = pool[held], pool[keep]
+    out["train"] = pool
+    for s in ("train", "val") + (("test",) if test_frac > 0 or len(out["test"]) else ()):
+        if len(out[s]) == 0:
+            raise DatasetError(f"{table.root}: the {s} split is empty ({n} images, {len(set(table.groups))} patients)")
+    check_disjoint(table, out)
+    return {s: np.sort(out[s]) for s in SPLITS}
+
+
+def check_disjoint(table: ImageTable, splits: dict[str, np.ndarray]) -> None:
+    """Raise if any patient appears in two splits (skipped for MedMNIST's own splits)."""
+    if table.source == "medmnist":
+        return
+    seen: dict[str, str] = {}
+    for s, idx in splits.items():
+        for g in set(table.groups[idx]):
+            if g in seen and seen[g] != s:
+                raise DatasetError(f"patient {g} is in both {seen[g]} and {s}")
+            seen[g] = s
+
+
+def grouped_folds(table: ImageTable, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Patient-grouped stratified K-fold: ``[(train_idx, test_idx), ...]``."""
+    n_groups = len(set(table.groups))
+    if k > n_groups:
+        raise DatasetError(f"{k} folds need at least {k} patients; the dataset has {n_groups}")
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(a), np.sort(b)) for a, b in sgkf.split(np.zeros(len(table)), table.labels, table.groups)]
+
+
+def split_summary(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    """Plain-typed sizes per split (images, patients, per-class counts) for checkpoints and logs."""
+    return {
+        s: {
+            "images": int(len(idx)),
+            "patients": int(len(set(table.groups[idx]))),
+            "classes": {c: int((table.labels[idx] == i).sum()) for i, c in enumerate(table.class_names)},
+        }
+        for s, idx in splits.items()
+    }
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def _prepare_one(args: tuple[str, PreprocessSpec]) -> np.ndarray:
+    path, spec = args
+    try:
+        img = load_image(path)
+    except (ImageDecodeError, OSError) as e:
+        raise DatasetError(f"{path}: unreadable image ({e})") from e
+    return pil_to_uint8_tensor(prepare(img, spec)).numpy()
+
+
+def _spec_key(spec: PreprocessSpec) -> str:
+    return hashlib.sha256(repr(sorted(spec.to_dict().items())).encode()).hexdigest()[:12]
+
+
+def prepare_all(
+    table: ImageTable, spec: PreprocessSpec, *, cache_dir: Path | None = None, workers: int | None = None
+) -> torch.Tensor:
+    """``prepare()`` every image once: uint8 ``(N, C, S, S)``, cached on disk when asked.
+
+    The cache key is the table fingerprint plus the spec, so a changed dataset or spec
+    never reuses stale pixels.
+    """
+    cache: Path | None = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"{table.source}-{table.fingerprint()[:16]}-{_spec_key(spec)}.npy"
+        if cache.is_file():
+            arr = np.load(cache)
+            if arr.shape == (len(table), spec.channels, spec.size, spec.size):
+                logger.info("prepared images from cache %s", cache)
+                return torch.from_numpy(arr)
+    out = np.empty((len(table), spec.channels, spec.size, spec.size), dtype=np.uint8)
+    if table.images is not None:
+        mode = spec.mode if table.images.ndim == 4 else "L"
+        for i in tqdm(range(len(table)), desc="prepare", unit="img", mininterval=2):
+            out[i] = pil_to_uint8_tensor(prepare(Image.fromarray(table.images[i]).convert(mode), spec)).numpy()
+    else:
+        workers = workers or min(4, os.cpu_count() or 1)
+        jobs = [(p, spec) for p in table.paths]
+        if workers > 1 and len(jobs) > 64:
+            with ProcessPoolExecutor(workers) as ex:
+                it = ex.map(_prepare_one, jobs, chunksize=16)
+                for i, a in enumerate(tqdm(it, total=len(jobs), desc="prepare", unit="img", mininterval=2)):
+                    out[i] = a
+        else:
+            for i, job in enumerate(tqdm(jobs, desc="prepare", unit="img", mininterval=2)):
+                out[i] = _prepare_one(job)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache)
+    return torch.from_numpy(out)
+
+
+def load_prepared(
+    table: ImageTable,
+    idx: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """uint8 ``(len(idx), C, S, S)``: the prepared images of rows ``idx`` (see :func:`prepare_all`)."""
+    return prepare_all(table, spec, cache_dir=cache_dir)[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """Prepared uint8 images ``(N, C, S, S)`` with labels ``(N,)``.
+
+    ``__getitem__`` returns ``(transform(x) if transform else x, label)`` where ``x`` stays
+    uint8 ``(C, S, S)``: the normalising tail is applied per batch by the training loop,
+    exactly as serving applies it.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray | torch.Tensor, transform=None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N,C,S,S), got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if len(self.labels) != len(images):
+            raise ValueError("images and labels differ in length")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i]
+        return (self.transform(x) if self.transform is not None else x), int(self.labels[i])
