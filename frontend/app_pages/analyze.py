@@ -1,0 +1,77 @@
+"""Main page: upload scans, see each prediction, its class probabilities and its CAM overlay."""
+
+import streamlit as st
+
+from frontend import ui
+from frontend.client import TASK_LABELS, BackendError
+
+ctx = ui.context()
+st.title("RetinaScope")
+st.info(ui.DISCLAIMER, icon=":material/info:")
+
+model = ctx.model
+if model is None:
+    # The sidebar already says why (unreachable, not ready, no models); say what to do here.
+    st.warning(
+        "No model to run. Start the backend, or point RETINA_BACKEND_URL at it "
+        f"(now `{ctx.settings.backend_url}`), then reload."
+    )
+    st.stop()
+if not model.loaded:
+    st.warning(f"Model `{model.id}` is not loaded by the backend ({model.error}). Pick another model in the sidebar.")
+    st.stop()
+
+kind = {"oct": "OCT B-scans", "fundus": "colour fundus photos"}.get(model.task, "images")
+# A fixed label keeps the widget (and the uploads) when the user switches task or model.
+files = st.file_uploader(
+    "Upload scans",
+    help=f"One or more images: {', '.join(ui.UPLOAD_TYPES)}.",
+    type=ui.UPLOAD_TYPES,
+    accept_multiple_files=True,
+    key="uploads",
+)
+method, alpha, size = ui.cam_controls()
+if not files:
+    st.caption(
+        f"Drop {kind} above. {TASK_LABELS.get(model.task, model.task)} model `{model.id}` v{model.version} is selected."
+    )
+    st.stop()
+
+uploads = [ui.Upload.from_uploaded(f) for f in files]
+with st.spinner(f"Classifying {len(uploads)} image(s) with {model.id}..."):
+    results = ui.predict_all(ctx, model, uploads)
+
+if len(uploads) > 1:
+    st.subheader(f"Results ({len(uploads)} images, model {model.id} v{model.version})")
+    table = ui.results_table(model, uploads, results)
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.NumberColumn(c, format="%.3f")
+            for c in table.columns
+            if c == "confidence" or c.startswith("p_")
+        },
+    )
+    st.download_button(
+        "Download results CSV",
+        table.to_csv(index=False).encode(),
+        file_name=f"retinascope_{model.id}.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="dl-csv",
+    )
+
+for i, (up, res) in enumerate(zip(uploads, results, strict=True)):
+    if len(uploads) == 1:
+        with st.container(border=True):
+            st.subheader(up.name)
+            ui.render_result(ctx, model, up, res, method, alpha, size)
+        continue
+    summary = res.message if isinstance(res, BackendError) else f"{res.label} ({res.confidence:.0%})"
+    # Lazy expanders: the CAM of an image is requested only while its card is open.
+    box = st.expander(f"{up.name}: {summary}", expanded=i == 0, key=f"card-{up.key}", on_change="rerun")
+    if box.open:
+        with box:
+            ui.render_result(ctx, model, up, res, method, alpha, size)

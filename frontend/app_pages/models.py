@@ -1,0 +1,37 @@
+"""Models page: every model the backend serves, with version, classes, metrics and model card."""
+
+import streamlit as st
+
+from frontend import ui
+from frontend.client import TASK_LABELS
+
+ctx = ui.context()
+st.title("Models")
+st.info(ui.DISCLAIMER, icon=":material/info:")
+
+if not ctx.models:
+    st.warning(ctx.models_error or "The backend lists no models (see the status in the sidebar).")
+    st.stop()
+
+for model in ctx.models:
+    with st.container(border=True):
+        badge = " · default" if model.default else ""
+        version = f"v{model.version}" if model.loaded else "not loaded"
+        st.subheader(f"{model.id} ({version}){badge}")
+        st.caption(f"{TASK_LABELS.get(model.task, model.task)} · {ui.model_facts(model)}")
+        if not model.loaded:
+            st.warning(f"The backend could not load this model: {model.error or 'unknown reason'}")
+        if model.description:
+            st.markdown(model.description)
+        st.markdown("Classes: " + ", ".join(f"`{c}`" for c in model.classes))
+        cols = st.columns(2)
+        for i, (title, frame) in enumerate(ui.headline_metrics(model.metrics)):
+            with cols[i % 2]:
+                st.markdown(f"**{title}**")
+                st.dataframe(frame, hide_index=True, width="stretch")
+        if model.metrics:
+            with st.expander("All metrics"):
+                st.json(model.metrics, expanded=1)
+        if model.card:
+            with st.expander("Model card"):
+                ui.render_model_card(model.card)

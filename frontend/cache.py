@@ -1,0 +1,74 @@
+"""Streamlit caches around the client: one request per image and setting, never a cached failure.
+
+Streamlit reruns the whole script on every widget change, so without these every slider move
+would re-send every upload. ``st.cache_data`` hashes the arguments without a leading underscore:
+the key is the file's SHA-256 (not its bytes), the model id and version, the CAM settings and
+the backend URL. Exceptions are not cached by ``st.cache_data``, which is exactly what makes the
+page recover by itself when the backend comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import streamlit as st
+
+from frontend.client import BackendClient, CamResult, ClientSettings, ModelInfo, Prediction
+
+# Uploads are a few MB at most; a few hundred results cover a long session without growing unbounded.
+_MAX_ENTRIES = 512
+_TTL_S = 3600
+
+
+def file_digest(data: bytes) -> str:
+    """Hex SHA-256 of an upload: the cache identity of an image."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_resource(show_spinner=False)
+def get_client(settings: ClientSettings) -> BackendClient:
+    """One client (and connection pool) per distinct setting, shared by all sessions."""
+    return BackendClient(settings)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def list_models(backend_url: str, _client: BackendClient) -> list[ModelInfo]:
+    """``GET /models``, cached briefly: it changes only when the backend restarts."""
+    return _client.models()
+
+
+@st.cache_data(ttl=_TTL_S, max_entries=_MAX_ENTRIES, show_spinner=False)
+def predict(
+    digest: str,
+    model: str,
+    model_version: str,
+    backend_url: str,
+    _data: bytes,
+    _filename: str,
+    _client: BackendClient,
+) -> Prediction:
+    """Cached ``/predict``; ``digest`` must be ``file_digest(_data)``.
+
+    ``model_version`` is part of the key so a backend restarted with a retrained model of the same
+    id is asked again. The file name is not: the answer depends on the bytes only.
+    """
+    return _client.predict(_data, _filename, model)
+
+
+@st.cache_data(ttl=_TTL_S, max_entries=_MAX_ENTRIES, show_spinner=False)
+def gradcam(
+    digest: str,
+    model: str,
+    model_version: str,
+    method: str,
+    target: str | None,
+    alpha: float,
+    size: Literal["input", "original"],
+    backend_url: str,
+    _data: bytes,
+    _filename: str,
+    _client: BackendClient,
+) -> CamResult:
+    """Cached ``/gradcam`` (JSON form); one entry per image, model, method, target, opacity and size."""
+    return _client.gradcam(_data, _filename, model, method=method, target=target, alpha=alpha, size=size)

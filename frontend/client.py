@@ -1,0 +1,429 @@
+"""HTTP client of the RetinaScope backend: the only frontend module that talks to the network.
+
+Every transport or HTTP failure becomes a :class:`BackendError` carrying a short, plain message
+(the backend's own ``detail`` when it sent one), so the UI can show ``st.error(err.message)``
+and never a traceback. The client holds no Streamlit state; caching lives in
+``frontend/cache.py``.
+
+Backend contract (see the backend's OpenAPI at ``/docs``):
+
+- ``GET /ready`` -> 200, or 503 ``{"error": "not_ready", "detail": ...}``
+- ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, default, ...}]``
+- ``POST /predict?model=ID`` (multipart ``file``) -> ``{model, model_version, task, label, confidence,
+  probabilities, inference_ms, derived}``
+- ``POST /gradcam?model=ID&method=M&target=C&alpha=A&size=S&format=json`` (multipart ``file``) ->
+  ``{label, confidence, probabilities, target, method, overlay_png, heatmap_png}`` (base64 PNGs)
+- errors: ``{"error": CODE, "detail": TEXT}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import mimetypes
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKEND_URL = "http://localhost:8000"
+# The CAM methods the backend serves (pytorch-grad-cam names); the first is the default.
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam")
+# Display names of the backend's tasks, in the order the UI offers them.
+TASK_LABELS: dict[str, str] = {"oct": "OCT", "fundus": "Fundus"}
+# The status probe must stay snappy even when predictions may take long: it runs on every rerun.
+READY_READ_TIMEOUT_S = 5.0
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where the backend is and how long to wait for it.
+
+    Attributes:
+        backend_url: base URL without trailing slash (``RETINA_BACKEND_URL``; compose sets
+            ``http://backend:8000``).
+        api_key: sent as ``X-API-Key`` when set (``RETINA_API_KEY``).
+        timeout_s: read timeout of prediction and CAM requests in seconds (``RETINA_TIMEOUT_S``).
+        connect_timeout_s: TCP connect timeout in seconds (``RETINA_CONNECT_TIMEOUT_S``).
+    """
+
+    backend_url: str = DEFAULT_BACKEND_URL
+    api_key: str | None = None
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 3.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+        """Read ``RETINA_*`` variables; raises ``ValueError`` with a readable message on bad values."""
+        env = os.environ if environ is None else environ
+        url = env.get("RETINA_BACKEND_URL", "").strip() or DEFAULT_BACKEND_URL
+        if "://" not in url:
+            # "backend:8000" is an easy slip in compose files; requests would reject it cryptically.
+            url = "http://" + url
+        return cls(
+            backend_url=url.rstrip("/"),
+            api_key=env.get("RETINA_API_KEY", "").strip() or None,
+            timeout_s=_positive_float(env, "RETINA_TIMEOUT_S", cls.timeout_s),
+            connect_timeout_s=_positive_float(env, "RETINA_CONNECT_TIMEOUT_S", cls.connect_timeout_s),
+        )
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class BackendError(Exception):
+    """The backend refused a request or sent something unusable.
+
+    Attributes:
+        code: the backend's ``error`` code (``unknown_model``, ``invalid_image``...) or a client-side
+            one (``unreachable``, ``timeout``, ``bad_response``).
+        detail: plain-language reason, shown to the user as is.
+        status: HTTP status, ``None`` when no HTTP answer arrived.
+    """
+
+    def __init__(self, code: str, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+    @property
+    def message(self) -> str:
+        """What the UI shows."""
+        return self.detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the exception picklable (Streamlit may copy objects across threads).
+        return (type(self), (self.code, self.detail, self.status))
+
+
+class BackendUnreachable(BackendError):
+    """No HTTP answer: connection refused, unknown host, connect timeout, dropped connection."""
+
+    def __init__(self, code: str = "unreachable", detail: str = "cannot connect", status: int | None = None) -> None:
+        super().__init__(code, detail, status)
+
+    @property
+    def message(self) -> str:
+        return f"Backend unreachable: {self.detail}"
+
+
+class BackendTimeout(BackendUnreachable):
+    """Connected, but the answer did not come within the read timeout."""
+
+    def __init__(self, code: str = "timeout", detail: str = "no answer in time", status: int | None = None) -> None:
+        super().__init__(code, detail, status)
+
+    @property
+    def message(self) -> str:
+        return f"Backend too slow: {self.detail}"
+
+
+# ----------------------------------------------------------------------------- response types
+
+
+@dataclass(frozen=True)
+class ReadyStatus:
+    """Outcome of ``GET /ready``; :attr:`text` is the sidebar line (other tests key on its wording)."""
+
+    state: Literal["ready", "not_ready", "unreachable"]
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        if self.state == "ready":
+            return "Backend ready"
+        if self.state == "not_ready":
+            return f"Backend not ready: {self.detail}"
+        return f"Backend unreachable: {self.detail}"
+
+    @property
+    def reachable(self) -> bool:
+        return self.state != "unreachable"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of ``GET /models``.
+
+    Attributes:
+        classes: output class names in logit order.
+        input_size: side of the square model input in pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+        metrics: validation metrics as the checkpoint stores them (nested dict, may be empty).
+        card: model card, markdown text or a dict of fields, or ``None``.
+        loaded: ``False`` for a registered model the backend failed to load (``error`` says why).
+    """
+
+    id: str
+    task: str
+    arch: str = ""
+    classes: tuple[str, ...] = ()
+    input_size: int | None = None
+    channels: int | None = None
+    version: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    default: bool = False
+    description: str = ""
+    card: Any = None
+    loaded: bool = True
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ModelInfo:
+        return cls(
+            id=str(d["id"]),
+            task=str(d["task"]),
+            arch=str(d.get("arch") or ""),
+            classes=tuple(str(c) for c in d.get("classes") or ()),
+            input_size=d.get("input_size"),
+            channels=d.get("channels"),
+            version=str(d.get("version") or ""),
+            metrics=dict(d.get("metrics") or {}),
+            default=bool(d.get("default", False)),
+            description=str(d.get("description") or ""),
+            card=d.get("card"),
+            loaded=bool(d.get("loaded", True)),
+            error=None if d.get("error") is None else str(d["error"]),
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``POST /predict`` result; probabilities in [0, 1] summing to 1, keyed by class name."""
+
+    model: str
+    model_version: str
+    task: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    inference_ms: float | None = None
+    derived: dict[str, float] | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Prediction:
+        derived = d.get("derived")
+        return cls(
+            model=str(d["model"]),
+            model_version=str(d.get("model_version") or ""),
+            task=str(d.get("task") or ""),
+            label=str(d["label"]),
+            confidence=float(d["confidence"]),
+            probabilities={str(k): float(v) for k, v in d["probabilities"].items()},
+            inference_ms=None if d.get("inference_ms") is None else float(d["inference_ms"]),
+            derived=None if not derived else {str(k): float(v) for k, v in derived.items()},
+        )
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """``POST /gradcam?format=json`` result with decoded PNG bytes.
+
+    ``overlay_png`` is the heatmap blended over the image as the model saw it (or upsampled to
+    the upload's size with ``size=original``); ``heatmap_png`` is the colour-mapped heatmap alone.
+    """
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    target: str
+    method: str
+    overlay_png: bytes
+    heatmap_png: bytes | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CamResult:
+        def png(key: str) -> bytes | None:
+            raw = d.get(key)
+            if not raw:
+                return None
+            try:
+                return base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                raise BackendError("bad_response", f"the backend sent an invalid {key}") from None
+
+        overlay = png("overlay_png")
+        if overlay is None:
+            raise BackendError("bad_response", "the backend sent no overlay image")
+        return cls(
+            label=str(d["label"]),
+            confidence=float(d["confidence"]),
+            probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
+            target=str(d.get("target") or d["label"]),
+            method=str(d.get("method") or ""),
+            overlay_png=overlay,
+            heatmap_png=png("heatmap_png"),
+        )
+
+
+# ----------------------------------------------------------------------------- client
+
+
+def _connection_reason(exc: BaseException, url: str) -> str:
+    """A one-line reason for a failed connection (requests' own text is a nested repr)."""
+    text = str(exc).lower()
+    if "refused" in text:
+        return f"connection refused at {url}"
+    if any(s in text for s in ("name or service not known", "nodename nor servname", "name resolution", "getaddrinfo")):
+        return f"cannot resolve the host of {url}"
+    if "aborted" in text or "reset" in text or "remote end closed" in text:
+        return f"connection to {url} was closed before an answer"
+    return f"cannot connect to {url}"
+
+
+def _content_type(filename: str) -> str:
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+class BackendClient:
+    """Blocking client of one backend; safe to share (one ``requests.Session`` with a connection pool)."""
+
+    def __init__(self, settings: ClientSettings, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self._session = session or requests.Session()
+        if settings.api_key:
+            self._session.headers["X-API-Key"] = settings.api_key
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.backend_url
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        files: Any = None,
+        read_timeout: float | None = None,
+    ) -> requests.Response:
+        """Send one request; returns a 2xx/3xx response or raises :class:`BackendError`."""
+        url = f"{self.base_url}{path}"
+        read = self.settings.timeout_s if read_timeout is None else read_timeout
+        try:
+            resp = self._session.request(
+                method, url, params=params, files=files, timeout=(self.settings.connect_timeout_s, read)
+            )
+        except requests.exceptions.ConnectTimeout as e:
+            raise BackendUnreachable(
+                detail=f"no connection to {self.base_url} within {self.settings.connect_timeout_s:g} s"
+            ) from e
+        except requests.exceptions.Timeout as e:
+            raise BackendTimeout(detail=f"no answer from {self.base_url} within {read:g} s") from e
+        except requests.exceptions.ConnectionError as e:
+            raise BackendUnreachable(detail=_connection_reason(e, self.base_url)) from e
+        except requests.exceptions.RequestException as e:
+            # Invalid URL and the like: a configuration problem, still no traceback for the user.
+            raise BackendUnreachable(detail=f"bad request to {url}: {type(e).__name__}") from e
+        if resp.status_code >= 400:
+            raise self._http_error(resp)
+        return resp
+
+    @staticmethod
+    def _http_error(resp: requests.Response) -> BackendError:
+        """The backend's ``{"error", "detail"}`` body as an exception; tolerant of other bodies."""
+        code, detail = f"http_{resp.status_code}", ""
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            code = str(body.get("error") or code)
+            raw = body.get("detail")
+            # FastAPI's own validation errors put a list of dicts in "detail".
+            if isinstance(raw, list):
+                detail = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in raw)
+            elif raw is not None:
+                detail = str(raw)
+        if not detail:
+            text = resp.text.strip()
+            detail = text[:200] if text and not text.startswith("<") else (resp.reason or "error")
+            detail = f"HTTP {resp.status_code}: {detail}"
+        return BackendError(code, detail, resp.status_code)
+
+    @staticmethod
+    def _json(resp: requests.Response) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise BackendError("bad_response", f"the backend sent no JSON (HTTP {resp.status_code})") from None
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    def ready(self) -> ReadyStatus:
+        """``GET /ready``; never raises: every outcome maps to one of the three sidebar states."""
+        try:
+            self._request("GET", "/ready", read_timeout=min(self.settings.timeout_s, READY_READ_TIMEOUT_S))
+        except BackendUnreachable as e:
+            return ReadyStatus("unreachable", e.detail)
+        except BackendError as e:
+            return ReadyStatus("not_ready", e.detail)
+        return ReadyStatus("ready")
+
+    def models(self) -> list[ModelInfo]:
+        """``GET /models``, in the backend's order."""
+        body = self._json(self._request("GET", "/models"))
+        if isinstance(body, dict) and "models" in body:  # tolerate a wrapped list
+            body = body["models"]
+        if not isinstance(body, list):
+            raise BackendError("bad_response", "the backend's model list is not a list")
+        try:
+            return [ModelInfo.from_json(m) for m in body]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BackendError("bad_response", f"unexpected model entry from the backend: {e}") from None
+
+    def predict(self, data: bytes, filename: str, model: str) -> Prediction:
+        """``POST /predict?model=model`` with the upload ``data`` (raw file bytes)."""
+        files = {"file": (filename, data, _content_type(filename))}
+        body = self._json(self._request("POST", "/predict", params={"model": model}, files=files))
+        try:
+            return Prediction.from_json(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BackendError("bad_response", f"unexpected prediction from the backend: {e}") from None
+
+    def gradcam(
+        self,
+        data: bytes,
+        filename: str,
+        model: str,
+        *,
+        method: str = CAM_METHODS[0],
+        target: str | None = None,
+        alpha: float = 0.5,
+        size: Literal["input", "original"] = "input",
+    ) -> CamResult:
+        """``POST /gradcam?format=json``; ``target=None`` explains the predicted class.
+
+        ``alpha`` in [0, 1] is the heatmap's opacity in the overlay.
+        """
+        params: dict[str, Any] = {"model": model, "method": method, "alpha": alpha, "size": size, "format": "json"}
+        if target is not None:
+            params["target"] = target
+        files = {"file": (filename, data, _content_type(filename))}
+        body = self._json(self._request("POST", "/gradcam", params=params, files=files))
+        try:
+            return CamResult.from_json(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BackendError("bad_response", f"unexpected CAM answer from the backend: {e}") from None

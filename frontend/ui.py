@@ -1,0 +1,443 @@
+"""Streamlit building blocks shared by the entrypoint and the pages.
+
+No HTTP here: every call goes through ``frontend.cache`` to ``frontend.client``. Every backend
+failure arrives as a ``BackendError`` and is shown with ``st.error(err.message)``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any, Literal
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageOps
+
+from frontend import cache
+from frontend.client import (
+    CAM_METHODS,
+    TASK_LABELS,
+    BackendClient,
+    BackendError,
+    CamResult,
+    ClientSettings,
+    ModelInfo,
+    Prediction,
+    ReadyStatus,
+)
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = "Research tool, not a diagnosis. Outputs must not be used for clinical decisions."
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
+CTX_KEY = "retina_ctx"
+# Readable names of the fundus model's derived binary outputs (``Prediction.derived``).
+DERIVED_LABELS = {"referable": "Referable DR (grade ≥ 2)", "any": "Any DR (grade ≥ 1)"}
+CamSize = Literal["input", "original"]
+# Longest side of the preview sent to the browser: uploads can be large camera photos.
+PREVIEW_MAX_PX = 1024
+
+
+# ----------------------------------------------------------------------------- context (sidebar)
+
+
+@dataclass
+class AppContext:
+    """What the sidebar resolved on this rerun; the pages read it from ``st.session_state``."""
+
+    settings: ClientSettings
+    client: BackendClient
+    status: ReadyStatus
+    models: list[ModelInfo] = field(default_factory=list)
+    models_error: str | None = None
+    model: ModelInfo | None = None
+
+
+def context() -> AppContext:
+    """The context the entrypoint stored for this rerun."""
+    return st.session_state[CTX_KEY]
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metric dicts as ``{"val.accuracy": 0.91, ...}``; keeps scalars, drops lists (matrices, CIs)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, prefix=f"{name}."))
+        elif isinstance(value, bool) or value is None:
+            out[name] = str(value)
+        elif isinstance(value, int | float | str):
+            out[name] = value
+    return out
+
+
+def metrics_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Every scalar metric as two string columns (metric, value); numbers rounded to 3 decimals."""
+    flat = flatten_metrics(metrics)
+    values = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in flat.values()]
+    return pd.DataFrame({"metric": list(flat), "value": values})
+
+
+# The few numbers a reader wants first, looked up in each evaluation split of the checkpoint's
+# metrics (training/metrics.py layout: {"val": {...}, "test": {...}}); dotted = nested.
+HEADLINE_METRICS = (
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("macro_f1", "Macro F1"),
+    ("roc_auc.macro", "ROC AUC (macro)"),
+    ("referable.roc_auc", "Referable DR AUC"),
+    ("ece", "Calibration error (ECE)"),
+)
+SPLIT_NAMES = {"test": "Test", "val": "Validation", "validation": "Validation", "holdout": "Hold-out"}
+
+
+def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, Mapping) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _format_metric(split: Mapping[str, Any], key: str) -> str | None:
+    value = _lookup(split, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    text = f"{value:.3f}"
+    ci = _lookup(split, f"{key}_ci95")
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(c, int | float) for c in ci):
+        text += f" ({ci[0]:.2f}-{ci[1]:.2f})"
+    return text
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """``[(split title, table of metric/value)]``: test before validation, 95% CIs in brackets.
+
+    Falls back to every scalar under one "Metrics" title when the layout is not recognised.
+    """
+    splits = [k for k in ("test", "val", "validation", "holdout") if isinstance(metrics.get(k), Mapping)]
+    out = []
+    for key in splits or [""]:
+        split = metrics[key] if key else metrics
+        rows = [(label, text) for k, label in HEADLINE_METRICS if (text := _format_metric(split, k)) is not None]
+        if not rows:
+            continue
+        title = SPLIT_NAMES.get(key, "Metrics")
+        if isinstance(split.get("n"), int):
+            patients = split.get("n_patients")
+            title += f" (n={split['n']}" + (f", {patients} patients)" if isinstance(patients, int) else ")")
+        out.append((title, pd.DataFrame(rows, columns=["metric", "value"])))
+    if not out:
+        frame = metrics_frame(metrics)
+        if len(frame):
+            out.append(("Metrics", frame))
+    return out
+
+
+def render_metrics(model: ModelInfo) -> None:
+    """Headline validation/test metrics of a model, one small table per split."""
+    tables = headline_metrics(model.metrics)
+    if not tables:
+        st.caption("No validation metrics recorded.")
+    for title, frame in tables:
+        st.markdown(f"**{title}**")
+        st.dataframe(frame, hide_index=True, width="stretch")
+
+
+def render_model_card(card: Any) -> None:
+    """A model card is markdown text or a dict of fields (data, split, metrics, limits...)."""
+    if isinstance(card, str):
+        st.markdown(card)
+    elif isinstance(card, Mapping):
+        for key, value in card.items():
+            if isinstance(value, Mapping | list):
+                st.markdown(f"**{key}**")
+                st.json(value, expanded=False)
+            else:
+                st.markdown(f"**{key}**: {value}")
+    else:
+        st.caption("No model card.")
+
+
+def model_facts(model: ModelInfo) -> str:
+    """One line: architecture, input, classes."""
+    colour = {1: "grayscale", 3: "RGB"}.get(model.channels or 0, f"{model.channels} ch")
+    size = f"{model.input_size} px {colour}" if model.input_size else colour
+    return f"{model.arch} · input {size} · {len(model.classes)} classes"
+
+
+def _render_status(status: ReadyStatus) -> None:
+    # Exactly one of the three texts (other tests key on them).
+    if status.state == "ready":
+        st.success(status.text, icon=":material/check_circle:")
+    elif status.state == "not_ready":
+        st.warning(status.text, icon=":material/hourglass_top:")
+    else:
+        st.error(status.text, icon=":material/cloud_off:")
+
+
+def render_sidebar() -> AppContext:
+    """Backend status, task and model pickers with version, metrics and card; returns the context."""
+    try:
+        settings = ClientSettings.from_env()
+    except ValueError as e:
+        st.error(f"Configuration error: {e}")
+        st.stop()
+    client = cache.get_client(settings)
+    ctx = AppContext(settings=settings, client=client, status=client.ready())
+    if ctx.status.reachable:
+        try:
+            ctx.models = cache.list_models(settings.backend_url, client)
+        except BackendError as e:
+            ctx.models_error = e.message
+
+    with st.sidebar:
+        _render_status(ctx.status)
+        st.caption(f"API: `{settings.backend_url}`")
+        if ctx.models_error:
+            st.warning(f"Model list unavailable: {ctx.models_error}")
+        if not ctx.models:
+            return ctx
+        known = [t for t in TASK_LABELS if any(m.task == t for m in ctx.models)]
+        tasks = known + sorted({m.task for m in ctx.models} - set(known))
+        task = st.radio("Task", tasks, format_func=lambda t: TASK_LABELS.get(t, t), horizontal=True, key="task")
+        candidates = {m.id: m for m in ctx.models if m.task == task}
+        ids = list(candidates)
+        # The task's default model, or else the first that loaded.
+        default = next((i for i, m in enumerate(candidates.values()) if m.default and m.loaded), None)
+        if default is None:
+            default = next((i for i, m in enumerate(candidates.values()) if m.loaded), 0)
+        chosen = st.selectbox(
+            "Model",
+            ids,
+            index=default,
+            format_func=lambda i: f"{i} (v{candidates[i].version})" if candidates[i].loaded else f"{i} (not loaded)",
+            key=f"model-{task}",
+        )
+        ctx.model = candidates.get(chosen) or candidates[ids[default]]
+        _render_model_summary(ctx.model)
+    return ctx
+
+
+def _render_model_summary(model: ModelInfo) -> None:
+    default = f" · default {TASK_LABELS.get(model.task, model.task)} model" if model.default else ""
+    st.markdown(f"**{model.id}** · version `{model.version or '?'}`{default}")
+    st.caption(model_facts(model))
+    if model.description:
+        st.caption(model.description)
+    if not model.loaded:
+        st.warning(f"Not loaded by the backend: {model.error or 'unknown reason'}")
+        return
+    render_metrics(model)
+    if model.card:
+        with st.expander("Model card"):
+            render_model_card(model.card)
+
+
+# ----------------------------------------------------------------------------- per-image results
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: name, raw bytes, SHA-256 and a stable widget-key suffix."""
+
+    name: str
+    data: bytes
+    digest: str
+    key: str
+
+    @classmethod
+    def from_uploaded(cls, f: Any) -> Upload:
+        data = f.getvalue()
+        # file_id is unique per upload, so two uploads of the same bytes get separate widgets.
+        return cls(name=f.name, data=data, digest=cache.file_digest(data), key=str(getattr(f, "file_id", f.name)))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def preview_png(digest: str, _data: bytes) -> bytes | None:
+    """A browser-displayable PNG of an upload (TIFF, 16-bit and CMYK are not), at most 1024 px.
+
+    Returns ``None`` when Pillow cannot read it; the backend then explains why with its own error.
+    """
+    try:
+        with Image.open(io.BytesIO(_data)) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale: scale to 8 bits for display only.
+                img = img.point(lambda v: v / 256).convert("L")
+            elif img.mode not in ("L", "RGB"):
+                img = img.convert("RGB")
+            img.thumbnail((PREVIEW_MAX_PX, PREVIEW_MAX_PX))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            return buf.getvalue()
+    except Exception:  # untrusted upload: any decoder failure just means "no preview"
+        log.info("no preview for upload %s", digest[:12], exc_info=True)
+        return None
+
+
+def probability_chart(model: ModelInfo, pred: Prediction) -> alt.Chart:
+    """Horizontal bars of every class probability in the model's class order, predicted class highlighted."""
+    classes = list(model.classes) or list(pred.probabilities)
+    frame = pd.DataFrame(
+        {
+            "class": classes,
+            "probability": [pred.probabilities.get(c, 0.0) for c in classes],
+            "predicted": [c == pred.label for c in classes],
+        }
+    )
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
+            y=alt.Y("class:N", sort=classes, title=None),
+            color=alt.condition(alt.datum.predicted, alt.value("#d62728"), alt.value("#7f7f7f")),
+            tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+        )
+        .properties(height=28 * len(classes) + 20)
+    )
+
+
+def render_prediction(model: ModelInfo, pred: Prediction) -> None:
+    """Label, confidence, the probability chart and, for fundus models, the derived DR probabilities."""
+    left, right = st.columns(2)
+    left.metric("Predicted class", pred.label)
+    right.metric("Confidence", f"{pred.confidence:.1%}")
+    st.altair_chart(probability_chart(model, pred), width="stretch")
+    if pred.derived:
+        cols = st.columns(len(pred.derived))
+        for col, (name, p) in zip(cols, pred.derived.items(), strict=True):
+            col.metric(DERIVED_LABELS.get(name, name), f"{p:.1%}")
+    timing = f" · {pred.inference_ms:.0f} ms" if pred.inference_ms is not None else ""
+    st.caption(f"Model {pred.model} v{pred.model_version}{timing}")
+
+
+def render_cam(
+    ctx: AppContext, model: ModelInfo, up: Upload, pred: Prediction, method: str, alpha: float, size: CamSize
+) -> None:
+    """Target-class picker (default: the predicted class), the CAM overlay and its PNG download."""
+    classes = list(model.classes) or list(pred.probabilities)
+    target = st.selectbox(
+        "Explain class",
+        classes,
+        index=classes.index(pred.label) if pred.label in classes else 0,
+        format_func=lambda c: f"{c} (predicted)" if c == pred.label else c,
+        key=f"target-{up.key}-{model.id}",
+    )
+    try:
+        with st.spinner(f"Computing {method}..."):
+            cam: CamResult = cache.gradcam(
+                up.digest,
+                model.id,
+                model.version,
+                method,
+                target,
+                alpha,
+                size,
+                ctx.settings.backend_url,
+                up.data,
+                up.name,
+                ctx.client,
+            )
+    except BackendError as e:
+        st.error(f"CAM unavailable: {e.message}")
+        return
+    st.image(
+        cam.overlay_png,
+        caption=f"{method} for {cam.target} (opacity {alpha:.2f}), "
+        + ("upsampled to the upload" if size == "original" else "as the model sees the image"),
+        width="stretch",
+        alt=f"CAM overlay ({method}, {cam.target}) for {up.name}",
+    )
+    stem = PurePath(up.name).stem
+    st.download_button(
+        "Download overlay PNG",
+        cam.overlay_png,
+        file_name=f"{stem}_{model.id}_{method}_{cam.target}_{size}.png",
+        mime="image/png",
+        key=f"dl-{up.key}-{model.id}",
+        icon=":material/download:",
+    )
+
+
+def render_result(
+    ctx: AppContext,
+    model: ModelInfo,
+    up: Upload,
+    result: Prediction | BackendError,
+    method: str,
+    alpha: float,
+    size: CamSize,
+) -> None:
+    """The card of one image: preview, CAM overlay, prediction (or the backend's error)."""
+    col_img, col_cam, col_pred = st.columns([1, 1, 1.2], gap="medium")
+    with col_img:
+        png = preview_png(up.digest, up.data)
+        if png is None:
+            st.caption("No preview: the browser cannot show this file.")
+        else:
+            st.image(png, caption="Uploaded image", width="stretch")
+    if isinstance(result, BackendError):
+        col_pred.error(result.message)
+        return
+    with col_pred:
+        render_prediction(model, result)
+    with col_cam:
+        render_cam(ctx, model, up, result, method, alpha, size)
+
+
+def predict_all(ctx: AppContext, model: ModelInfo, uploads: Sequence[Upload]) -> list[Prediction | BackendError]:
+    """Cached ``/predict`` of every upload, in order; a failure stays with its own image."""
+    results: list[Prediction | BackendError] = []
+    for up in uploads:
+        try:
+            results.append(
+                cache.predict(
+                    up.digest, model.id, model.version, ctx.settings.backend_url, up.data, up.name, ctx.client
+                )
+            )
+        except BackendError as e:
+            results.append(e)
+    return results
+
+
+def results_table(
+    model: ModelInfo, uploads: Sequence[Upload], results: Sequence[Prediction | BackendError]
+) -> pd.DataFrame:
+    """One row per upload: filename, label, confidence, every class probability, derived ones, error."""
+    rows = []
+    for up, res in zip(uploads, results, strict=True):
+        row: dict[str, Any] = {"filename": up.name}
+        if isinstance(res, BackendError):
+            row |= {"label": None, "confidence": None, "error": res.message}
+        else:
+            row |= {"label": res.label, "confidence": res.confidence}
+            row |= {f"p_{c}": res.probabilities.get(c) for c in model.classes or res.probabilities}
+            row |= {f"p_{k}": v for k, v in (res.derived or {}).items()}
+            row["error"] = None
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame["error"].isna().all():
+        frame = frame.drop(columns="error")
+    return frame
+
+
+def cam_controls() -> tuple[str, float, CamSize]:
+    """CAM method, overlay opacity and overlay resolution, shared by all images on the page."""
+    c1, c2, c3 = st.columns([2, 3, 1.2], vertical_alignment="bottom")
+    method = c1.selectbox("CAM method", CAM_METHODS, key="cam-method", help="pytorch-grad-cam method")
+    alpha = c2.slider("Heatmap opacity", 0.0, 1.0, 0.5, step=0.05, key="cam-alpha")
+    full = c3.toggle(
+        "Full resolution",
+        key="cam-full",
+        help="Upsample the overlay to the uploaded image's size (also for the download). "
+        "Off: the image exactly as the model saw it.",
+    )
+    return method, float(alpha), "original" if full else "input"

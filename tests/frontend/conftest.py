@@ -1,0 +1,116 @@
+"""Fixtures for the UI tests: a real backend (uvicorn subprocess, tiny random checkpoints) on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "frontend" / "app.py"
+START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+@contextmanager
+def serve(cmd: list[str], env: Mapping[str, str], probe_url: str, log_path: Path) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` until ``probe_url`` answers 200 (bounded wait); stop it afterwards.
+
+    Fails with the process log when it exits early or never becomes healthy.
+    """
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"{cmd[2:4]} exited with {proc.returncode}:\n{_log_tail(log_path)}")
+                try:
+                    if requests.get(probe_url, timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{probe_url} not healthy after {START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def backend_env(models_dir: Path) -> dict[str, str]:
+    """Environment of a test backend: tiny models, one thread each (2 shared cores), no API key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETINA_") or k == "RETINA_DATA_DIR"}
+    env |= {
+        "RETINA_MODELS_DIR": str(models_dir),
+        "RETINA_DEVICE": "cpu",
+        "RETINA_TORCH_THREADS": "1",
+        "RETINA_DECODE_THREADS": "1",
+        "RETINA_LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def backend_url(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of the real backend (``uvicorn backend.main:app``) serving every registered model."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path_factory.mktemp("backend") / "uvicorn.log"
+    with serve(cmd, backend_env(tiny_models_dir), f"{url}/ready", log):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def backend_models(backend_url: str) -> list[dict]:
+    """``GET /models`` of the test backend, read directly (not through the frontend client)."""
+    resp = requests.get(f"{backend_url}/models", timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+@pytest.fixture(scope="session")
+def oct_image(oct_dev: Path) -> Path:
+    """One real OCT B-scan (the first in sorted order, so runs are repeatable)."""
+    return sorted(oct_dev.rglob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="session")
+def fundus_image(fundus_dev: Path) -> Path:
+    return sorted(fundus_dev.rglob("*.jpeg"))[0]
+
+
+def backend_predict(url: str, path: Path, model: str) -> dict:
+    """The backend's own answer for ``path``: what the UI must show."""
+    with open(path, "rb") as f:
+        resp = requests.post(f"{url}/predict", params={"model": model}, files={"file": (path.name, f)}, timeout=60)
+    resp.raise_for_status()
+    return resp.json()

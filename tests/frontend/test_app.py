@@ -1,0 +1,158 @@
+"""The Streamlit app run by AppTest against a real backend (tiny random checkpoints) and real scans."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from retina.registry import default_for
+from tests.frontend.conftest import APP, backend_predict, free_port
+from tests.frontend.fake_backend import FakeServer, png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    # Streamlit's caches are process-wide: keep one test's answers out of the next.
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+def run_app(monkeypatch: pytest.MonkeyPatch, url: str) -> AppTest:
+    monkeypatch.setenv("RETINA_BACKEND_URL", url)
+    monkeypatch.delenv("RETINA_API_KEY", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=90).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def upload(at: AppTest, *paths: Path | tuple[str, bytes]) -> AppTest:
+    files = [(p.name, p.read_bytes(), "image/jpeg") if isinstance(p, Path) else (*p, "image/png") for p in paths]
+    at.file_uploader(key="uploads").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> list[str]:
+    return [m.value for m in at.metric if m.label == label]
+
+
+def cam_captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions if " for " in c and "opacity" in c]
+
+
+def test_sidebar_ready_and_models(monkeypatch: pytest.MonkeyPatch, backend_url: str, backend_models: list) -> None:
+    at = run_app(monkeypatch, backend_url)
+    assert [s.value for s in at.sidebar.success] == ["Backend ready"]
+    assert not at.error
+    assert at.sidebar.radio(key="task").options == ["OCT", "Fundus"]
+    oct_ids = [m["id"] for m in backend_models if m["task"] == "oct"]
+    select = at.sidebar.selectbox(key="model-oct")
+    assert select.value == default_for("oct").key
+    assert len(select.options) == len(oct_ids)
+    # Version shown next to the model; metrics table from the checkpoint.
+    assert any("0.0.0-test" in o for o in select.options)
+    metrics = at.sidebar.dataframe[0].value
+    assert "random weights for tests" in metrics["value"].tolist()
+    assert any("Research tool, not a diagnosis" in i.value for i in at.info)
+
+
+def test_oct_upload_shows_prediction_and_cam(
+    monkeypatch: pytest.MonkeyPatch, backend_url: str, oct_image: Path
+) -> None:
+    at = upload(run_app(monkeypatch, backend_url), oct_image)
+    expected = backend_predict(backend_url, oct_image, default_for("oct").key)
+    assert not at.error, [e.value for e in at.error]
+    assert metric(at, "Predicted class") == [expected["label"]]
+    assert metric(at, "Confidence") == [f"{expected['confidence']:.1%}"]
+    assert cam_captions(at) == [f"gradcam for {expected['label']} (opacity 0.50), as the model sees the image"]
+    assert [b.label for b in at.get("download_button")] == ["Download overlay PNG"]
+    assert len(at.get("vega_lite_chart")) == 1, "probability chart missing"
+
+    # Other CAM method and target class: a new overlay for that setting, still no error.
+    other = next(c for c in default_for("oct").class_names if c != expected["label"])
+    at.selectbox(key="cam-method").set_value("eigencam")
+    at.slider(key="cam-alpha").set_value(0.8)
+    at.toggle(key="cam-full").set_value(True)
+    at.selectbox(key=next(k for k in at.session_state if k.startswith("target-"))).set_value(other)
+    at.run()
+    assert not at.exception and not at.error
+    assert cam_captions(at) == [f"eigencam for {other} (opacity 0.80), upsampled to the upload"]
+
+
+def test_fundus_shows_derived_probabilities(
+    monkeypatch: pytest.MonkeyPatch, backend_url: str, fundus_image: Path
+) -> None:
+    at = run_app(monkeypatch, backend_url)
+    at.sidebar.radio(key="task").set_value("fundus").run()
+    at = upload(at, fundus_image)
+    expected = backend_predict(backend_url, fundus_image, default_for("fundus").key)
+    assert not at.error, [e.value for e in at.error]
+    assert metric(at, "Predicted class") == [expected["label"]]
+    assert metric(at, "Referable DR (grade ≥ 2)") == [f"{expected['derived']['referable']:.1%}"]
+    assert metric(at, "Any DR (grade ≥ 1)") == [f"{expected['derived']['any']:.1%}"]
+
+
+def test_several_uploads_table_and_csv(monkeypatch: pytest.MonkeyPatch, backend_url: str, oct_dev: Path) -> None:
+    scans = sorted(oct_dev.rglob("*.jpeg"))[:3]
+    at = upload(run_app(monkeypatch, backend_url), *scans)
+    table = at.main.dataframe[0].value
+    assert table["filename"].tolist() == [p.name for p in scans]
+    key = default_for("oct").key
+    assert table["label"].tolist() == [backend_predict(backend_url, p, key)["label"] for p in scans]
+    probs = table[[f"p_{c}" for c in default_for("oct").class_names]]
+    assert probs.sum(axis=1).round(4).tolist() == [1.0] * len(scans)
+    assert "Download results CSV" in [b.label for b in at.get("download_button")]
+    # Only the first card is open, so only one CAM was requested and shown.
+    assert len(cam_captions(at)) == 1
+
+
+def test_undecodable_upload_shows_backend_detail(monkeypatch: pytest.MonkeyPatch, backend_url: str) -> None:
+    junk = b"this is not an image"
+    at = upload(run_app(monkeypatch, backend_url), ("notes.png", junk))
+    resp = requests.post(f"{backend_url}/predict", files={"file": ("notes.png", junk, "image/png")}, timeout=30)
+    assert 400 <= resp.status_code < 500
+    assert [e.value for e in at.main.error] == [resp.json()["detail"]]
+    assert not metric(at, "Predicted class")
+
+
+def test_backend_down_then_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    at = run_app(monkeypatch, f"http://127.0.0.1:{port}")
+    errors = [e.value for e in at.sidebar.error]
+    assert len(errors) == 1 and errors[0].startswith("Backend unreachable: "), errors
+    assert not at.sidebar.success
+    assert "No model to run" in at.main.warning[0].value
+    # The backend comes up on that port: the next rerun recovers, nothing stale from the failure.
+    with FakeServer(port=port):
+        at.run()
+        assert not at.exception
+        assert [s.value for s in at.sidebar.success] == ["Backend ready"]
+        assert not at.error
+        upload(at, ("scan.png", png_bytes(32)))
+        assert metric(at, "Predicted class") == ["DRUSEN"]
+
+
+def test_backend_not_ready_shows_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        fake.ready = False
+        at = run_app(monkeypatch, fake.url)
+    assert [w.value for w in at.sidebar.warning] == [f"Backend not ready: {fake.not_ready_detail}"]
+    assert not at.sidebar.success and not at.sidebar.error
+
+
+def test_models_page(monkeypatch: pytest.MonkeyPatch, backend_url: str, backend_models: list) -> None:
+    at = run_app(monkeypatch, backend_url)
+    at.switch_page("app_pages/models.py").run()
+    assert not at.exception
+    headers = [h.value for h in at.main.subheader]
+    assert len(headers) == len(backend_models)
+    for m, h in zip(backend_models, headers, strict=True):
+        assert h.startswith(f"{m['id']} (v{m['version']})")

@@ -1,0 +1,94 @@
+"""frontend.cache: one request per image and setting; failures are never cached."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import streamlit as st
+
+from frontend import cache
+from frontend.client import BackendClient, BackendError, ClientSettings
+from tests.frontend.fake_backend import FakeBackend, FakeServer, png_bytes
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBackend]:
+    st.cache_data.clear()
+    with FakeServer() as state:
+        yield state
+    st.cache_data.clear()
+
+
+def _predict(client: BackendClient, data: bytes, model: str = "oct-test", version: str = "1") -> object:
+    return cache.predict(cache.file_digest(data), model, version, client.base_url, data, "a.png", client)
+
+
+def _cam(client: BackendClient, data: bytes, **kw: object) -> object:
+    args = {"method": "gradcam", "target": "CNV", "alpha": 0.5, "size": "input"} | kw
+    return cache.gradcam(
+        cache.file_digest(data),
+        "oct-test",
+        "1",
+        args["method"],
+        args["target"],
+        args["alpha"],
+        args["size"],
+        client.base_url,
+        data,
+        "a.png",
+        client,
+    )
+
+
+def test_predict_once_per_image_model_and_version(fake: FakeBackend) -> None:
+    client = BackendClient(ClientSettings(backend_url=fake.url))
+    a, b = png_bytes(8), png_bytes(9)
+    first = _predict(client, a)
+    assert _predict(client, a) == first
+    assert len(fake.calls("/predict")) == 1
+    _predict(client, b)
+    _predict(client, a, model="other")
+    _predict(client, a, version="2")
+    assert len(fake.calls("/predict")) == 4
+
+
+def test_predict_keyed_on_backend_url(fake: FakeBackend) -> None:
+    data = png_bytes(8)
+    with FakeServer() as other:
+        for url in (fake.url, other.url, fake.url):
+            _predict(BackendClient(ClientSettings(backend_url=url)), data)
+        assert len(other.calls("/predict")) == 1
+    assert len(fake.calls("/predict")) == 1
+
+
+def test_gradcam_once_per_setting(fake: FakeBackend) -> None:
+    client = BackendClient(ClientSettings(backend_url=fake.url))
+    data = png_bytes(8)
+    _cam(client, data)
+    _cam(client, data)
+    assert len(fake.calls("/gradcam")) == 1
+    for change in ({"method": "eigencam"}, {"target": "DME"}, {"target": None}, {"alpha": 0.7}, {"size": "original"}):
+        _cam(client, data, **change)
+    _cam(client, png_bytes(10))
+    assert len(fake.calls("/gradcam")) == 7
+    # Every variant is now cached.
+    _cam(client, data, alpha=0.7)
+    assert len(fake.calls("/gradcam")) == 7
+
+
+def test_failures_are_not_cached(fake: FakeBackend) -> None:
+    client = BackendClient(ClientSettings(backend_url=fake.url))
+    data = png_bytes(8)
+    fake.queue_error(503, {"error": "not_ready", "detail": "warming up"})
+    with pytest.raises(BackendError, match="warming up"):
+        _predict(client, data)
+    # The backend is back: the same call reaches it again and succeeds.
+    assert _predict(client, data).label == "DRUSEN"  # type: ignore[attr-defined]
+    assert len(fake.calls("/predict")) == 2
+
+
+def test_file_digest_is_content_hash() -> None:
+    assert cache.file_digest(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert cache.file_digest(b"abc") != cache.file_digest(b"abd")
+    assert len(cache.file_digest(b"")) == 64

@@ -1,0 +1,115 @@
+"""End to end in a real browser: backend + ``streamlit run`` on free ports, Debian chromium via Playwright.
+
+Uploads a real OCT B-scan through the page's file input, waits for the predicted label and the
+CAM overlay image, and saves a screenshot under the test's tmp dir (and to ``$RETINA_SCREENSHOT_OUT``
+when set, which is how ``docs/screenshot.png`` is made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retina.registry import default_for
+from tests.frontend.conftest import APP, REPO, backend_predict, free_port, serve
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+WAIT_MS = 60_000
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (``RETINA_CHROMIUM`` overrides); never a downloaded browser."""
+    for candidate in (os.environ.get("RETINA_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def streamlit_url(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETINA_")}
+    env |= {"RETINA_BACKEND_URL": backend_url, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP.relative_to(REPO)),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        # What a user of the deployed app sees: no developer "Deploy" button in the toolbar.
+        "--client.toolbarMode",
+        "viewer",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    with serve(cmd, env, f"{url}/_stcore/health", log):
+        yield url
+
+
+def test_upload_predict_and_cam_in_browser(
+    streamlit_url: str, backend_url: str, oct_image: Path, tmp_path: Path
+) -> None:
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no chromium binary (apt-get install chromium, or set RETINA_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) not installed")
+    expected = backend_predict(backend_url, oct_image, default_for("oct").key)
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=WAIT_MS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1150})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(streamlit_url)
+            page.get_by_text("Backend ready", exact=True).wait_for()
+
+            page.locator('input[type="file"]').set_input_files(str(oct_image))
+
+            label = page.locator('[data-testid="stMetric"]').filter(has_text="Predicted class")
+            sync_api.expect(label).to_contain_text(expected["label"], timeout=WAIT_MS)
+            cam = page.locator('img[alt^="CAM overlay"]')
+            cam.wait_for(state="visible")
+            # Loaded, not just inserted: the PNG decoded to a real size.
+            page.wait_for_function(
+                "() => { const i = document.querySelector('img[alt^=\"CAM overlay\"]');"
+                " return i && i.complete && i.naturalWidth > 0; }"
+            )
+            page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(state="visible")
+            # No traceback box and no error message anywhere on the page.
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+
+            shot = tmp_path / "retinascope-ui.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if out := os.environ.get("RETINA_SCREENSHOT_OUT"):
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, out)
+        finally:
+            browser.close()
