@@ -98,27 +98,27 @@ def mismatches(spec: ModelSpec, meta: CheckpointMeta) -> list[str]:
 
 register_model(
     ModelSpec(
-        key="oct-resnet18",
+        key="oct-simplecnn",
         task="oct",
-        arch="resnet18",
-        checkpoint="oct-resnet18.pt",
+        arch="simplecnn",
+        checkpoint="oct-simplecnn.pt",
         class_names=OCT_CLASSES,
         preprocess=get_preset("oct_128"),
-        cam_layer=ARCHS["resnet18"].cam_layer,
+        cam_layer=ARCHS["simplecnn"].cam_layer,
         default=True,
-        description="ResNet-18 on OCT B-scans (4 classes), trained on 46 Kermany OCT2017 scans",
+        description="Small 2-conv CNN on OCT B-scans (4 classes); trained on only 46 Kermany OCT2017 scans",
     )
 )
 register_model(
     ModelSpec(
-        key="fundus-resnet18",
+        key="fundus-mobilenetv3",
         task="fundus",
-        arch="resnet18",
-        checkpoint="fundus-resnet18.pt",
+        arch="mobilenet_v3_large",
+        checkpoint="fundus-mobilenetv3.pt",
         class_names=DR_GRADES,
-        preprocess=get_preset("fundus_256"),
-        cam_layer=ARCHS["resnet18"].cam_layer,
+        preprocess=get_preset("fundus_224"),
+        cam_layer=ARCHS["mobilenet_v3_large"].cam_layer,
         default=True,
-        description="ResNet-18 DR grading (0-4) on EyePACS fundus photos",
+        description="MobileNetV3-Large DR grading (0-4) on EyePACS fundus photos, trained from scratch",
     )
 )

@@ -81,20 +81,20 @@ def test_class_count_mismatch_raises(tmp_path):
 
 
 def test_registry_mismatch_is_reported(tmp_path, make_checkpoint):
-    spec = registry.MODELS["oct-resnet18"]
+    spec = registry.default_for("oct")
     p = make_checkpoint(spec, tmp_path / "ok.pt")
     _, meta = checkpoint.load(p)
     assert registry.mismatches(spec, meta) == []
-    other = registry.MODELS["fundus-resnet18"]
+    other = registry.default_for("fundus")
     problems = registry.mismatches(other, meta)
     assert any("class_names" in x for x in problems) and any("preprocess" in x for x in problems)
 
 
 def test_registry_rejects_duplicates():
-    spec = registry.MODELS["oct-resnet18"]
+    spec = registry.default_for("oct")
     with pytest.raises(ValueError, match="already registered"):
         registry.register_model(spec)
-    assert registry.default_for("oct").key == "oct-resnet18"
+    assert registry.default_for("oct") is spec and spec.task == "oct"
 
 
 def test_imagenet_weights_absent_is_an_error(tmp_path, monkeypatch):
