@@ -386,10 +386,16 @@ def _read_labels_csv(path: Path, label_scheme: str) -> ImageTable:
 def _holdout(labels: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Patient-disjoint stratified hold-out of about ``frac`` of the rows: ``(keep, held)`` positions."""
     n_groups = len(set(groups))
-    k = int(np.clip(round(1 / frac), 2, n_groups))
+    # sklearn refuses more folds than the largest class has members; cap k there.
+    largest = int(np.bincount(labels).max()) if len(labels) else 0
+    k = int(min(max(2, round(1 / frac)), n_groups, largest))
+    if k < 2:
+        raise DatasetError(f"cannot hold out {frac:.0%} by patient: {len(labels)} images, {n_groups} patients")
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    # Stratify only on classes with enough patients; rare labels fall back to plain grouping.
-    keep, held = next(sgkf.split(np.zeros(len(labels)), labels, groups))
+    try:
+        keep, held = next(sgkf.split(np.zeros(len(labels)), labels, groups))
+    except ValueError as e:
+        raise DatasetError(f"cannot split {len(labels)} images of {n_groups} patients by patient: {e}") from e
     return keep, held
 
 

@@ -1,0 +1,316 @@
+"""Training configuration: defaults < YAML config file < ``--set key=value`` < explicit flags.
+
+nanoGPT-style: every knob has a typed default in :data:`DEFAULTS`; a YAML file under
+``training/configs/`` overrides some of them; ``--set a.b=value`` (dotted keys) overrides
+single values and is type-checked against the default's type; the explicit flags
+``--data``, ``--out`` and ``--epochs`` win over everything. The fully resolved config is
+saved as ``config.yaml`` beside the checkpoint and inside it, so a run can be repeated
+from the checkpoint alone.
+
+Two sub-trees are free-form because their keys depend on other values:
+
+* ``model.args``: keyword arguments of the architecture's builder (``retina.models``);
+  ``in_channels`` and ``num_classes`` are filled in from the data and the preprocess spec.
+* ``preprocess``: ``preset`` plus any :class:`retina.preprocessing.PreprocessSpec` field to
+  override (``--set preprocess.size=32``), type-checked against the preset's value.
+
+The ``simclr:`` section is ``null`` by default; a config that has one gets
+:data:`SIMCLR_DEFAULTS` filled in under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retina.preprocessing import PreprocessSpec, get_preset
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """An unknown key, a value of the wrong type, or an unreadable config file."""
+
+
+# Every key a config may set, with its default. Comments say what the value means.
+DEFAULTS: dict[str, Any] = {
+    "name": "",  # run name; defaults to the config file's stem
+    "task": "",  # "oct" | "fundus"; "" = take it from the data table
+    "out": "",  # output dir; "" = runs/<name>
+    "data": {
+        "path": None,  # dataset root or .npz file
+        "format": "auto",  # auto | medmnist | oct2017 | csv | eyepacs | aptos
+        "label_scheme": "grade",  # fundus: grade | referable | any | binary-strict (ignored for OCT)
+        "val_frac": 0.15,
+        "test_frac": 0.15,
+        "seed": 0,  # split seed (patient-disjoint, stratified)
+        "cache_dir": "runs/cache",  # prepared-image cache; null = no cache
+        "max_images": None,  # total cap for quick runs, stratified by class, whole patients only
+    },
+    "preprocess": {"preset": "oct_28"},  # + optional PreprocessSpec field overrides
+    "model": {"arch": "simplecnn", "args": {}},
+    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
+    "scheduler": "none",  # cosine | none (cosine anneals per epoch to 0 over `epochs`)
+    "epochs": 10,
+    "batch_size": 64,
+    "eval_batch_size": 256,
+    "augment": "none",  # none | light | strong (retina.preprocessing.augmentations)
+    "imbalance": "none",  # none | class_weights | weighted_sampler | smote
+    "label_smoothing": 0.0,
+    "label_fraction": None,  # float in (0, 1]: keep this stratified fraction of train labels
+    "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss / val_referable_auc (5-grade DR); patience 0 = off
+    "seed": 0,  # model init, shuffling, augmentation, SMOTE
+    "device": "auto",  # auto | cpu | cuda
+    "threads": 0,  # torch CPU threads; 0 = all cores torch sees
+    "num_workers": 0,  # DataLoader workers (only used with augmentation)
+    "channels_last": True,  # faster convolutions on CPU (oneDNN) and tensor cores
+    "amp": False,  # bf16 autocast (CPU with AMX/avx512_bf16, or CUDA)
+    "half": False,  # store best.pt weights in float16
+    "calibrate": True,  # temperature scaling on val logits (kept only if it lowers val NLL)
+    "n_bootstrap": 1000,  # bootstrap resamples for metric CIs
+    "progress": True,  # tqdm bars
+    "version": "0.1.0",  # model version written into the checkpoint
+    "simclr": None,  # section; see SIMCLR_DEFAULTS
+}
+
+SIMCLR_DEFAULTS: dict[str, Any] = {
+    "encoder": "resnet18",
+    "proj_dim": 128,
+    "proj_hidden": 512,
+    "epochs": 20,  # contrastive pretraining epochs
+    "batch_size": 128,
+    "lr": 1e-3,
+    "weight_decay": 1e-6,
+    "temperature": 0.5,  # NT-Xent temperature
+    "crop_scale_min": 0.3,  # RandomResizedCrop lower scale of the views
+    "blur_p": 0.5,
+    "label_fractions": [0.01, 0.1],  # fine-tune once per fraction -> out/frac_<f>/best.pt
+    "linear_probe": False,  # True = freeze the backbone, train the linear head only
+    "backbone": None,  # path to an exported backbone.pt: skip pretraining
+}
+
+_SECTIONS: dict[str, dict[str, Any]] = {"simclr": SIMCLR_DEFAULTS}
+_FREE_FORM = {("model", "args")}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Cast ``value`` to the type of ``default`` where that is lossless, else raise."""
+    if default is None:
+        return value
+    if value is None:
+        raise ConfigError(f"{key}: null is not allowed (default is {default!r})")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, list):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{key}: expected {type(default).__name__} like the default {default!r}, got {value!r}")
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _preprocess_fields() -> dict[str, Any]:
+    return {k: f for k, f in PreprocessSpec.__dataclass_fields__.items() if k not in ("extra", "version")}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base``; unknown keys and bad types raise."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        here = (*path, str(k))
+        dotted = ".".join(here)
+        if path in _FREE_FORM or path == ("preprocess",) and k != "preset":
+            if path == ("preprocess",) and k not in _preprocess_fields():
+                raise _unknown(dotted, ["preset", *_preprocess_fields()])
+            out[k] = copy.deepcopy(v)
+            continue
+        if k not in out:
+            raise _unknown(dotted, list(out))
+        default = out[k]
+        if default is None and k in _SECTIONS and path == ():
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise ConfigError(f"{dotted}: expected a mapping")
+            out[k] = _merge(_SECTIONS[k], v, here)
+        elif k == "preprocess" and path == () and isinstance(v, str):
+            out[k] = {"preset": v}  # shorthand: `preprocess: oct_128`
+        elif isinstance(default, dict) and here in _FREE_FORM:
+            out[k] = {**default, **copy.deepcopy(_coerce(v, default, dotted))}  # key-wise, unchecked
+        elif isinstance(default, dict):
+            out[k] = _merge(default, _coerce(v, default, dotted), here)
+        else:
+            out[k] = copy.deepcopy(_coerce(v, default, dotted))
+    return out
+
+
+def _set_value(cfg: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set one dotted ``key`` to ``value`` with the same checks as a config file."""
+    nested: Any = value
+    for p in reversed(key.split(".")):
+        nested = {p: nested}
+    return _merge(cfg, nested)
+
+
+def _set_dotted(cfg: dict[str, Any], key: str, raw: str) -> dict[str, Any]:
+    """Apply one ``--set a.b.c=raw``: parse ``raw`` as YAML, then merge with type checks."""
+    return _set_value(cfg, key, yaml.safe_load(raw) if raw != "" else "")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file() and not path.suffix and (CONFIG_DIR / f"{path}.yaml").is_file():
+        path = CONFIG_DIR / f"{path}.yaml"  # `--config oct_simplecnn` works too
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def resolve(
+    config: str | Path | dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    explicit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Defaults < ``config`` (file or dict) < ``sets`` (``key=value``) < ``explicit`` (dotted keys).
+
+    Returns a new, fully resolved and validated config dict of plain types.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    if config is not None:
+        cfg = _merge(cfg, config if isinstance(config, dict) else load_yaml(config))
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        cfg = _set_dotted(cfg, key.strip(), raw.strip())
+    for key, value in (explicit or {}).items():
+        if value is not None:
+            cfg = _set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "scheduler": ("none", "cosine"),
+    "augment": ("none", "light", "strong"),
+    "imbalance": ("none", "class_weights", "weighted_sampler", "smote"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Value checks that types alone cannot express."""
+    for key, choices in _CHOICES.items():
+        if cfg[key] not in choices:
+            raise ConfigError(f"{key} must be one of {choices}, got {cfg[key]!r}")
+    if cfg["early_stopping"]["metric"] not in ("val_balanced_accuracy", "val_loss", "val_referable_auc"):
+        raise ConfigError("early_stopping.metric must be val_balanced_accuracy, val_loss or val_referable_auc")
+    if cfg["optim"]["name"] not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg['optim']['name']!r}")
+    if cfg["epochs"] < 0 or cfg["batch_size"] < 1:
+        raise ConfigError("epochs must be >= 0 and batch_size >= 1")
+    lf = cfg["label_fraction"]
+    if lf is not None and not (isinstance(lf, (int, float)) and 0 < lf <= 1):
+        raise ConfigError(f"label_fraction must be in (0, 1], got {lf!r}")
+    d = cfg["data"]
+    if not (0 <= d["val_frac"] < 1 and 0 <= d["test_frac"] < 1 and d["val_frac"] + d["test_frac"] < 1):
+        raise ConfigError("data.val_frac and data.test_frac must be in [0, 1) and sum to < 1")
+    preprocess_spec(cfg)  # unknown preset or invalid field values raise here, not mid-run
+    if cfg["simclr"] is not None:
+        for f in cfg["simclr"]["label_fractions"]:
+            if not (isinstance(f, (int, float)) and 0 < f <= 1):
+                raise ConfigError(f"simclr.label_fractions must be floats in (0, 1], got {f!r}")
+
+
+def preprocess_spec(cfg: dict[str, Any]) -> PreprocessSpec:
+    """The :class:`PreprocessSpec` a config asks for: its preset with field overrides."""
+    pre = dict(cfg["preprocess"])
+    try:
+        base = get_preset(pre.pop("preset"))
+    except KeyError as e:
+        raise ConfigError(str(e)) from None
+    if not pre:
+        return base
+    current = base.to_dict()
+    for k, v in pre.items():
+        pre[k] = list(v) if k in ("mean", "std") else _coerce(v, current[k], f"preprocess.{k}")
+    try:
+        return base.replace(**pre)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"preprocess: {e}") from e
+
+
+def save_config(cfg: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return path
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags shared by ``training.train`` and ``training.cv``."""
+    parser.add_argument("--config", help="YAML config (path, or a name under training/configs/)")
+    parser.add_argument("--data", help="dataset root or .npz (overrides data.path)")
+    parser.add_argument("--out", help="output directory (overrides out)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (overrides epochs)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value by dotted key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    return parser
+
+
+def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve a config from parsed :func:`add_common_args` flags (``base`` replaces the file)."""
+    explicit = {"data.path": args.data, "out": args.out, "epochs": args.epochs}
+    source: Any = base if base is not None else args.config
+    return resolve(source, args.sets, explicit)
