@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "imbalance": "none",  # none | class_weights | weighted_sampler | smote
     "label_smoothing": 0.0,
     "label_fraction": None,  # float in (0, 1]: keep this stratified fraction of train labels
-    "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss / val_referable_auc (5-grade DR); patience 0 = off
+    "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss, val_referable_auc
     "seed": 0,  # model init, shuffling, augmentation, SMOTE
     "device": "auto",  # auto | cpu | cuda
     "threads": 0,  # torch CPU threads; 0 = all cores torch sees
