@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "imbalance": "none",  # none | class_weights | weighted_sampler | smote
     "label_smoothing": 0.0,
     "label_fraction": None,  # float in (0, 1]: keep this stratified fraction of train labels
-    "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss, val_referable_auc
+    "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss, val_referable_auc, last
     "seed": 0,  # model init, shuffling, augmentation, SMOTE
     "device": "auto",  # auto | cpu | cuda
     "threads": 0,  # torch CPU threads; 0 = all cores torch sees
@@ -247,8 +247,8 @@ def validate(cfg: dict[str, Any]) -> None:
     for key, choices in _CHOICES.items():
         if cfg[key] not in choices:
             raise ConfigError(f"{key} must be one of {choices}, got {cfg[key]!r}")
-    if cfg["early_stopping"]["metric"] not in ("val_balanced_accuracy", "val_loss", "val_referable_auc"):
-        raise ConfigError("early_stopping.metric must be val_balanced_accuracy, val_loss or val_referable_auc")
+    if cfg["early_stopping"]["metric"] not in ("val_balanced_accuracy", "val_loss", "val_referable_auc", "last"):
+        raise ConfigError("early_stopping.metric must be val_balanced_accuracy, val_loss, val_referable_auc or last")
     if cfg["optim"]["name"] not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg['optim']['name']!r}")
     if cfg["epochs"] < 0 or cfg["batch_size"] < 1:

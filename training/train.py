@@ -395,7 +395,9 @@ def referable_auc(logits: np.ndarray, y: np.ndarray, class_names: tuple[str, ...
 
 
 def _better(metric: str, score: float, loss: float, best: tuple[float, float] | None) -> bool:
-    if best is None:
+    if best is None or metric == "last":
+        # "last": a fixed schedule; on tiny validation sets (a handful of images) picking an
+        # epoch by its score selects noise, so the final epoch is kept instead.
         return True
     b_score, b_loss = best
     if metric == "val_loss":
