@@ -359,7 +359,7 @@ def dockerignore() -> DockerIgnore:
     "path",
     [".venv/bin/python", "runs/exp1/last.pt", "data/x.png", "cache/a", ".git/HEAD", ".pytest_cache/v",
      "retina/__pycache__/models.cpython-311.pyc", ".env", "tests/unit/test_cam.py", "training/x.py",
-     "models/oct-resnet18.pt.tmp", "backend/.env"],
+     "models/oct-simplecnn.pt.tmp", "backend/.env"],
 )  # fmt: skip
 def test_build_context_leaves_out(dockerignore: DockerIgnore, path: str) -> None:
     assert dockerignore.excluded(path)
