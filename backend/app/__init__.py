@@ -1,0 +1,1 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, ``backend.app.main.app`` is the default one."""

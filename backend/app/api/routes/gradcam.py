@@ -1,0 +1,143 @@
+"""POST /gradcam: class activation map of the exact tensor /predict scores."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from backend.app.api.deps import CamPoolDep, DecodePoolDep, MetricsDep, SettingsDep, StoreDep, require_api_key
+from backend.app.api.routes.predict import IMAGE_ERRORS, ModelParam, prediction, read_and_prepare
+from backend.app.errors import ApiError, invalid_parameter
+from backend.app.schemas import ErrorResponse, GradcamResponse
+from backend.app.services.explain import CamResult, compute_cam, png_bytes
+from backend.app.services.model_store import ServedModel
+from backend.app.services.runtime import run_in
+from retina.cam import METHODS
+
+router = APIRouter(tags=["explain"], dependencies=[Depends(require_api_key)])
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **IMAGE_ERRORS,
+    200: {
+        "description": "`format=png` (default): the overlay PNG, prediction in `X-Label`, `X-Confidence`, "
+        "`X-Model`, `X-Target`, `X-Method` headers. `format=json`: the JSON below.",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "model": GradcamResponse,
+    },
+    404: {"model": ErrorResponse, "description": "`unknown_model` or `unknown_method`"},
+}
+
+
+def parse_target(target: str | None, class_names: list[str]) -> int | None:
+    """``?target=`` as a class name (case-insensitive) or index; ``None`` = predicted class."""
+    if target is None or target == "":
+        return None
+    if target.strip().lstrip("-").isdigit():
+        idx = int(target)
+        if 0 <= idx < len(class_names):
+            return idx
+        raise invalid_parameter(f"target index {idx} is out of range 0..{len(class_names) - 1}")
+    lowered = [c.lower() for c in class_names]
+    if target.lower() in lowered:
+        return lowered.index(target.lower())
+    raise invalid_parameter(f"unknown target {target!r}; classes: {class_names}")
+
+
+def _header(value: str) -> str:
+    # Header values must be latin-1; class names of extra models might not be.
+    return value if value.isascii() else quote(value)
+
+
+@router.post(
+    "/gradcam",
+    summary="Explain a prediction with a class activation map",
+    response_class=Response,
+    response_model=None,
+    responses=_RESPONSES,
+)
+async def gradcam(
+    store: StoreDep,
+    settings: SettingsDep,
+    decode: DecodePoolDep,
+    cam: CamPoolDep,
+    metrics: MetricsDep,
+    file: Annotated[UploadFile, File(description="The image (JPEG, PNG, BMP, TIFF, WebP or GIF).")],
+    model: ModelParam = "oct",
+    method: Annotated[str, Query(description=f"CAM method: {', '.join(METHODS)}.")] = "gradcam",
+    target: Annotated[
+        str | None, Query(description="Class name or index to explain; default: the predicted class.")
+    ] = None,
+    alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")] = 0.5,
+    size: Annotated[
+        Literal["input", "original"],
+        Query(description="`input`: the model's S x S view; `original`: upsampled to the upload's width x height."),
+    ] = "input",
+    format: Annotated[Literal["png", "json"], Query(description="PNG body or JSON with base64 PNGs.")] = "png",
+) -> Response:
+    """Heatmap over the image as the model saw it (after cropping, resizing, normalising).
+
+    The prediction and the heatmap come from the same prepared tensor. ScoreCAM runs one
+    forward pass per channel of the CAM layer: expect seconds per request on a CPU.
+
+    Example: `curl -F file=@fundus.jpeg 'localhost:8000/gradcam?model=fundus' -o cam.png`.
+    """
+    served: ServedModel = store.resolve(model)
+    # An unencoded `method=gradcam++` arrives as "gradcam  " ('+' means space in a query).
+    plus = method.replace(" ", "+").lower()
+    method = plus if plus in METHODS else method.strip().lower()
+    if method not in METHODS:
+        raise ApiError(404, "unknown_method", f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    target_idx = parse_target(target, served.class_names)
+    start = time.perf_counter()
+    try:
+        prepared = await read_and_prepare(served, file, settings, decode, metrics)
+    except ApiError as e:
+        metrics.model_requests.labels(served.id, "gradcam", e.code).inc()
+        raise
+    out_size = prepared.original_size if size == "original" else None
+
+    def render() -> tuple[CamResult, bytes, bytes | None]:
+        result = compute_cam(
+            served, prepared.pixels, target_idx, method, alpha, out_size, settings.scorecam_batch_size, metrics
+        )
+        heatmap_png = png_bytes(result.heatmap) if format == "json" else None
+        return result, png_bytes(result.overlay), heatmap_png
+
+    result, overlay_png, heatmap_png = await run_in(cam, render)
+    body = prediction(served, result.probabilities, result.cam_ms)
+    explained = result.target
+    height, width = result.overlay.shape[:2]
+    metrics.predictions.labels(served.id, body["label"]).inc()
+    metrics.model_requests.labels(served.id, "gradcam", "ok").inc()
+    metrics.model_request_seconds.labels(served.id, "gradcam").observe(time.perf_counter() - start)
+    target_name = served.class_names[explained]
+    if format == "json":
+        assert heatmap_png is not None
+        payload = GradcamResponse(
+            model=served.id,
+            model_version=served.meta.version,
+            label=body["label"],
+            confidence=body["confidence"],
+            probabilities=body["probabilities"],
+            target=target_name,
+            method=method,
+            width=width,
+            height=height,
+            overlay_png=base64.b64encode(overlay_png).decode("ascii"),
+            heatmap_png=base64.b64encode(heatmap_png).decode("ascii"),
+        )
+        return JSONResponse(payload.model_dump())
+    headers = {
+        "X-Model": served.id,
+        "X-Model-Version": _header(served.meta.version),
+        "X-Label": _header(body["label"]),
+        "X-Confidence": f"{body['confidence']:.6f}",
+        "X-Target": _header(target_name),
+        "X-Method": method,
+    }
+    return Response(overlay_png, media_type="image/png", headers=headers)

@@ -1,0 +1,44 @@
+"""GET /health (liveness) and GET /ready (every configured model loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from backend.app.api.deps import StoreDep
+from backend.app.errors import error_body
+from backend.app.schemas import HealthResponse, ModelStatus, NotReadyResponse, ReadyResponse
+from backend.app.services.model_store import ModelStore
+
+router = APIRouter(tags=["ops"])
+
+
+def model_statuses(store: ModelStore) -> list[ModelStatus]:
+    """Each served and each failed model with its loaded flag, version and error."""
+    rows = [ModelStatus(id=m.id, task=m.task, loaded=True, version=m.meta.version) for m in store.served.values()]
+    rows += [ModelStatus(id=f.id, task=f.task, loaded=False, error=f.error) for f in store.failed.values()]
+    return rows
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+def health(store: StoreDep) -> HealthResponse:
+    """Always 200 while the process answers (use /ready for traffic); lists each model's state."""
+    return HealthResponse(ready=store.ready, models=model_statuses(store))
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    summary="Readiness",
+    responses={503: {"model": NotReadyResponse, "description": "`not_ready`: which model failed and why"}},
+)
+def ready(store: StoreDep) -> ReadyResponse | JSONResponse:
+    """200 when every configured model is loaded; 503 `not_ready` naming each failure otherwise."""
+    if store.ready:
+        return ReadyResponse(models=model_statuses(store))
+    body = error_body(
+        "not_ready",
+        "; ".join(store.not_ready_reasons()),
+        models=[s.model_dump() for s in model_statuses(store)],
+    )
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "30"})

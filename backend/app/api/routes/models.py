@@ -1,0 +1,66 @@
+"""GET /models: what can be asked for in ``?model=``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from backend.app.api.deps import StoreDep, require_api_key
+from backend.app.schemas import ErrorResponse, ModelInfo
+from backend.app.services.model_store import json_safe
+
+router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+@router.get(
+    "/models",
+    response_model=list[ModelInfo],
+    summary="Served models",
+    responses={401: {"model": ErrorResponse, "description": "`unauthorized`"}},
+)
+def list_models(store: StoreDep) -> list[ModelInfo]:
+    """Every loaded model (metrics and card from its checkpoint; NaN shown as null).
+
+    A registered model that failed to load is listed too, with `loaded: false`, its
+    `error`, and the registry's description of it (no version or metrics). Failed extra
+    checkpoints appear only in /health and /ready, since nothing about them is known.
+    """
+    rows = []
+    for m in store.served.values():
+        meta = m.meta
+        rows.append(
+            ModelInfo(
+                id=m.id,
+                task=m.task,
+                arch=meta.arch,
+                classes=m.class_names,
+                input_size=meta.preprocess.size,
+                channels=meta.preprocess.channels,
+                version=meta.version,
+                metrics=json_safe(meta.metrics) or {},
+                default=store.is_default(m.id),
+                description=m.description,
+                card=json_safe(meta.card) or {},
+                temperature=meta.temperature,
+                cam_layer=m.cam_layer,
+            )
+        )
+    for f in store.failed.values():
+        if f.spec is None:
+            continue
+        rows.append(
+            ModelInfo(
+                id=f.id,
+                task=f.spec.task,
+                arch=f.spec.arch,
+                classes=list(f.spec.class_names),
+                input_size=f.spec.preprocess.size,
+                channels=f.spec.preprocess.channels,
+                version=None,
+                default=store.is_default(f.id),
+                description=f.spec.description,
+                cam_layer=f.spec.cam_layer,
+                loaded=False,
+                error=f.error,
+            )
+        )
+    return rows

@@ -1,0 +1,115 @@
+"""Service settings from ``RETINA_*`` environment variables (pydantic-settings).
+
+Every field can be set as ``RETINA_<FIELD>`` (e.g. ``RETINA_MODELS_DIR=/srv/models``).
+Routes read them through :func:`get_settings` via ``Depends`` (FastAPI's own pattern), and
+tests build ``Settings(...)`` directly and pass it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from retina.paths import DEFAULT_MODELS_DIR
+
+
+def _cpu_count() -> int:
+    # Respect CPU affinity/cgroup pinning (containers), not the host's core count.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _per_worker_threads() -> int:
+    """Cores per uvicorn worker: ``WEB_CONCURRENCY`` (uvicorn's ``--workers`` env var) splits them."""
+    try:
+        workers = max(1, int(os.environ.get("WEB_CONCURRENCY", "1") or 1))
+    except ValueError:
+        workers = 1
+    return max(1, _cpu_count() // workers)
+
+
+def _split_csv(value: object) -> object:
+    """``"a,b"`` or ``'["a","b"]'`` -> list; lists pass through. Empty string -> ``[]``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Typed configuration of the inference service; see the table in ``backend/README.md``."""
+
+    model_config = SettingsConfigDict(env_prefix="RETINA_", extra="ignore", protected_namespaces=())
+
+    models_dir: Path = Field(default=DEFAULT_MODELS_DIR, description="Directory with the checkpoints (*.pt) to serve.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Registered model ids to serve (comma separated); empty = every registered model.",
+    )
+    default_oct: str | None = Field(default=None, description="Model id behind ?model=oct (default: registry's).")
+    default_fundus: str | None = Field(default=None, description="Model id behind ?model=fundus (default: registry's).")
+    max_upload_mb: float = Field(default=10.0, gt=0, description="Largest accepted upload per file, in MB (10^6 B).")
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="Decompression-bomb guard: width*height.")
+    max_batch_files: int = Field(default=16, ge=1, description="Most files accepted by /predict/batch.")
+    batch_max_size: int = Field(default=16, ge=1, description="Micro-batcher: most requests in one forward pass.")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="Micro-batcher: longest wait for more requests while others are being decoded."
+    )
+    torch_threads: int = Field(
+        default_factory=_per_worker_threads,
+        ge=1,
+        description="torch intra-op threads for the forward passes (default: cores / WEB_CONCURRENCY).",
+    )
+    decode_threads: int = Field(
+        default_factory=_per_worker_threads,
+        ge=1,
+        description="Threads that decode and preprocess uploads (default: cores / WEB_CONCURRENCY).",
+    )
+    scorecam_batch_size: int = Field(default=32, ge=1, description="ScoreCAM: masked copies per forward pass.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed CORS origins (comma separated or JSON list); none by default."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, X-API-Key must carry it (all but /health, /ready, /metrics, /docs)."
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where models run; auto = cuda if any.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("models", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # RETINA_API_KEY= (empty) in a compose file means "no key", not "the empty key".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

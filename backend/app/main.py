@@ -1,0 +1,220 @@
+"""App factory: lifespan (models onto ``app.state``), middleware, routers, error handlers.
+
+``uvicorn backend.main:app`` serves :data:`app`, built from ``RETINA_*`` environment
+variables; tests call ``create_app(Settings(...))``. Nothing heavy happens at import:
+models load in the lifespan, so ``/health`` and ``/ready`` can always explain a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.app import errors
+from backend.app.api.routes import gradcam, health, models, predict
+from backend.app.core.config import Settings, get_settings
+from backend.app.services.metrics import ServiceMetrics
+from backend.app.services.model_store import ModelStore
+from backend.app.services.runtime import configure_logging, request_id_var
+from retina import __version__
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Multipart framing around a file (boundaries, part headers, a filename): generous slack.
+_MULTIPART_SLACK = 64 * 1024
+
+DESCRIPTION = """
+Retinal OCT (CNV / DME / DRUSEN / NORMAL) and colour fundus (DR grade 0-4) classification
+with class activation maps. **Research tool, not a medical device.**
+
+* `POST /predict?model=oct` with multipart `file` -> class probabilities
+* `POST /predict/batch?model=fundus` with repeated `files` -> one result per file
+* `POST /gradcam?model=fundus&method=gradcam` -> PNG overlay (or `format=json`)
+* `GET /models`, `GET /health`, `GET /ready`, `GET /metrics`
+
+Errors always have the body `{"error": CODE, "detail": TEXT}`; every response carries
+`X-Request-ID`. When `RETINA_API_KEY` is set, send it as `X-API-Key`.
+"""
+
+
+class RequestContextMiddleware:
+    """X-Request-ID on every response; unhandled exceptions become a logged 500 ``internal_error``.
+
+    The id is the client's ``X-Request-ID`` when it is a short token, else 24 random hex digits. The
+    traceback goes to the log with that id; the client sees only the id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        # Not a security token, just a log correlation id: the PRNG is ~100x cheaper than
+        # uuid4's os.urandom on this VM, and that showed up in the profile.
+        rid = incoming if _REQUEST_ID_OK.match(incoming) else f"{random.getrandbits(96):024x}"
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        token = request_id_var.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
+            if started:
+                raise
+            response = JSONResponse(
+                errors.error_body("internal_error", f"internal server error; quote request id {rid}"),
+                status_code=500,
+                headers={"X-Request-ID": rid},
+            )
+            await response(scope, receive, send)
+        finally:
+            request_id_var.reset(token)
+
+
+class UploadLimitMiddleware:
+    """Refuse oversized uploads before they are spooled: 413 ``file_too_large``.
+
+    A declared ``Content-Length`` over the route's limit is answered at once without
+    reading the body; a body streamed without one (chunked) is cut off as soon as the
+    running total passes the limit. The exact per-file limit is checked again while the
+    handler reads each file (``intake.read_upload``).
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int | None]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = JSONResponse(
+                errors.error_body(
+                    "file_too_large", f"request body of {int(declared)} bytes is over the limit of {limit} bytes"
+                ),
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An HTTPException subclass: FastAPI's body parser re-raises it untouched.
+                    raise errors.ApiError(413, "file_too_large", f"request body is over the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _body_limits(settings: Settings) -> Callable[[str], int | None]:
+    per_file = settings.max_upload_bytes + _MULTIPART_SLACK
+    batch = settings.max_batch_files * per_file
+
+    def limit_for(path: str) -> int | None:
+        if path.rstrip("/") == "/predict/batch":
+            return batch
+        if path.rstrip("/") in ("/predict", "/gradcam"):
+            return per_file
+        return _MULTIPART_SLACK  # no other route takes a body
+
+    return limit_for
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. ``settings`` defaults to the environment (``get_settings()``)."""
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        # One intra-op team for the forward passes; decode threads do PIL/numpy work, so
+        # torch_threads + decode_threads ~ cores keeps 2 cores from being oversubscribed.
+        torch.set_num_threads(settings.torch_threads)
+        store = ModelStore(settings, metrics)
+        store.load()
+        store.start()
+        app.state.store = store
+        app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="retina-decode")
+        # CAM itself is serialised per model (a lock around its hooks); a second thread lets
+        # the PNG rendering of one request overlap the CAM of the next.
+        app.state.cam_pool = ThreadPoolExecutor(max(2, settings.decode_threads), thread_name_prefix="retina-cam")
+        if store.ready:
+            logger.info("ready: %s", ", ".join(f"{t}={k}" for t, k in store.defaults.items()))
+        else:
+            logger.error("STARTED BUT NOT READY: %s", "; ".join(store.not_ready_reasons()))
+        try:
+            yield
+        finally:
+            store.stop()
+            app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
+            app.state.cam_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="RetinaScope API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    errors.install(app)
+    for module in (predict, gradcam, models, health):
+        app.include_router(module.router)
+
+    # Middleware: the last added is the outermost.
+    app.add_middleware(UploadLimitMiddleware, limit_for=_body_limits(settings))
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics"],
+        registry=metrics.registry,
+    ).instrument(app).expose(app, endpoint="/metrics", include_in_schema=True, tags=["ops"])
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-Label", "X-Confidence", "X-Model", "X-Target", "X-Method"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+app = create_app()

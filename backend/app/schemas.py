@@ -1,0 +1,194 @@
+"""Response models of every route (they are the OpenAPI contract at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Task = Literal["oct", "fundus"]
+
+_OCT_PROBS = {"CNV": 0.91, "DME": 0.04, "DRUSEN": 0.03, "NORMAL": 0.02}
+
+
+class ErrorResponse(BaseModel):
+    """The one error body of the API."""
+
+    error: str = Field(description="Stable machine-readable code, e.g. `unknown_model`, `file_too_large`.")
+    detail: str = Field(description="Human-readable explanation (never a traceback).")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"error": "unsupported_media_type", "detail": "the file is not an image ..."}]}
+    )
+
+
+class DerivedProbabilities(BaseModel):
+    """Binary DR probabilities derived from the 5 grade probabilities."""
+
+    referable: float = Field(description="P(grade >= 2): moderate or worse, refer to an ophthalmologist.")
+    any: float = Field(description="P(grade >= 1): any diabetic retinopathy.")
+
+
+class PredictResponse(BaseModel):
+    """One image's prediction."""
+
+    model: str = Field(description="Id of the model that answered (aliases are resolved).")
+    model_version: str
+    task: Task
+    label: str = Field(description="Most probable class.")
+    confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
+    probabilities: dict[str, float] = Field(description="Calibrated softmax probability per class, in model order.")
+    inference_ms: float = Field(description="Forward-pass time of the micro-batch this image was scored in, in ms.")
+    derived: DerivedProbabilities | None = Field(
+        default=None, description="For 5-grade DR models: referable / any-DR probabilities; else null."
+    )
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "oct-simplecnn",
+                    "model_version": "1.0.0",
+                    "task": "oct",
+                    "label": "CNV",
+                    "confidence": 0.91,
+                    "probabilities": _OCT_PROBS,
+                    "inference_ms": 4.2,
+                    "derived": None,
+                }
+            ]
+        },
+    )
+
+
+class BatchItem(PredictResponse):
+    """A successful entry of /predict/batch."""
+
+    filename: str | None = None
+
+
+class BatchError(BaseModel):
+    """A failed entry of /predict/batch: the other files are still answered."""
+
+    filename: str | None = None
+    error: str
+    detail: str
+
+
+class BatchResponse(BaseModel):
+    """Results in upload order."""
+
+    results: list[BatchItem | BatchError]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "filename": "scan1.jpeg",
+                            "model": "oct-simplecnn",
+                            "model_version": "1.0.0",
+                            "task": "oct",
+                            "label": "CNV",
+                            "confidence": 0.91,
+                            "probabilities": _OCT_PROBS,
+                            "inference_ms": 6.1,
+                            "derived": None,
+                        },
+                        {"filename": "notes.txt", "error": "unsupported_media_type", "detail": "the file is not ..."},
+                    ]
+                }
+            ]
+        }
+    )
+
+
+class GradcamResponse(BaseModel):
+    """/gradcam?format=json."""
+
+    model: str
+    model_version: str
+    label: str = Field(description="Predicted class (same as /predict for this image).")
+    confidence: float
+    probabilities: dict[str, float]
+    target: str = Field(description="Class the heatmap explains (default: the predicted one).")
+    method: str
+    width: int
+    height: int
+    overlay_png: str = Field(description="Base64 PNG: heatmap blended over the image as the model saw it.")
+    heatmap_png: str = Field(description="Base64 PNG: the colour-mapped heatmap alone (JET; red = most relevant).")
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class ModelInfo(BaseModel):
+    """A servable model (or one that failed to load: `loaded` false and `error` set)."""
+
+    id: str
+    task: Task
+    arch: str
+    classes: list[str]
+    input_size: int = Field(description="Side of the square model input in pixels.")
+    channels: int = Field(description="1 = grayscale, 3 = RGB input.")
+    version: str | None = Field(description="Checkpoint version; null when not loaded.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics from the checkpoint.")
+    default: bool = Field(description="Whether `?model=<task>` resolves to this model.")
+    description: str = ""
+    card: dict[str, Any] = Field(default_factory=dict, description="Model card from the checkpoint (data, limits).")
+    temperature: float | None = Field(default=None, description="Softmax calibration temperature.")
+    cam_layer: str | None = None
+    loaded: bool = True
+    error: str | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "oct-simplecnn",
+                    "task": "oct",
+                    "arch": "simplecnn",
+                    "classes": ["CNV", "DME", "DRUSEN", "NORMAL"],
+                    "input_size": 128,
+                    "channels": 1,
+                    "version": "1.0.0",
+                    "metrics": {"test_accuracy": 0.9},
+                    "default": True,
+                    "description": "Small CNN on OCT B-scans",
+                    "card": {},
+                    "temperature": 1.2,
+                    "cam_layer": "features.3",
+                    "loaded": True,
+                    "error": None,
+                }
+            ]
+        }
+    )
+
+
+class ModelStatus(BaseModel):
+    id: str
+    task: str | None
+    loaded: bool
+    version: str | None = None
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    """Liveness: the process answers. Always 200 while it runs."""
+
+    status: Literal["ok"] = "ok"
+    ready: bool = Field(description="Same as GET /ready returning 200.")
+    models: list[ModelStatus]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[ModelStatus]
+
+
+class NotReadyResponse(ErrorResponse):
+    """503 body of /ready: the error shape plus each model's status."""
+
+    models: list[ModelStatus]

@@ -1,0 +1,105 @@
+"""Untrusted upload -> prepared model input, with every failure mapped to an API error.
+
+Steps, each with its own error code:
+
+1. :func:`read_upload` reads the multipart file in 1 MB chunks and stops one byte past the
+   limit (413 ``file_too_large``); the ASGI middleware in ``main.py`` has already refused a
+   body whose Content-Length, or streamed size, is over the limit before it was spooled.
+2. :func:`sniff` looks at the magic bytes (never at the client's Content-Type): zero bytes
+   is 422 ``empty_file``, anything but JPEG/PNG/BMP/TIFF/WebP/GIF is 415
+   ``unsupported_media_type``. Restricting formats also keeps PIL's rarer decoders (and
+   any external helper they call) away from untrusted input.
+3. :func:`decode_and_prepare` runs ``retina.preprocessing.decode_image`` (EXIF, 16-bit,
+   alpha, palette, CMYK; truncated -> 422 ``invalid_image``; over ``max_image_pixels`` ->
+   422 ``image_too_large``) and ``prepare(img, spec)`` with the checkpoint's own spec.
+   The result is the ``uint8 (C, S, S)`` image that ``tail(spec)`` turns into the model
+   input: together exactly ``eval_transform(spec)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fastapi import UploadFile
+
+from backend.app.errors import ApiError, file_too_large, from_decode_error
+from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
+
+_CHUNK = 1 << 20
+
+# (offset, magic) -> format. Checked in order; RIFF needs its WEBP tag too.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WebP", "GIF")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An upload ready for the model.
+
+    Attributes:
+        pixels: ``uint8 (C, S, S)``, the output of ``prepare`` (values 0-255).
+        original_size: ``(width, height)`` of the decoded, EXIF-upright upload.
+        format: sniffed container format (``JPEG``, ``PNG`` ...).
+    """
+
+    pixels: torch.Tensor
+    original_size: tuple[int, int]
+    format: str
+
+
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, refusing (413) as soon as more than ``limit`` bytes were read."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await upload.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            name = f"file {upload.filename!r}" if upload.filename else "upload"
+            raise file_too_large(limit, name)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def sniff(data: bytes) -> str:
+    """Container format from the magic bytes; raises 422 ``empty_file`` / 415 ``unsupported_media_type``."""
+    if not data:
+        raise ApiError(422, "empty_file", "the file is empty")
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})",
+    )
+
+
+def decode_and_prepare(data: bytes, spec: PreprocessSpec, max_pixels: int) -> PreparedImage:
+    """Bytes -> :class:`PreparedImage` (CPU-bound: run it in the decode thread pool)."""
+    fmt = sniff(data)
+    try:
+        img = decode_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        raise from_decode_error(e) from e
+    size = img.size
+    try:
+        prepared = prepare(img, spec)
+    except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
+        raise ApiError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
+    return PreparedImage(pil_to_uint8_tensor(prepared), size, fmt)

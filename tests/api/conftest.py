@@ -1,0 +1,106 @@
+"""API fixtures: apps built with ``create_app(Settings(...))`` over checkpoints written by the real save().
+
+* ``api_models_dir``: every registered model (random weights, BN statistics set so outputs depend
+  on the input: see ``helpers.save_lively_checkpoint``) plus an
+  extra, unregistered ``oct-small.pt`` (SimpleCNN, 64 px, calibrated T=2, a NaN metric) that
+  the service must serve from its own metadata; it keeps ScoreCAM and the strict app cheap.
+* ``client``: the default app over that dir, shared by the session (``with TestClient`` so the
+  lifespan loads the models).
+* ``make_client``: builds other apps (strict limits, broken dirs) as context managers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.app.core.config import Settings
+from backend.app.main import create_app
+from retina.labels import OCT_CLASSES
+from retina.registry import MODELS
+from tests.api.helpers import SMALL_ID, base_settings, save_lively_checkpoint, save_small_model, write_png_bomb
+
+
+@pytest.fixture(scope="session")
+def api_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every registered model (random weights, input-sensitive) plus the extra small model."""
+    d = tmp_path_factory.mktemp("api_models")
+    for spec in MODELS.values():
+        save_lively_checkpoint(spec, d / spec.checkpoint)
+    save_small_model(d / f"{SMALL_ID}.pt")
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Only the extra SimpleCNN: the registered checkpoints are missing (cheap app for limit tests)."""
+    d = tmp_path_factory.mktemp("small_only")
+    save_small_model(d / f"{SMALL_ID}.pt")
+    return d
+
+
+@contextmanager
+def _client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def client(api_models_dir: Path) -> Iterator[TestClient]:
+    with _client(base_settings(api_models_dir)) as c:
+        yield c
+
+
+@pytest.fixture
+def make_client() -> Callable[..., AbstractContextManager[TestClient]]:
+    """``with make_client(models_dir, **settings) as c:`` another app."""
+
+    def make(models_dir: Path, **overrides: Any) -> AbstractContextManager[TestClient]:
+        return _client(base_settings(models_dir, **overrides))
+
+    return make
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@pytest.fixture(scope="session")
+def oct_images(oct_dev: Path) -> list[Path]:
+    """Real OCT2017 B-scans, one per class first."""
+    files = sorted(oct_dev.glob("train/*/*.jpeg"))
+    by_class = [next(f for f in files if f.parent.name == c) for c in OCT_CLASSES]
+    return by_class + [f for f in files if f not in by_class]
+
+
+@pytest.fixture(scope="session")
+def oct_image(oct_images: list[Path]) -> Path:
+    return oct_images[0]
+
+
+@pytest.fixture(scope="session")
+def fundus_image(fundus_dev: Path) -> Path:
+    return sorted(fundus_dev.glob("train/*.jpeg"))[0]
+
+
+@pytest.fixture(scope="session")
+def png_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_png_bomb(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+@pytest.fixture(scope="session")
+def png_bytes_small() -> bytes:
+    """A small valid grayscale PNG (under the strict app's 50 kB limit)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = (np.arange(96 * 80) % 251).astype(np.uint8).reshape(80, 96)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,149 @@
+"""Helpers for the API tests: a small extra checkpoint, a PNG bomb, offline reference, metrics parsing."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.app.core.config import Settings
+from retina import checkpoint
+from retina.labels import OCT_CLASSES
+from retina.models import build_model
+from retina.preprocessing import decode_image, eval_transform, get_preset
+from retina.registry import ModelSpec
+
+SMALL_ID = "oct-small"
+SMALL_TEMPERATURE = 2.0
+
+
+def save_small_model(path: Path) -> Path:
+    """A SimpleCNN OCT checkpoint (64 px) with a temperature and a NaN metric."""
+    torch.manual_seed(1)
+    args = {"in_channels": 1, "num_classes": len(OCT_CLASSES)}
+    return checkpoint.save(
+        path,
+        build_model("simplecnn", **args),
+        arch="simplecnn",
+        model_args=args,
+        task="oct",
+        class_names=list(OCT_CLASSES),
+        preprocess=get_preset("oct_64"),
+        metrics={"accuracy": float("nan"), "macro_f1": 0.5, "per_class": {"CNV": float("inf")}},
+        calibration={"temperature": SMALL_TEMPERATURE},
+        card={"description": "tiny test model", "limits": ["random weights"]},
+        version="0.0.1-test",
+    )
+
+
+def save_lively_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
+    """A random-weight checkpoint of a registered model whose output depends on its input.
+
+    Freshly initialised networks with batch norm in eval mode (running stats 0/1) can
+    collapse to a constant output (MobileNetV3 does: features ~1e-9), which would make
+    every "equals the offline model" test pass vacuously. A few train-mode passes on noise
+    give the BN layers real statistics; the weights stay random. Saved by the real save().
+    """
+    torch.manual_seed(seed)
+    args = {"in_channels": spec.preprocess.channels, "num_classes": len(spec.class_names)}
+    model = build_model(spec.arch, **args)
+    size, channels = spec.preprocess.size, spec.preprocess.channels
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: the stats are exactly those of the passes below
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, channels, size, size))
+    model.eval()
+    for bn in bns:
+        bn.momentum = 0.1
+    return checkpoint.save(
+        path,
+        model,
+        arch=spec.arch,
+        model_args=args,
+        task=spec.task,
+        class_names=list(spec.class_names),
+        preprocess=spec.preprocess,
+        label_scheme="grade" if spec.task == "fundus" else None,
+        metrics={"note": "random weights for tests"},
+        version="0.0.0-test",
+    )
+
+
+def base_settings(models_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "models_dir": models_dir,
+        "device": "cpu",
+        "torch_threads": 2,
+        "decode_threads": 2,
+        # Long enough that concurrent test requests really share batches; a lone request
+        # does not wait (nobody else is being decoded).
+        "batch_wait_ms": 50,
+        "log_level": "INFO",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def write_png_bomb(path: Path, side: int = 30000) -> Path:
+    """A valid ``side x side`` 1-bit PNG of zeros: ~100 KB on disk, 900 Mpixel when decoded."""
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def encode(img: Any, fmt: str, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@cache
+def _offline_model(path: str) -> tuple[torch.nn.Module, checkpoint.CheckpointMeta]:
+    return checkpoint.load(path)
+
+
+def offline_probabilities(ckpt: Path, image_bytes: bytes) -> dict[str, float]:
+    """What the model says about these bytes without the service: the reference for /predict."""
+    model, meta = _offline_model(str(ckpt))
+    x = eval_transform(meta.preprocess)(decode_image(image_bytes))
+    with torch.inference_mode():
+        p = torch.softmax(model(x.unsqueeze(0)) / meta.temperature, dim=1)[0].double().numpy()
+    return dict(zip(meta.class_names, p.tolist(), strict=True))
+
+
+def assert_probabilities_close(got: dict[str, float], want: dict[str, float], atol: float = 1e-5) -> None:
+    assert list(got) == list(want)
+    np.testing.assert_allclose(list(got.values()), list(want.values()), atol=atol, rtol=0)
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample ``name{labels...}`` (labels given must match; 0 when absent)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        m = re.match(r"^([^{\s]+)(?:\{(.*)\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
