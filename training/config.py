@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": 256,
     "augment": "none",  # none | light | strong (retina.preprocessing.augmentations)
     "imbalance": "none",  # none | class_weights | weighted_sampler | smote
+    "class_weight_power": 1.0,  # class_weights ** power; 0.5 tempers extreme imbalance
     "label_smoothing": 0.0,
     "label_fraction": None,  # float in (0, 1]: keep this stratified fraction of train labels
     "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss, val_referable_auc, last
