@@ -111,14 +111,14 @@ register_model(
 )
 register_model(
     ModelSpec(
-        key="fundus-mobilenetv3",
+        key="fundus-resnet18",
         task="fundus",
-        arch="mobilenet_v3_large",
-        checkpoint="fundus-mobilenetv3.pt",
+        arch="resnet18",
+        checkpoint="fundus-resnet18.pt",
         class_names=DR_GRADES,
         preprocess=get_preset("fundus_224"),
-        cam_layer=ARCHS["mobilenet_v3_large"].cam_layer,
+        cam_layer=ARCHS["resnet18"].cam_layer,
         default=True,
-        description="MobileNetV3-Large DR grading (0-4) on EyePACS fundus photos, trained from scratch",
+        description="ResNet-18 DR grading (0-4) on EyePACS fundus photos, trained from scratch",
     )
 )

@@ -1,8 +1,8 @@
 """Package a trained checkpoint as a shipped model with its model card.
 
-    python -m training.card --checkpoint runs/fundus-mobilenetv3/best.pt --key fundus-mobilenetv3 \\
-        --eval "test=Held-out test split (patient-disjoint)=runs/fundus-mobilenetv3/eval_test" \\
-        --eval "external=fundus-dev: 79 raw camera photos, 46 other patients=runs/fundus-mobilenetv3/eval_dev" \\
+    python -m training.card --checkpoint runs/fundus-resnet18/best.pt --key fundus-resnet18 \\
+        --eval "test=Held-out test split (patient-disjoint)=runs/fundus-resnet18/eval_test" \\
+        --eval "external=fundus-dev: 79 raw camera photos, 46 other patients=runs/fundus-resnet18/eval_dev" \\
         --command "python -m training.train ..." --out-dir models
 
 Writes ``OUT/<key>.pt`` (the same weights, with the card in the checkpoint's ``card``
@@ -143,15 +143,19 @@ def build_card(
         f"- created {ckpt.get('created')}, software {ckpt.get('software')}",
         "",
         "## Training data",
-        f"- source `{data.get('source')}` at `{data.get('root')}` (fingerprint `{str(data.get('fingerprint'))[:16]}`)",
+        # The dataset's folder name, not the training machine's absolute path.
+        f"- source `{data.get('source')}` folder `{Path(str(data.get('root'))).name}` ({data.get('n_images')} images, "
+        f"{data.get('n_patients')} patients, classes {data.get('class_counts')}; data fingerprint "
+        f"`{str(data.get('fingerprint'))[:16]}`)",
     ]
     if data.get("evaluation"):
         lines.append(f"- evaluation protocol: {data['evaluation']}")
     if isinstance(splits, dict) and splits:
-        lines += ["", "| split | images | patients | classes |", "|---|---|---|---|"]
+        lines += ["", "| split (by patient) | images | patients | classes |", "|---|---|---|---|"]
         for s, v in splits.items():
             if isinstance(v, dict) and "images" in v:
-                lines.append(f"| {s} | {v['images']} | {v.get('patients')} | {v.get('classes')} |")
+                classes = ", ".join(f"{c} {n}" for c, n in (v.get("classes") or {}).items()) or "-"
+                lines.append(f"| {s} | {v['images']} | {v.get('patients')} | {classes} |")
     lines += ["", "## How it was made (exact commands)", "", "```bash", *commands, "```", "", "## Results", ""]
     for _name, title, m, imgs in evals:
         lines += _metrics_section(title, m, imgs)
