@@ -43,12 +43,28 @@ def save_random_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
     """A checkpoint of ``spec`` with *random* weights, written by the real save().
 
     For tests only: it exercises loading, validation and the API, never accuracy.
+    Freshly initialised networks with batch norm in eval mode (running stats 0/1) can
+    collapse to a constant output (MobileNetV3 does), which would make "equals the offline
+    model" tests pass vacuously; a few train-mode passes on noise give the BN layers real
+    statistics while the weights stay random.
     """
     from retina.models import build_model
 
     torch.manual_seed(seed)
     args = {"in_channels": spec.preprocess.channels, "num_classes": len(spec.class_names)}
     model = build_model(spec.arch, **args)
+    size, channels = spec.preprocess.size, spec.preprocess.channels
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: the stats are exactly those of the passes below
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, channels, size, size))
+    model.eval()
+    for bn in bns:
+        bn.momentum = 0.1
     return checkpoint.save(
         path,
         model,

@@ -19,6 +19,7 @@ from retina.labels import OCT_CLASSES
 from retina.models import build_model
 from retina.preprocessing import decode_image, eval_transform, get_preset
 from retina.registry import ModelSpec
+from tests.conftest import save_random_checkpoint
 
 SMALL_ID = "oct-small"
 SMALL_TEMPERATURE = 2.0
@@ -44,40 +45,8 @@ def save_small_model(path: Path) -> Path:
 
 
 def save_lively_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
-    """A random-weight checkpoint of a registered model whose output depends on its input.
-
-    Freshly initialised networks with batch norm in eval mode (running stats 0/1) can
-    collapse to a constant output (MobileNetV3 does: features ~1e-9), which would make
-    every "equals the offline model" test pass vacuously. A few train-mode passes on noise
-    give the BN layers real statistics; the weights stay random. Saved by the real save().
-    """
-    torch.manual_seed(seed)
-    args = {"in_channels": spec.preprocess.channels, "num_classes": len(spec.class_names)}
-    model = build_model(spec.arch, **args)
-    size, channels = spec.preprocess.size, spec.preprocess.channels
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: the stats are exactly those of the passes below
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, channels, size, size))
-    model.eval()
-    for bn in bns:
-        bn.momentum = 0.1
-    return checkpoint.save(
-        path,
-        model,
-        arch=spec.arch,
-        model_args=args,
-        task=spec.task,
-        class_names=list(spec.class_names),
-        preprocess=spec.preprocess,
-        label_scheme="grade" if spec.task == "fundus" else None,
-        metrics={"note": "random weights for tests"},
-        version="0.0.0-test",
-    )
+    """A random-weight checkpoint whose output depends on its input (see tests/conftest.py)."""
+    return save_random_checkpoint(spec, path, seed)
 
 
 def base_settings(models_dir: Path, **overrides: Any) -> Settings:

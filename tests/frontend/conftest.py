@@ -80,12 +80,17 @@ def backend_env(models_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def backend_url(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of the real backend (``uvicorn backend.main:app``) serving every registered model."""
+    """Base URL of the real backend (``uvicorn backend.main:app``) serving every registered model.
+
+    Random-weight test checkpoints by default; ``RETINA_E2E_MODELS_DIR=models`` serves the shipped
+    ones instead (used to take the README screenshot with the real models).
+    """
+    models_dir = Path(os.environ.get("RETINA_E2E_MODELS_DIR") or tiny_models_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path_factory.mktemp("backend") / "uvicorn.log"
-    with serve(cmd, backend_env(tiny_models_dir), f"{url}/ready", log):
+    with serve(cmd, backend_env(models_dir), f"{url}/ready", log):
         yield url
 
 
