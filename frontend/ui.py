@@ -94,7 +94,13 @@ HEADLINE_METRICS = (
     ("referable.roc_auc", "Referable DR AUC"),
     ("ece", "Calibration error (ECE)"),
 )
-SPLIT_NAMES = {"test": "Test", "val": "Validation", "validation": "Validation", "holdout": "Hold-out"}
+SPLIT_NAMES = {
+    "cv": "Cross-validation",
+    "test": "Test",
+    "val": "Validation",
+    "validation": "Validation",
+    "holdout": "Hold-out",
+}
 
 
 def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
@@ -117,11 +123,15 @@ def _format_metric(split: Mapping[str, Any], key: str) -> str | None:
 
 
 def headline_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, pd.DataFrame]]:
-    """``[(split title, table of metric/value)]``: test before validation, 95% CIs in brackets.
+    """``[(split title, table of metric/value)]``: CV, then test, then validation; 95% CIs in brackets.
 
     Falls back to every scalar under one "Metrics" title when the layout is not recognised.
     """
-    splits = [k for k in ("test", "val", "validation", "holdout") if isinstance(metrics.get(k), Mapping)]
+    splits = [k for k in ("cv", "test", "val", "validation", "holdout") if isinstance(metrics.get(k), Mapping)]
+    if "cv" in splits:
+        # A cross-validated model's own validation split is the handful of images left over for the
+        # final fit; its numbers are noise beside the out-of-fold ones.
+        splits = [k for k in splits if k not in ("val", "validation")]
     out = []
     for key in splits or [""]:
         split = metrics[key] if key else metrics

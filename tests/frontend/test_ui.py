@@ -49,6 +49,16 @@ def test_headline_metrics_test_first_with_ci() -> None:
     assert val["Calibration error (ECE)"] == "0.050"
 
 
+def test_headline_metrics_prefer_cross_validation() -> None:
+    metrics = {
+        "val": {"accuracy": 0.14, "n": 7},
+        "cv": {"balanced_accuracy": 0.325, "balanced_accuracy_ci95": [0.16, 0.51], "n": 46, "n_patients": 27},
+    }
+    tables = ui.headline_metrics(metrics)
+    assert [t for t, _ in tables] == ["Cross-validation (n=46, 27 patients)"]
+    assert tables[0][1].iloc[0].tolist() == ["Balanced accuracy", "0.325 (0.16-0.51)"]
+
+
 def test_headline_metrics_fallbacks() -> None:
     [(title, frame)] = ui.headline_metrics({"note": "random weights", "test_accuracy": 0.5})
     assert title == "Metrics"
