@@ -111,19 +111,24 @@ def save(
     card: dict[str, Any] | None = None,
     version: str = "0.1.0",
     half: bool = False,
+    int8: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a self-describing checkpoint atomically; returns the path.
 
-    ``half=True`` stores floating tensors as float16 (half the bytes); :func:`load`
-    casts them back to float32, so inference runs in full precision.
+    ``half=True`` stores floating tensors as float16 (half the bytes). ``int8=True``
+    additionally stores conv/linear weights as int8 with one float32 scale per output
+    channel (symmetric, weight-only: a quarter of the bytes, at most 0.4% of a channel's
+    largest weight per value). :func:`load` restores float32 either way, so inference runs
+    in full precision.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}")
-    state = _unwrap(model).state_dict()
-    state = {
-        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()) for k, v in state.items()
-    }
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    scales: dict[str, torch.Tensor] = {}
+    if int8:
+        state, scales = quantize_int8(state)
+    state = {k: (v.half() if (half or int8) and v.is_floating_point() else v) for k, v in state.items()}
     ckpt: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -146,16 +151,43 @@ def save(
             "python": platform.python_version(),
         },
         "extra": extra or {},
-        "dtype": "float16" if half else "float32",
+        "dtype": "int8-weights" if int8 else ("float16" if half else "float32"),
         "state_dict": state,
+        "int8_scales": scales,
     }
-    _check_plain({k: v for k, v in ckpt.items() if k != "state_dict"})
+    _check_plain({k: v for k, v in ckpt.items() if k not in ("state_dict", "int8_scales")})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint behind
     return path
+
+
+def quantize_int8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Conv/linear weights (ndim >= 2) -> int8 with per-output-channel float32 scales.
+
+    Written by hand because torch.ao quantization targets int8 *inference* kernels (and
+    swaps module types); here only the stored file shrinks and the served model stays float32.
+    """
+    out, scales = dict(state), {}
+    for k, w in state.items():
+        if w.is_floating_point() and w.ndim >= 2:
+            scale = w.float().abs().flatten(1).amax(dim=1).clamp_min(1e-12) / 127.0
+            q = torch.round(w.float() / scale.view(-1, *([1] * (w.ndim - 1)))).clamp(-127, 127)
+            out[k], scales[k] = q.to(torch.int8), scale
+    return out, scales
+
+
+def dequantize_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors in float32, undoing fp16 and int8 storage."""
+    scales = ckpt.get("int8_scales") or {}
+    state = {}
+    for k, v in ckpt["state_dict"].items():
+        if k in scales:
+            v = v.float() * scales[k].view(-1, *([1] * (v.ndim - 1)))
+        state[k] = v.float() if v.is_floating_point() else v
+    return state
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -217,7 +249,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
     except Exception as e:
         raise CheckpointError(f"{path}: cannot build {meta.arch} with {meta.model_args}: {e}") from e
     # Pretrained weights were only an initialisation; the checkpoint holds the real ones.
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    state = dequantize_state(ckpt)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

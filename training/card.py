@@ -130,7 +130,8 @@ def build_card(
         "## Model",
         f"- task `{ckpt['task']}`, architecture `{ckpt['arch']}` ({n_params / 1e6:.2f} M parameters, trained from "
         "scratch: no ImageNet weights were available), file "
-        f"{size_mb:.1f} MB ({ckpt.get('dtype', 'float32')} storage; inference runs in float32)",
+        f"{size_mb:.1f} MB ({ckpt.get('dtype', 'float32')} storage; inference runs in float32; every figure below "
+        "was measured on this very file)",
         f"- input {spec['size']}x{spec['size']} px, {spec['channels']} channel(s); preprocessing `{spec['square']}`"
         + (", Graham local-contrast normalisation, circle mask" if spec.get("local_contrast") else "")
         + " (the exact spec is stored in the checkpoint and used by training and serving alike)",
@@ -193,11 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", action="append", default=[], help="a command that reproduces the model")
     p.add_argument("--limit", action="append", default=[], help="a known limit, one sentence")
     p.add_argument("--out-dir", type=Path, default=Path("models"))
+    p.add_argument("--int8", action="store_true", help="store conv/linear weights as int8 (per-channel scales)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     ckpt = checkpoint.read(args.checkpoint)
     ckpt["version"] = args.version
+    if args.int8:
+        # Shrink the shipped file: int8 conv/linear weights + fp16 for the rest (float32 at load).
+        q, scales = checkpoint.quantize_int8(checkpoint.dequantize_state(ckpt))
+        ckpt["state_dict"] = {k: (v.half() if v.is_floating_point() else v) for k, v in q.items()}
+        ckpt["int8_scales"], ckpt["dtype"] = scales, "int8-weights"
     img_dir = args.out_dir / "cards" / args.key
     img_dir.mkdir(parents=True, exist_ok=True)
     evals = []

@@ -532,10 +532,7 @@ def fit(
         history = list(st["history"])
         best_path = out / "best.pt"
         if best_path.is_file():
-            best_state = {
-                k_: v.float() if v.is_floating_point() else v
-                for k_, v in checkpoint.read(best_path)["state_dict"].items()
-            }
+            best_state = checkpoint.dequantize_state(checkpoint.read(best_path))
         logger.info("resumed from epoch %d (best epoch %d)", start_epoch - 1, best_epoch)
 
     es = cfg["early_stopping"]

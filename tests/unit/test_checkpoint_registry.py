@@ -101,3 +101,24 @@ def test_imagenet_weights_absent_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="downloads are disabled"):
         build_model("resnet18", weights="imagenet")
+
+
+def test_int8_storage_is_small_and_close(tmp_path):
+    torch.manual_seed(0)
+    args = {"in_channels": 3, "num_classes": 5}
+    model = build_model("resnet18", **args).eval()
+    spec = PRESETS["fundus_128"]
+    kw = {"arch": "resnet18", "model_args": args, "task": "fundus", "class_names": list("abcde"), "preprocess": spec}
+    p16 = checkpoint.save(tmp_path / "h.pt", model, half=True, **kw)
+    p8 = checkpoint.save(tmp_path / "q.pt", model, int8=True, **kw)
+    assert p8.stat().st_size < 0.55 * p16.stat().st_size
+    loaded, _ = checkpoint.load(p8)
+    w, w8 = model.conv1.weight, loaded.conv1.weight
+    assert w8.dtype == torch.float32
+    # per output channel, the error is at most half a quantisation step (amax / 254) plus fp16 rounding
+    step = w.abs().flatten(1).amax(1) / 127
+    assert ((w - w8).abs().flatten(1).amax(1) <= step * 0.5 + 1e-3).all()
+    assert not torch.equal(w, w8)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(model(x).softmax(1), loaded(x).softmax(1), atol=0.05)
