@@ -535,6 +535,16 @@ def load_prepared(
     return prepare_all(table, spec, cache_dir=cache_dir)[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
 
 
+def check_prepared(images: torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate prepared images uint8 ``(N, C, S, S)`` and labels ``(N,)``; labels as int64 tensor."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (N,C,S,S), got {images.dtype} {tuple(images.shape)}")
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(y) != len(images):
+        raise ValueError("images and labels differ in length")
+    return images, y
+
+
 class PreparedDataset(torch.utils.data.Dataset):
     """Prepared uint8 images ``(N, C, S, S)`` with labels ``(N,)``.
 
@@ -544,12 +554,7 @@ class PreparedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: np.ndarray | torch.Tensor, transform=None) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N,C,S,S), got {images.dtype} {tuple(images.shape)}")
-        self.images = images
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        if len(self.labels) != len(images):
-            raise ValueError("images and labels differ in length")
+        self.images, self.labels = check_prepared(images, labels)
         self.transform = transform
 
     def __len__(self) -> int:

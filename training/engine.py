@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retina.preprocessing import PreprocessSpec, tail
+from training.datasets import check_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +83,7 @@ class TensorBatches:
         weights: torch.Tensor | None = None,
         drop_last: bool = False,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N,C,S,S), got {images.dtype} {tuple(images.shape)}")
-        self.images = images
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        if len(self.labels) != len(images):
-            raise ValueError("images and labels differ in length")
+        self.images, self.labels = check_prepared(images, labels)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed

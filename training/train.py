@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from retina import checkpoint
@@ -62,7 +62,7 @@ from training.engine import (
     softmax,
     train_one_epoch,
 )
-from training.metrics import compute_metrics, quiet_sklearn, to_plain
+from training.metrics import compute_metrics, derived_binary, quiet_sklearn, to_plain
 from training.plots import training_curves_png
 
 logger = logging.getLogger("training.train")
@@ -388,15 +388,13 @@ def referable_auc(logits: np.ndarray, y: np.ndarray, class_names: tuple[str, ...
     """Validation ROC AUC of P(grade >= 2) for 5-grade DR models; logits ``(N, 5)``, labels ``(N,)``.
 
     The shipped fundus model is judged on referable DR, so early stopping can select on it;
-    5-grade balanced accuracy is much noisier on a few hundred validation images.
+    5-grade balanced accuracy is much noisier on a few hundred validation images. The score
+    is the one ``training.metrics`` reports (NaN when the split lacks either class).
     """
     if tuple(class_names) != DR_GRADES:
         raise ConfigError("early_stopping.metric val_referable_auc needs a 5-grade DR model (label_scheme: grade)")
-    ref = np.asarray(y) >= 2
-    if ref.all() or not ref.any():
-        return float("nan")
     p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
-    return float(roc_auc_score(ref, p[:, 2:].sum(1)))
+    return float(derived_binary(p, np.asarray(y), 2, None, n_boot=0, seed=0)["roc_auc"])
 
 
 def _better(metric: str, score: float, loss: float, best: tuple[float, float] | None) -> bool:
