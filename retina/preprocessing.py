@@ -164,11 +164,19 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     """Decode untrusted bytes to a fully loaded PIL image in ``L`` or ``RGB`` mode.
 
     Handles EXIF orientation, 16-bit, palette, alpha, CMYK and multi-frame files the same
-    way for training and serving. Raises :class:`ImageDecodeError` for empty, truncated,
-    unknown-format or oversized (decompression bomb) input; never returns half an image.
+    way for training and serving; DICOM files go to :func:`retina.dicom.decode_dicom`.
+    Raises :class:`ImageDecodeError` for empty, truncated, unknown-format or oversized
+    (decompression bomb) input; never returns half an image.
     """
     if not data:
         raise ImageDecodeError("the file is empty", code="empty_file")
+    # Imported here: retina.dicom imports this module (and pydicom only when it decodes).
+    from retina.dicom import decode_dicom, is_dicom
+
+    if is_dicom(data):
+        # DICOM has its own pixel pipeline (photometric interpretation, windowing); its
+        # 128-byte preamble may even carry another format's magic, so it is tested first.
+        return decode_dicom(data, max_pixels)
     try:
         with warnings.catch_warnings():
             # PIL warns (rather than raises) between max_pixels and 2*max_pixels.

@@ -1,0 +1,473 @@
+"""DICOM input: one frame of a DICOM file -> an 8-bit PIL image, without leaking patient data.
+
+Ophthalmic devices export fundus photos as *Ophthalmic Photography* and OCT B-scans as
+*Ophthalmic Tomography* or *Secondary Capture* objects; PACS viewers export screenshots as
+Secondary Capture. Any SOP class with a single-frame Image Pixel module is accepted here.
+
+Pixel pipeline (DICOM PS3.3 C.7.6.3, C.11; all maths is pydicom's ``pydicom.pixels``):
+
+* ``MONOCHROME1/2``: stored values -> modality LUT (``RescaleSlope/Intercept`` or a
+  Modality LUT Sequence) -> VOI (VOI LUT Sequence, else ``WindowCenter/Width``) scaled from
+  the VOI output range to 0-255. Without a VOI, 8-bit (or narrower) unsigned data with no
+  modality transform keeps its values (as an 8-bit PNG would), anything else is min-max
+  scaled like 16-bit PNG/TIFF in :func:`retina.preprocessing.to_standard_mode`.
+  ``MONOCHROME1`` (0 = white) is inverted at the end.
+* ``RGB``, ``YBR_FULL``, ``YBR_FULL_422``: pydicom's decoder already returns RGB for YBR
+  (``raw=False``), including YCbCr JPEG frames, so colours are converted exactly once.
+* ``PALETTE COLOR``: the palette LUT gives RGB.
+
+Accepted transfer syntaxes: native (implicit/explicit VR little endian, explicit big endian),
+JPEG Baseline (decoded by Pillow, the same libjpeg as JPEG uploads) and RLE Lossless.
+Deflated files are refused before anything is inflated (zip bomb); other codecs get a clear
+``unsupported_image`` error.
+
+Untrusted input: ``Rows * Columns * NumberOfFrames`` is checked against ``max_pixels`` before
+any pixel data is decoded, a JPEG frame's own size must match the header, and RLE segments are
+measured before pydicom expands them. Multi-frame files are refused (send one frame).
+
+Privacy: only the image-pixel, modality-LUT and VOI elements are parsed (``specific_tags``),
+so identifying elements (PatientName, PatientID, ...) are skipped unread. Error messages
+carry only technical values from a known vocabulary (sizes, bit depths, photometric
+interpretation, transfer syntax name); pydicom's own exceptions, warnings and log records,
+which may quote element values, are never passed on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from retina.preprocessing import DEFAULT_MAX_PIXELS, ImageDecodeError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+PREAMBLE_LEN = 128
+MAGIC = b"DICM"
+# A conformant file's File Meta group (0002,xxxx, explicit VR little endian) follows "DICM".
+_META_GROUP = b"\x02\x00"
+# Files written without the 128-byte preamble are accepted only when they open with the
+# File Meta group itself: (0002,0000) UL length 4, or (0002,0001) OB. Those 8 bytes start no
+# other accepted format, and they carry the transfer syntax, unlike bare ACR-NEMA streams.
+_NO_PREAMBLE_STARTS = (b"\x02\x00\x00\x00UL\x04\x00", b"\x02\x00\x01\x00OB\x00\x00")
+
+# Transfer syntax UID -> how the pixel data is stored.
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_RLE = "1.2.840.10008.1.2.5"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_SUPPORTED_SYNTAXES = ("native (uncompressed)", "JPEG Baseline", "RLE Lossless")
+
+_MONO = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
+_PALETTE = "PALETTE COLOR"
+# Every defined value, so an unsupported one can be named without echoing arbitrary text.
+_KNOWN_PHOTOMETRIC = (
+    *_MONO,
+    *_COLOUR,
+    _PALETTE,
+    "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "HSV",
+    "ARGB",
+    "CMYK",
+)
+
+# The only elements parsed from the dataset body. Everything else, identifiers included,
+# is skipped unread by pydicom (Specific Character Set is always added by pydicom).
+_TAGS = [
+    "SOPClassUID",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+]
+
+
+def is_dicom(data: bytes) -> bool:
+    """True for a DICOM Part 10 file: ``DICM`` at offset 128 followed by the File Meta group.
+
+    The 128-byte preamble may hold anything (even another format's magic), so callers must
+    test this before other signatures. Files without the preamble are recognised only when
+    they start with the File Meta group (see ``_NO_PREAMBLE_STARTS``).
+    """
+    head = data[PREAMBLE_LEN : PREAMBLE_LEN + 6]
+    return (head[:4] == MAGIC and head[4:6] == _META_GROUP) or data.startswith(_NO_PREAMBLE_STARTS)
+
+
+# ----------------------------------------------------------------------------- silence
+
+
+_quiet = threading.local()
+
+
+class _DropWhileDecoding(logging.Filter):
+    """Drops pydicom's log records emitted by a thread that is inside :func:`decode_dicom`.
+
+    pydicom logs (and warns) invalid element values verbatim; a filter keyed on a
+    thread-local flag keeps other threads' (and other callers') pydicom logging untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "active", False)
+
+
+_FILTER = _DropWhileDecoding()
+
+
+@contextmanager
+def _silenced() -> Iterator[None]:
+    """No pydicom log record or warning (which may quote element values) escapes this block."""
+    # Filters on a logger do not see records propagated from its children, so every
+    # pydicom logger gets one (addFilter ignores duplicates; new children appear on import).
+    # tuple() copies the dict atomically: another thread may be creating loggers meanwhile.
+    for name in [n for n in tuple(logging.root.manager.loggerDict) if n == "pydicom" or n.startswith("pydicom.")]:
+        logging.getLogger(name).addFilter(_FILTER)
+    _quiet.active = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _quiet.active = False
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """DICOM bytes -> fully loaded PIL image, mode ``L`` (monochrome) or ``RGB``, 8 bit.
+
+    Raises :class:`ImageDecodeError` with code ``invalid_image`` (truncated, corrupt,
+    multi-frame, no pixel data), ``image_too_large`` (over ``max_pixels`` before decoding)
+    or ``unsupported_image`` (codec or pixel format not handled). Messages never contain
+    element values other than technical ones.
+    """
+    try:
+        import pydicom  # noqa: F401  (optional dependency: only DICOM uploads need it)
+    except ImportError as e:  # pragma: no cover - pydicom is in the service's dependencies
+        raise ImageDecodeError("DICOM support is not installed (pydicom)", code="unsupported_image") from e
+    if not is_dicom(data):
+        raise ImageDecodeError("not a DICOM file", code="unsupported_image")
+    if data[PREAMBLE_LEN : PREAMBLE_LEN + 4] != MAGIC:
+        # Preamble-less variant: give it an empty preamble so pydicom parses it normally.
+        data = b"\x00" * PREAMBLE_LEN + MAGIC + data
+    with _silenced():
+        ds = _read_dataset(data)
+        rows, cols, photometric = _check_header(ds, max_pixels)
+        arr, photometric = _decode_frame(ds, rows, cols, photometric)
+        out = _to_8bit(arr, ds, photometric)
+    return Image.fromarray(np.ascontiguousarray(out), mode="L" if out.ndim == 2 else "RGB")
+
+
+def _read_dataset(data: bytes) -> Dataset:
+    """Parse the File Meta group, check the transfer syntax, then read only ``_TAGS``."""
+    from pydicom import dcmread
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
+
+    fp = io.BytesIO(data)
+    fp.seek(PREAMBLE_LEN + len(MAGIC))
+    try:
+        # Group 0002 alone (always explicit VR little endian): the transfer syntax must be
+        # known before dcmread, which would inflate a deflated body without any size bound.
+        meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda t, *_: t.group != 2)
+        syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    except Exception as e:
+        logger.debug("DICOM file meta unreadable (%s)", type(e).__name__)
+        raise ImageDecodeError("DICOM file meta information is corrupt or truncated") from None
+    if not syntax:
+        raise ImageDecodeError("DICOM file meta information is truncated or has no transfer syntax")
+    if syntax not in _NATIVE and syntax not in (_JPEG_BASELINE, _RLE):
+        uid = UID(syntax)
+        name = uid.name if uid.is_transfer_syntax else "an unknown transfer syntax"
+        why = " (refused: inflating it has no size bound)" if syntax == _DEFLATED else ""
+        raise ImageDecodeError(
+            f"DICOM transfer syntax {name}{why} is not supported; use one of {', '.join(_SUPPORTED_SYNTAXES)}",
+            code="unsupported_image",
+        )
+    fp.seek(0)
+    try:
+        return dcmread(fp, specific_tags=_TAGS)
+    except Exception as e:
+        # pydicom's message may quote values: log only its type, answer generically.
+        logger.debug("DICOM dataset unreadable (%s)", type(e).__name__)
+        raise ImageDecodeError("DICOM file is corrupt or truncated") from None
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer element, or ``default``; a missing/garbled value is a generic error."""
+    try:
+        value = ds.get(keyword, None)
+        if value is None or value == "":
+            if default is None:
+                raise ImageDecodeError(f"DICOM image lacks {keyword}")
+            return default
+        return int(value)
+    except ImageDecodeError:
+        raise
+    except Exception:
+        raise ImageDecodeError(f"DICOM element {keyword} has an invalid value") from None
+
+
+def _check_header(ds: Dataset, max_pixels: int) -> tuple[int, int, str]:
+    """Validate the Image Pixel module before touching pixel data; returns rows, columns, PI."""
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise ImageDecodeError("DICOM float pixel data is not supported", code="unsupported_image")
+        raise ImageDecodeError("DICOM file has no pixel data (or is truncated before it)")
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames", 1)
+    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise ImageDecodeError(f"DICOM image has an empty size ({cols}x{rows}, {frames} frames)")
+    total = rows * cols * frames
+    if total > max_pixels:
+        raise ImageDecodeError(
+            f"DICOM image is {cols}x{rows} x {frames} frame(s) = {total} pixels, over the limit of {max_pixels}",
+            code="image_too_large",
+        )
+    if frames > 1:
+        raise ImageDecodeError(
+            f"multi-frame DICOM ({frames} frames) is not supported; send a single frame (one B-scan or photo)"
+        )
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    except Exception:
+        photometric = ""
+    samples = _int(ds, "SamplesPerPixel", 1)
+    allocated = _int(ds, "BitsAllocated")
+    stored = _int(ds, "BitsStored", allocated)
+    if photometric not in (*_MONO, *_COLOUR, _PALETTE):
+        shown = photometric if photometric in _KNOWN_PHOTOMETRIC else "an unknown value"
+        raise ImageDecodeError(
+            f"DICOM photometric interpretation {shown} is not supported "
+            "(MONOCHROME1/2, RGB, YBR_FULL, YBR_FULL_422, PALETTE COLOR are)",
+            code="unsupported_image",
+        )
+    if samples != (3 if photometric in _COLOUR else 1):
+        raise ImageDecodeError(f"DICOM {photometric} image with {samples} samples per pixel is inconsistent")
+    if allocated not in (1, 8, 16, 32) or not 0 < stored <= allocated:
+        raise ImageDecodeError(
+            f"DICOM bit depth (allocated {allocated}, stored {stored}) is not supported", code="unsupported_image"
+        )
+    return rows, cols, photometric
+
+
+def _decode_frame(ds: Dataset, rows: int, cols: int, photometric: str) -> tuple[np.ndarray, str]:
+    """Frame 0 as ``(rows, cols)`` or ``(rows, cols, 3)``, YBR already converted to RGB."""
+    from pydicom.pixels import get_decoder
+
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax in (_JPEG_BASELINE, _RLE):
+        _check_encapsulated_frame(ds, syntax, rows, cols)
+    try:
+        # raw=False: pydicom converts YBR_FULL(_422) to RGB itself and reports the result's
+        # photometric interpretation, so nothing here converts colours a second time.
+        arr, meta = get_decoder(syntax).as_array(ds, index=0, raw=False)
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageDecodeError("DICOM pixel data is too large to decode", code="image_too_large") from None
+    except Exception as e:
+        logger.debug("DICOM pixel data undecodable (%s)", type(e).__name__)
+        raise ImageDecodeError("DICOM pixel data is corrupt or truncated") from None
+    out_pi = str(meta.get("photometric_interpretation", photometric))
+    expected = (rows, cols) if photometric in _MONO or photometric == _PALETTE else (rows, cols, 3)
+    if arr.shape != expected:
+        raise ImageDecodeError("DICOM pixel data does not match its header")
+    return arr, out_pi
+
+
+def _check_encapsulated_frame(ds: Dataset, syntax: str, rows: int, cols: int) -> None:
+    """Bound the decoded size of a compressed frame by the header's, before decoding it.
+
+    A JPEG frame carries its own width/height, and RLE runs expand up to 128x: neither is
+    limited by ``Rows``/``Columns``, so a small file could still decode to gigabytes.
+    """
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as e:
+        logger.debug("DICOM encapsulated pixel data unreadable (%s)", type(e).__name__)
+        raise ImageDecodeError("DICOM compressed pixel data is corrupt or truncated") from None
+    if syntax == _JPEG_BASELINE:
+        try:
+            with Image.open(io.BytesIO(frame), formats=["JPEG"]) as jpeg:
+                size = jpeg.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageDecodeError("DICOM JPEG frame is a decompression bomb", code="image_too_large") from None
+        except Exception:
+            raise ImageDecodeError("DICOM JPEG frame is corrupt or truncated") from None
+        if size != (cols, rows):
+            raise ImageDecodeError(
+                f"DICOM JPEG frame is {size[0]}x{size[1]} but the header says {cols}x{rows}",
+            )
+        return
+    # RLE: header = segment count + 15 offsets (PS3.5 G.3.1); each segment is one byte plane.
+    if len(frame) < 64:
+        raise ImageDecodeError("DICOM RLE frame is truncated")
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    if not 1 <= count <= 15:
+        raise ImageDecodeError("DICOM RLE frame header is corrupt")
+    bounds = [*offsets[:count], len(frame)]
+    # A row of slack: some encoders emit a pad byte per segment.
+    limit = rows * cols + max(cols, 64)
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if not 64 <= start <= end <= len(frame):
+            raise ImageDecodeError("DICOM RLE frame header is corrupt")
+        if _rle_decoded_length(frame[start:end], limit) > limit:
+            raise ImageDecodeError("DICOM RLE segment expands beyond the image size in its header")
+
+
+def _rle_decoded_length(segment: bytes, limit: int) -> int:
+    """Bytes a PackBits segment decodes to, counting stops as soon as ``limit`` is passed."""
+    n, pos, size = 0, 0, len(segment)
+    while pos < size and n <= limit:
+        header = segment[pos]
+        if header < 128:  # literal run of header + 1 bytes
+            n += header + 1
+            pos += header + 2
+        elif header > 128:  # next byte repeated 257 - header times
+            n += 257 - header
+            pos += 2
+        else:  # 128 is a no-op
+            pos += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- to 8 bit
+
+
+def _to_8bit(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """Decoded frame -> ``uint8`` ``(H, W)`` or ``(H, W, 3)`` display values."""
+    from pydicom.pixels import apply_color_lut, convert_color_space
+
+    if photometric in _COLOUR:
+        if photometric != "RGB":  # only if a decoder ever left YBR unconverted
+            arr = convert_color_space(arr, photometric, "RGB")
+        return _stored_range_to_8bit(arr, _int(ds, "BitsStored", 8))
+    if photometric == _PALETTE:
+        try:
+            rgb = apply_color_lut(arr, ds)[..., :3]
+        except Exception as e:
+            logger.debug("DICOM palette unusable (%s)", type(e).__name__)
+            raise ImageDecodeError("DICOM palette colour lookup table is missing or corrupt") from None
+        return rgb if rgb.dtype == np.uint8 else np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
+    grey = _monochrome_to_8bit(arr, ds)
+    return 255 - grey if photometric == "MONOCHROME1" else grey
+
+
+def _stored_range_to_8bit(arr: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Unsigned stored values ``[0, 2**bits_stored - 1]`` -> ``uint8`` (identity for 8 bit)."""
+    if bits_stored == 8 and arr.dtype == np.uint8:
+        return arr
+    top = float(2**bits_stored - 1)
+    return np.round(np.clip(arr.astype(np.float64), 0, top) * (255.0 / top)).astype(np.uint8)
+
+
+def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map ``[lo, hi] -> [0, 255]`` with clipping; constant images become 0."""
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
+
+
+def _monochrome_to_8bit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored grey values -> modality LUT -> VOI -> ``uint8``; min-max when no VOI applies."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
+
+    has_modality = bool(ds.get("ModalityLUTSequence")) or not (
+        _float(ds, "RescaleSlope", 1.0) == 1.0 and _float(ds, "RescaleIntercept", 0.0) == 0.0
+    )
+    try:
+        values = apply_modality_lut(arr, ds) if has_modality else arr
+    except Exception as e:
+        logger.debug("DICOM modality LUT unusable (%s)", type(e).__name__)
+        raise ImageDecodeError("DICOM modality LUT (rescale) is invalid") from None
+
+    voi = _voi_kind(ds)
+    if voi is not None:
+        try:
+            shown = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            if voi == "lut":
+                # apply_voi returns LUT entries of the descriptor's nominal bit depth.
+                depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+                lo, hi = 0.0, float(max(2**depth - 1, int(np.max(shown))))
+            else:
+                # Ask pydicom for its own output range [y_min, y_max] (it depends on the bit
+                # depth, signedness and rescale): -inf/+inf land on the window's two ends.
+                ends = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
+                lo, hi = sorted((float(ends[0]), float(ends[1])))
+            return _scale(shown, lo, hi)
+        except Exception as e:
+            # Invalid window (width < 1, unknown VOI function, bad LUT): fall through to
+            # min-max rather than refuse an image whose pixels are fine.
+            logger.debug("DICOM VOI unusable, min-max scaling instead (%s)", type(e).__name__)
+
+    bits = _int(ds, "BitsStored", 8)
+    if not has_modality and bits <= 8 and _int(ds, "PixelRepresentation", 0) == 0:
+        return _stored_range_to_8bit(values, bits)
+    values = values.astype(np.float64)
+    return _scale(values, float(values.min()), float(values.max()))
+
+
+def _float(ds: Dataset, keyword: str, default: float) -> float:
+    try:
+        value: Any = ds.get(keyword, None)
+        return default if value is None or value == "" else float(value)
+    except Exception:
+        raise ImageDecodeError(f"DICOM element {keyword} has an invalid value") from None
+
+
+def _voi_kind(ds: Dataset) -> str | None:
+    """Which VOI transform ``apply_voi_lut(prefer_lut=True)`` will apply: lut, window or None."""
+    try:
+        seq = ds.get("VOILUTSequence")
+        if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
+            return "lut"
+        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            return "window"
+    except Exception:
+        logger.debug("DICOM VOI elements unreadable; min-max scaling instead")
+    return None
