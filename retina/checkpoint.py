@@ -209,6 +209,21 @@ def read(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def update_meta(path: str | Path, **fields: Any) -> Path:
+    """Replace metadata fields (e.g. ``calibration``, ``card``) of a checkpoint, atomically; weights untouched."""
+    forbidden = {"state_dict", "int8_scales", "format", "format_version", "arch", "model_args", "class_names"}
+    if forbidden & set(fields):
+        raise ValueError(f"update_meta cannot change {sorted(forbidden & set(fields))}")
+    ckpt = read(path)
+    ckpt.update(fields)
+    _check_plain({k: v for k, v in ckpt.items() if k not in ("state_dict", "int8_scales")})
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
 def meta_from_dict(ckpt: dict[str, Any]) -> CheckpointMeta:
     try:
         spec = PreprocessSpec.from_dict(ckpt["preprocess"])

@@ -108,6 +108,25 @@ def _metrics_section(title: str, m: dict[str, Any], images: list[str]) -> list[s
     return lines + [""]
 
 
+def _calibration_line(cal: dict[str, Any]) -> str:
+    """One line on the softmax temperature and the ECE before/after it."""
+    if cal.get("method", "none") == "none":
+        return "- no temperature was fitted (T = 1): see limits"
+    where = cal.get("fitted_on", "val")
+    where = "the validation split" if where == "val" else where
+    line = (
+        f"- softmax temperature {_fmt(cal.get('temperature', 1.0))} (temperature scaling), fitted on {where} "
+        f"(n = {cal.get('n')}); ECE {_fmt(cal.get('ece_val_before'))} -> {_fmt(cal.get('ece_val_after'))}, "
+        f"NLL {_fmt(cal.get('nll_before'))} -> {_fmt(cal.get('nll_after'))}"
+    )
+    if "ece_crossfit_after" in cal:
+        line += (
+            f"; cross-fitted (each patient scaled by a T fitted without them): ECE "
+            f"{_fmt(cal.get('ece_val_before'))} -> {_fmt(cal['ece_crossfit_after'])}"
+        )
+    return line
+
+
 def build_card(
     key: str,
     ckpt: dict[str, Any],
@@ -162,11 +181,7 @@ def build_card(
         lines += _metrics_section(title, m, imgs)
     lines += [
         "## Calibration",
-        f"- softmax temperature {_fmt(cal.get('temperature', 1.0))} ({cal.get('method', 'temperature scaling')}), "
-        f"fitted on the validation split; validation ECE {_fmt(cal.get('ece_val_before'))} -> "
-        f"{_fmt(cal.get('ece_val_after'))}, NLL {_fmt(cal.get('nll_before'))} -> {_fmt(cal.get('nll_after'))}"
-        if cal.get("method") != "none"
-        else "- no temperature was fitted (T = 1): see limits",
+        _calibration_line(cal),
         "",
         "## Intended use",
         INTENDED_USE,
