@@ -144,6 +144,8 @@ def start_server(models_dir: Path, port: int, workers: int, extra_env: dict[str,
         "RETINA_MODELS_DIR": str(models_dir),
         "RETINA_DEVICE": "cpu",
         "RETINA_LOG_LEVEL": "WARNING",
+        # A throwaway audit log (the real one's cost is part of what is measured).
+        "RETINA_AUDIT_DB": f"sqlite:///{tempfile.mkdtemp(prefix='retina-bench-')}/audit.sqlite",
         # The app splits the cores between workers (torch and decode threads) from this.
         "WEB_CONCURRENCY": str(workers),
         **extra_env,

@@ -13,6 +13,7 @@ unknown_method             404     ``?method=`` is not a CAM method
 not_found                  404     no such route
 method_not_allowed         405     wrong HTTP verb
 unauthorized               401     API key configured and missing or wrong
+audit_requires_api_key     403     GET /audit while no API key is configured
 file_too_large             413     an upload (or the body) is over the limit
 too_many_files             413     /predict/batch got more than ``max_batch_files``
 unsupported_media_type     415     the bytes are not an image we decode
@@ -21,6 +22,7 @@ invalid_image              422     truncated or undecodable image
 image_too_large            422     over ``max_image_pixels`` (decompression bomb)
 invalid_parameter          422     missing field, bad query value, unknown target
 not_ready                  503     the model (or service) failed to load
+audit_unavailable          503     the answer could not be committed to the audit log
 internal_error             500     a bug; logged with the request id
 =========================  ======  ==============================================
 """

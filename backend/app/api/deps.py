@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the model store, thread pools, API-key check (FT's ``deps``).
+"""FastAPI dependencies: settings, the model store, thread pools, audit log, API-key check (FT's ``deps``).
 
 All are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in
 its thread pool, which for these attribute look-ups cost more than the work (measured: about
@@ -16,6 +16,7 @@ from fastapi.security import APIKeyHeader
 
 from backend.app.core.config import Settings
 from backend.app.errors import ApiError, not_ready
+from backend.app.services.audit import AuditLog, audit_unavailable
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore
 
@@ -46,6 +47,13 @@ async def cam_pool(request: Request) -> ThreadPoolExecutor:
     return request.app.state.cam_pool
 
 
+async def audit_log(request: Request) -> AuditLog:
+    audit = getattr(request.app.state, "audit", None)
+    if audit is None:  # only before lifespan ran: answering unaudited is not an option
+        raise audit_unavailable("the audit log is not running")
+    return audit
+
+
 async def require_api_key(
     settings: Annotated[Settings, Depends(app_settings)],
     key: Annotated[str | None, Security(_api_key_header)] = None,
@@ -63,3 +71,4 @@ StoreDep = Annotated[ModelStore, Depends(model_store)]
 MetricsDep = Annotated[ServiceMetrics, Depends(service_metrics)]
 DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(decode_pool)]
 CamPoolDep = Annotated[ThreadPoolExecutor, Depends(cam_pool)]
+AuditDep = Annotated[AuditLog, Depends(audit_log)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backend.app.api.deps import StoreDep
@@ -21,9 +21,10 @@ def model_statuses(store: ModelStore) -> list[ModelStatus]:
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
-def health(store: StoreDep) -> HealthResponse:
+def health(store: StoreDep, request: Request) -> HealthResponse:
     """Always 200 while the process answers (use /ready for traffic); lists each model's state."""
-    return HealthResponse(ready=store.ready, models=model_statuses(store))
+    audit = getattr(request.app.state, "audit", None)
+    return HealthResponse(ready=store.ready and (audit is None or audit.ready), models=model_statuses(store))
 
 
 @router.get(
@@ -32,13 +33,18 @@ def health(store: StoreDep) -> HealthResponse:
     summary="Readiness",
     responses={503: {"model": NotReadyResponse, "description": "`not_ready`: which model failed and why"}},
 )
-def ready(store: StoreDep) -> ReadyResponse | JSONResponse:
-    """200 when every configured model is loaded; 503 `not_ready` naming each failure otherwise."""
-    if store.ready:
+def ready(store: StoreDep, request: Request) -> ReadyResponse | JSONResponse:
+    """200 when every configured model, the image gate and the audit log are ready; 503 `not_ready` naming
+    each failure otherwise (predictions are refused while the audit log cannot be written)."""
+    reasons = [] if store.ready else store.not_ready_reasons()
+    audit = getattr(request.app.state, "audit", None)
+    if audit is not None and not audit.ready:
+        reasons.append(f"audit log {audit.safe_url} unavailable: {audit.error or 'not started'}")
+    if not reasons:
         return ReadyResponse(models=model_statuses(store))
     body = error_body(
         "not_ready",
-        "; ".join(store.not_ready_reasons()),
+        "; ".join(reasons),
         models=[s.model_dump() for s in model_statuses(store)],
     )
     return JSONResponse(body, status_code=503, headers={"Retry-After": "30"})

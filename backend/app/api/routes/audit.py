@@ -1,0 +1,104 @@
+"""GET /audit: the operator's view of the prediction audit log (API key required)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.app.api.deps import AuditDep, SettingsDep, require_api_key
+from backend.app.errors import ApiError, invalid_parameter
+from backend.app.schemas import ErrorResponse
+
+MAX_LIMIT = 1000
+
+# An unencoded '+' in a query string arrives as a space: "...T10:00:00 02:00" meant "+02:00".
+_SPACED_OFFSET = re.compile(r" (\d{2}(?::?\d{2})?)$")
+
+
+async def require_operator_key(settings: SettingsDep) -> None:
+    """403 ``audit_requires_api_key`` when no API key is configured: the log is never open to all."""
+    if settings.api_key is None:
+        raise ApiError(
+            403,
+            "audit_requires_api_key",
+            "the audit log is served only when RETINA_API_KEY is set (send it as X-API-Key)",
+        )
+
+
+# require_api_key first: with a key configured, a missing or wrong one is a 401.
+router = APIRouter(tags=["ops"], dependencies=[Depends(require_api_key), Depends(require_operator_key)])
+
+
+class AuditEntry(BaseModel):
+    """One audited answer (never pixels, filenames or patient identifiers)."""
+
+    id: int
+    ts: datetime = Field(description="When the answer was logged (UTC, ISO 8601).")
+    request_id: str = Field(description="The response's X-Request-ID.")
+    endpoint: str = Field(description="`predict`, `predict_batch`, `gradcam` or `report`.")
+    model_id: str
+    model_version: str
+    task: str
+    input_sha256: str = Field(description="SHA-256 (hex) of the uploaded bytes.")
+    outcome: str = Field(description="`ok`, `ungradable`, or the refusal code.")
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    referral: str | None = Field(default=None, description="Referral level of the answer, when it had one.")
+    modality: str | None = Field(default=None, description="Modality seen by the image gate, when it ran.")
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class AuditResponse(BaseModel):
+    """A page of the audit log, oldest first."""
+
+    entries: list[AuditEntry]
+    next_since: datetime | None = Field(
+        description="Pass as `since` (with the same `until`/`model`) for the next page; null on the last page."
+    )
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """ISO 8601 (``2025-01-31``, ``2025-01-31T08:00``, ``...Z``, ``...+02:00``) -> aware UTC; naive = UTC."""
+    if value is None or not value.strip():
+        return None
+    text = _SPACED_OFFSET.sub(r"+\1", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid_parameter(f"{name}={value!r} is not an ISO 8601 date or time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@router.get(
+    "/audit",
+    response_model=AuditResponse,
+    summary="Audit log of answered predictions (operators; requires the API key)",
+    responses={
+        401: {"model": ErrorResponse, "description": "`unauthorized`: missing or wrong X-API-Key"},
+        403: {"model": ErrorResponse, "description": "`audit_requires_api_key`: no RETINA_API_KEY configured"},
+        422: {"model": ErrorResponse, "description": "`invalid_parameter`: bad `since`/`until`/`limit`"},
+        503: {"model": ErrorResponse, "description": "`audit_unavailable`: the audit database cannot be read"},
+    },
+)
+def read_audit(  # plain def: the query blocks, so FastAPI runs it in its thread pool
+    audit: AuditDep,
+    since: Annotated[str | None, Query(description="ISO 8601; entries at or after it (naive = UTC).")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601; entries strictly before it.")] = None,
+    model: Annotated[str | None, Query(description="Only this model id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size (at most {MAX_LIMIT}).")] = 100,
+) -> dict[str, Any]:
+    """Every answered /predict, /predict/batch item and /gradcam: time, request id, model and
+    version, SHA-256 of the upload, outcome, label, probabilities, referral. Page with `next_since`.
+
+    Example: `curl -H "X-API-Key: $KEY" 'localhost:8000/audit?since=2025-01-31T00:00Z&limit=500'`.
+    """
+    entries, next_since = audit.page(parse_time("since", since), parse_time("until", until), limit, model)
+    return {"entries": entries, "next_since": next_since}

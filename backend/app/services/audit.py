@@ -1,0 +1,477 @@
+"""Audit log of every prediction, in any SQLAlchemy database (SQLite file by default).
+
+One row per answered image: when, which request (``X-Request-ID``), which model and version,
+the SHA-256 of the uploaded bytes, the outcome, label, probabilities, referral level and
+modality. Never pixels, filenames, DICOM header fields or anything else that could identify
+a patient: the hash lets an operator match a row to a file they hold, nothing more.
+
+Durability: :meth:`AuditLog.record` returns only after the row is committed, and the routes
+await it before they answer, so an answered request is always in the log, even if the
+process is killed the next instant. A commit that fails raises 503 ``audit_unavailable``:
+the client gets no unaudited prediction.
+
+Throughput: one writer thread does *group commit*. Callers put their record on a queue and
+wait on a future; the writer takes everything queued while its previous commit ran, inserts
+it in one transaction and then resolves all those futures. Under load the number of commits
+(and fsyncs) per second stays near ``1 / commit time`` however many requests arrive, and a
+lone request pays one commit. SQLite runs in WAL mode (appends do not rewrite the main
+file; readers never block the writer) with ``synchronous=FULL`` (the WAL is fsynced at every
+commit, so a committed row also survives a power cut, not only a crash of the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from backend.app.errors import ApiError
+from backend.app.services.runtime import request_id_var
+
+if TYPE_CHECKING:
+    from backend.app.services.model_store import ServedModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path("runs") / "audit.sqlite"
+ENDPOINTS = ("predict", "predict_batch", "gradcam", "report")
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so the value is stored as
+    naive UTC text (fixed width, so comparisons in ``WHERE ts >= ?`` sort correctly) and the
+    UTC zone is put back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("audit timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+audit_table = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("endpoint", String(32), nullable=False),
+    Column("model_id", String(128), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("task", String(16), nullable=False),
+    Column("input_sha256", String(64), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("label", String(128), nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("probabilities", JSON, nullable=True),
+    Column("referral", String(32), nullable=True),
+    Column("modality", String(32), nullable=True),
+    Index("ix_audit_log_ts", "ts"),
+)
+
+COLUMNS = tuple(c.name for c in audit_table.columns)
+
+
+@dataclass
+class AuditRecord:
+    """One audited answer. ``ts`` is filled by :meth:`AuditLog.record` (UTC, timezone-aware).
+
+    Attributes:
+        input_sha256: hex SHA-256 of the uploaded bytes (64 lowercase hex digits).
+        outcome: ``ok``, ``ungradable`` or a refusal code (``not_retinal_image``, ``wrong_modality``).
+        probabilities: class name -> probability in [0, 1], or ``None`` when nothing was scored.
+        referral: the referral level (e.g. ``urgent``), when the answer carried one.
+        modality: what the image gate saw (``oct`` / ``fundus``), when it ran.
+    """
+
+    request_id: str
+    endpoint: str
+    model_id: str
+    model_version: str
+    task: str
+    input_sha256: str
+    outcome: str = "ok"
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    referral: str | None = None
+    modality: str | None = None
+    ts: datetime | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        # Cheap guards that keep anything but a digest out of the hash column (a filename,
+        # say) and the endpoint names stable for whoever queries the table.
+        if not _SHA256.match(self.input_sha256):
+            raise ValueError("input_sha256 must be 64 lowercase hex digits")
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {self.endpoint!r}")
+
+
+class AuditUnavailable(RuntimeError):
+    """The record could not be committed (database down, disk full, log stopped)."""
+
+
+def audit_unavailable(reason: str) -> ApiError:
+    return ApiError(503, "audit_unavailable", f"the audit log cannot be written ({reason}); nothing was answered")
+
+
+def resolve_url(url: str | None) -> str:
+    """``RETINA_AUDIT_DB`` or the default SQLite file ``runs/audit.sqlite`` under the working directory."""
+    if url:
+        return url
+    return f"sqlite:///{(Path.cwd() / DEFAULT_PATH).as_posix()}"
+
+
+def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # pre_ping: a server restarted under us costs one failed ping, not one failed commit.
+        return create_engine(url, pool_pre_ping=True)
+    database = parsed.database or ""
+    memory = database in ("", ":memory:") or "mode=memory" in url
+    if memory:
+        # One shared connection, or each thread would see its own empty database.
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Per connection, outside any transaction (journal_mode cannot change inside one).
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    return engine
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    future: concurrent.futures.Future[None]
+
+
+_STOP = object()
+_MAX_SAME_TIME = 1_000_000  # rows with one timestamp that one page may return (see AuditLog.page)
+
+
+class AuditLog:
+    """Durable append-only log of predictions with group commit (see the module docstring).
+
+    Args:
+        url: SQLAlchemy URL; ``None`` = SQLite file ``runs/audit.sqlite`` in the working dir.
+        synchronous: SQLite ``PRAGMA synchronous`` (``FULL``: a commit survives power loss;
+            ``NORMAL`` in WAL mode survives a process crash but may lose the last commits on
+            power loss). Ignored by other databases.
+        busy_timeout_ms: how long SQLite waits for another writer (another worker process).
+        max_batch: most records in one transaction.
+
+    Use ``start()`` once, ``await record(...)`` from the event loop (or ``submit(...)`` from any
+    thread), ``query(...)`` from a worker thread, and ``stop()`` at shutdown (it commits what
+    is queued first).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_ms: int = 5000,
+        max_batch: int = 1000,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self.max_batch = max_batch
+        self.error: str | None = None
+        self.commits = 0  # transactions committed: records / commits is the group-commit factor
+        self._engine: Engine | None = None
+        self._schema_ready = False
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # makes "is it open?" + "enqueue" atomic against stop()
+        self._open = False
+        self._thread: threading.Thread | None = None
+        self._connect_lock = threading.Lock()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked (for logs and /health)."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparsable URL may still hold a password: show none of it
+            return "<invalid URL>"
+
+    @property
+    def ready(self) -> bool:
+        return self._open and self._schema_ready and self.error is None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open the database, create the table if needed and start the writer thread.
+
+        An unreachable database is logged, not raised: the service still starts (so /health
+        can explain), every prediction answers 503 ``audit_unavailable``, and the writer
+        retries the connection with each new record.
+        """
+        if self._open:
+            return
+        try:
+            self._connect()
+        except Exception:
+            logger.error("audit log %s unavailable: %s; predictions answer 503", self.safe_url, self.error)
+        self._open = True
+        self._thread = threading.Thread(target=self._run, name="retina-audit", daemon=True)
+        self._thread.start()
+        if self.ready:
+            logger.info("audit log: %s", self.safe_url)
+
+    def stop(self) -> None:
+        """Commit everything queued, stop the writer and close the connections."""
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+            self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join()
+        # Anything that slipped in behind the sentinel (it cannot, given the lock) fails loudly.
+        self._fail_leftovers()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    # ------------------------------------------------------------------ writing
+
+    def submit(self, rec: AuditRecord) -> concurrent.futures.Future[None]:
+        """Queue ``rec`` (``ts`` set to now, UTC) and return a future resolved once it is committed."""
+        if rec.ts is None:
+            rec.ts = datetime.now(UTC)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            if not self._open:
+                future.set_exception(AuditUnavailable("the audit log is not running"))
+                return future
+            self._queue.put(_Pending(asdict(rec), future))
+        return future
+
+    async def record(self, rec: AuditRecord) -> None:
+        """Append ``rec``; returns once it is committed, raises 503 ``audit_unavailable`` otherwise."""
+        try:
+            await asyncio.wrap_future(self.submit(rec))
+        except AuditUnavailable as e:
+            raise audit_unavailable(str(e)) from e
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]  # block for the first, then take whatever else is queued
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending = [p for p in batch if p is not _STOP]
+            if pending:
+                self._commit(pending)
+            if len(pending) < len(batch):
+                return
+
+    def _commit(self, pending: list[_Pending]) -> None:
+        # A caller whose request was cancelled (client gone) still gets its row written:
+        # logging an answer nobody read is harmless, losing one that was read is not.
+        live = [p for p in pending if p.future.set_running_or_notify_cancel()]
+        try:
+            engine = self._connect()
+            with engine.begin() as conn:
+                conn.execute(insert(audit_table), [p.row for p in pending])
+        except Exception as e:  # any driver error: the callers must hear about it, the thread must live
+            self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            logger.exception("audit commit of %d record(s) failed; answering 503 audit_unavailable", len(pending))
+            for p in live:
+                p.future.set_exception(AuditUnavailable(self.error))
+            return
+        if self.error is not None:
+            logger.warning("audit log writable again after: %s", self.error)
+        self.error = None
+        self.commits += 1
+        for p in live:
+            p.future.set_result(None)
+
+    def _connect(self) -> Engine:
+        """The engine, with the table created; retried after a failure (e.g. a server not up yet)."""
+        if self._engine is not None and self._schema_ready:
+            return self._engine
+        with self._connect_lock:  # the writer and a GET /audit thread may both get here
+            try:
+                if self._engine is None:
+                    self._engine = _make_engine(self.url, self.synchronous, self.busy_timeout_ms)
+                metadata.create_all(self._engine)
+            except Exception as e:  # bad URL, missing driver, unreachable server, unwritable directory
+                self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                raise
+            self._schema_ready = True
+            self.error = None
+            return self._engine
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(AuditUnavailable("the audit log was stopped"))
+
+    # ------------------------------------------------------------------ reading
+
+    def query(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        model: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows with ``since <= ts < until`` (either optional), oldest first (``ts``, then ``id``).
+
+        Blocking: call it from a worker thread. Raises 503 ``audit_unavailable`` when the
+        database cannot be read.
+        """
+        if not self._open:
+            raise audit_unavailable("the audit log is not running")
+        t = audit_table
+        stmt = select(t).order_by(t.c.ts, t.c.id).limit(limit)
+        if since is not None:
+            stmt = stmt.where(t.c.ts >= since)
+        if until is not None:
+            stmt = stmt.where(t.c.ts < until)
+        if model is not None:
+            stmt = stmt.where(t.c.model_id == model)
+        try:
+            engine = self._connect()
+            with engine.connect() as conn:
+                return [dict(row) for row in conn.execute(stmt).mappings()]
+        except Exception as e:
+            logger.exception("audit query failed")
+            raise audit_unavailable(f"{type(e).__name__}") from e
+
+    def page(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        model: str | None = None,
+    ) -> tuple[list[dict[str, Any]], datetime | None]:
+        """One page of :meth:`query` and the ``since`` of the next page (``None``: this is the last).
+
+        Exact paging on a timestamp cursor: one extra row is read; rows sharing the first
+        unreturned row's timestamp are held back for the next page, so nothing is skipped or
+        repeated even when several rows have the same microsecond. Only when more than
+        ``limit`` rows share one microsecond is the page longer than ``limit`` (all of them).
+        """
+        rows = self.query(since, until, limit + 1, model)
+        if len(rows) <= limit:
+            return rows, None
+        next_ts = rows[limit]["ts"]
+        page = rows[:limit]
+        while page and page[-1]["ts"] == next_ts:
+            page.pop()
+        if page:
+            return page, next_ts
+        step = next_ts + timedelta(microseconds=1)
+        same = self.query(next_ts, step if until is None else min(until, step), _MAX_SAME_TIME, model)
+        return same, step
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a dict, ``obj.name`` for a pydantic model or dataclass, ``None`` when absent."""
+    if obj is None:
+        return None
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+async def audit_prediction(
+    audit: AuditLog,
+    endpoint: str,
+    served: ServedModel,
+    body: Mapping[str, Any] | None,
+    sha256: str,
+    *,
+    outcome: str = "ok",
+    request_id: str | None = None,
+) -> None:
+    """Record one answered image; returns once committed (raises 503 ``audit_unavailable``).
+
+    ``body`` is the prediction the client is about to receive (``prediction()``'s dict, or
+    ``None`` for a refusal); ``referral`` (``{"level": ...}``) and ``gate`` (``{"modality": ...}``),
+    dicts or models, are read when present. The request id defaults to the current request's
+    ``X-Request-ID`` (set by the request-context middleware).
+    """
+    body = body or {}
+    referral = body.get("referral")
+    gate = body.get("gate")
+    probabilities = body.get("probabilities")
+    confidence = body.get("confidence")
+    rec = AuditRecord(
+        request_id=request_id or request_id_var.get(),
+        endpoint=endpoint,
+        model_id=served.id,
+        model_version=served.meta.version,
+        task=served.task,
+        input_sha256=sha256,
+        outcome=outcome,
+        label=body.get("label"),
+        confidence=None if confidence is None else float(confidence),
+        probabilities=None if probabilities is None else {str(k): float(v) for k, v in probabilities.items()},
+        referral=referral if isinstance(referral, str) else _field(referral, "level"),
+        modality=_field(gate, "modality"),
+    )
+    await audit.record(rec)
