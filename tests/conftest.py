@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from retina import checkpoint
-from retina.paths import data_dir
+from retina.gate import GATE_FILE
+from retina.paths import DEFAULT_MODELS_DIR, data_dir
 from retina.registry import MODELS, ModelSpec
 
 DATA = data_dir()
@@ -85,7 +87,13 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("models")
     for spec in MODELS.values():
         save_random_checkpoint(spec, d / spec.checkpoint)
+    copy_gate(d)
     return d
+
+
+def copy_gate(models_dir: Path) -> Path:
+    """Put the shipped image gate (models/image-gate.json) beside test checkpoints, as in models/."""
+    return Path(shutil.copy(DEFAULT_MODELS_DIR / GATE_FILE, models_dir / GATE_FILE))
 
 
 @pytest.fixture

@@ -159,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(csv.DictReader(f))
     probs = np.asarray([[float(r[f"p_{c}"]) for c in names] for r in rows])
     labels = np.asarray([names.index(r["label"]) for r in rows])
-    groups = np.asarray([r["patient_id"] for r in rows]) if "patient_id" in rows[0] else _groups_from_paths(
-        [r["path"] for r in rows]
+    groups = (
+        np.asarray([r["patient_id"] for r in rows])
+        if "patient_id" in rows[0]
+        else _groups_from_paths([r["path"] for r in rows])
     )
     # Log-probabilities are logits up to a per-row constant, which softmax ignores.
     logits = np.log(np.clip(probs, 1e-6, 1.0))

@@ -23,8 +23,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import errors
-from backend.app.api.routes import gradcam, health, models, predict
+from backend.app.api.routes import audit, gradcam, health, models, predict, report
 from backend.app.core.config import Settings, get_settings
+from backend.app.services.audit import AuditLog
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore
 from backend.app.services.runtime import configure_logging, request_id_var
@@ -40,10 +41,18 @@ DESCRIPTION = """
 Retinal OCT (CNV / DME / DRUSEN / NORMAL) and colour fundus (DR grade 0-4) classification
 with class activation maps. **Research tool, not a medical device.**
 
-* `POST /predict?model=oct` with multipart `file` -> class probabilities
+Every upload (JPEG, PNG, TIFF, ..., or single-frame DICOM) passes an image gate first: a
+non-retinal image is refused (422 `not_retinal_image`), the wrong kind for the model too
+(422 `wrong_modality`, naming the right model), and an ungradable one is answered with the
+reasons and no diagnosis. `model=auto` picks OCT or fundus by what the gate saw.
+
+* `POST /predict?model=oct` with multipart `file` -> calibrated probabilities + referral advice
 * `POST /predict/batch?model=fundus` with repeated `files` -> one result per file
 * `POST /gradcam?model=fundus&method=gradcam` -> PNG overlay (or `format=json`)
+* `POST /report?model=auto` -> one-page PDF (image, CAM, probabilities, referral, model metrics)
 * `GET /models`, `GET /health`, `GET /ready`, `GET /metrics`
+* `GET /audit?since=2025-01-31T00:00Z` (operators, needs the API key) -> every answered prediction:
+  time, request id, model and version, SHA-256 of the upload, result, referral (no pixels)
 
 Errors always have the body `{"error": CODE, "detail": TEXT}`; every response carries
 `X-Request-ID`. When `RETINA_API_KEY` is set, send it as `X-API-Key`.
@@ -149,7 +158,7 @@ def _body_limits(settings: Settings) -> Callable[[str], int | None]:
     def limit_for(path: str) -> int | None:
         if path.rstrip("/") == "/predict/batch":
             return batch
-        if path.rstrip("/") in ("/predict", "/gradcam"):
+        if path.rstrip("/") in ("/predict", "/gradcam", "/report"):
             return per_file
         return _MULTIPART_SLACK  # no other route takes a body
 
@@ -167,6 +176,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One intra-op team for the forward passes; decode threads do PIL/numpy work, so
         # torch_threads + decode_threads ~ cores keeps 2 cores from being oversubscribed.
         torch.set_num_threads(settings.torch_threads)
+        # Every answered prediction is committed here before its response goes out (routes await it).
+        audit_log = AuditLog(settings.audit_db)
+        audit_log.start()
+        app.state.audit = audit_log
         store = ModelStore(settings, metrics)
         store.load()
         store.start()
@@ -185,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.stop()
             app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
             app.state.cam_pool.shutdown(wait=False, cancel_futures=True)
+            audit_log.stop()  # last: commits whatever is still queued
 
     app = FastAPI(
         title="RetinaScope API",
@@ -195,7 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
-    for module in (predict, gradcam, models, health):
+    for module in (predict, gradcam, report, models, health, audit):
         app.include_router(module.router)
 
     # Middleware: the last added is the outermost.
@@ -211,7 +225,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "X-Label", "X-Confidence", "X-Model", "X-Target", "X-Method"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Label",
+                "X-Confidence",
+                "X-Model",
+                "X-Target",
+                "X-Method",
+                "X-Referral",
+            ],
         )
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -29,19 +29,59 @@ class DerivedProbabilities(BaseModel):
     any: float = Field(description="P(grade >= 1): any diabetic retinopathy.")
 
 
+ReferralLevel = Literal["urgent", "routine", "observation", "refer", "rescreen_12_months", "ungradable"]
+
+
+class GateInfo(BaseModel):
+    """What the image gate found (see `retina/gate.py`)."""
+
+    modality: Literal["oct", "fundus", "other"] = Field(description="Detected image kind.")
+    gradable: bool = Field(description="False: the image is too dark, blurred, over-exposed or incomplete to grade.")
+    reasons: list[str] = Field(default_factory=list, description="Why it is not gradable (empty when gradable).")
+    distances: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Distance to each modality's real images, in threshold units (< 1 = match); null = ruled out "
+        "(a grey image cannot be a fundus photo, a colourful one no OCT scan).",
+    )
+    quality: dict[str, float] = Field(default_factory=dict, description="Quality measures of the detected modality.")
+
+
+class Referral(BaseModel):
+    """Referral advice derived from the calibrated probabilities (thresholds: `RETINA_REFERRAL_*`)."""
+
+    level: ReferralLevel = Field(
+        description="OCT: urgent (CNV/DME), routine (drusen), observation. Fundus: urgent (proliferative), "
+        "refer (grade >= 2), rescreen_12_months. Any: ungradable (no assessment)."
+    )
+    advice: str = Field(description="What to do, in one sentence.")
+    reason: str = Field(
+        description="The probability and threshold that decided it, e.g. `P(grade >= 2) = 0.71 >= 0.50`."
+    )
+    probability: float | None = Field(default=None, description="The probability compared with the threshold.")
+    threshold: float | None = None
+    note: str = Field(description="Research-use disclaimer.")
+
+
 class PredictResponse(BaseModel):
-    """One image's prediction."""
+    """One image's prediction (or, for an ungradable image, the reasons and no diagnosis)."""
 
     model: str = Field(description="Id of the model that answered (aliases are resolved).")
     model_version: str
     task: Task
-    label: str = Field(description="Most probable class.")
-    confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
-    probabilities: dict[str, float] = Field(description="Calibrated softmax probability per class, in model order.")
+    gradable: bool = Field(default=True, description="False: no diagnosis is given; see `gate.reasons`.")
+    label: str | None = Field(description="Most probable class; null when the image is not gradable.")
+    confidence: float | None = Field(ge=0, le=1, description="Probability of `label`; null when not gradable.")
+    probabilities: dict[str, float] | None = Field(
+        description="Calibrated softmax probability per class, in model order; null when not gradable."
+    )
     inference_ms: float = Field(description="Forward-pass time of the micro-batch this image was scored in, in ms.")
     derived: DerivedProbabilities | None = Field(
         default=None, description="For 5-grade DR models: referable / any-DR probabilities; else null."
     )
+    referral: Referral | None = Field(
+        default=None, description="Referral advice (null for models whose classes have no referral policy)."
+    )
+    gate: GateInfo | None = Field(default=None, description="Image gate result (null when the gate is disabled).")
 
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -119,6 +159,8 @@ class GradcamResponse(BaseModel):
     height: int
     overlay_png: str = Field(description="Base64 PNG: heatmap blended over the image as the model saw it.")
     heatmap_png: str = Field(description="Base64 PNG: the colour-mapped heatmap alone (JET; red = most relevant).")
+    referral: Referral | None = None
+    gate: GateInfo | None = None
 
     model_config = ConfigDict(protected_namespaces=())
 
@@ -138,6 +180,11 @@ class ModelInfo(BaseModel):
     description: str = ""
     card: dict[str, Any] = Field(default_factory=dict, description="Model card from the checkpoint (data, limits).")
     temperature: float | None = Field(default=None, description="Softmax calibration temperature.")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How the temperature was fitted and the expected calibration error before / after it "
+        "(`ece_before`, `ece_after`, on the split named in `fitted_on`).",
+    )
     cam_layer: str | None = None
     loaded: bool = True
     error: str | None = None

@@ -15,8 +15,10 @@ import torch
 
 from backend.app.core.config import Settings
 from retina import checkpoint
+from retina.gate import GATE_FILE
 from retina.labels import OCT_CLASSES
 from retina.models import build_model
+from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import decode_image, eval_transform, get_preset
 from retina.registry import ModelSpec
 from tests.conftest import save_random_checkpoint
@@ -59,6 +61,10 @@ def base_settings(models_dir: Path, **overrides: Any) -> Settings:
         # does not wait (nobody else is being decoded).
         "batch_wait_ms": 50,
         "log_level": "INFO",
+        # In-memory audit log per app: tests never write runs/audit.sqlite into the checkout.
+        "audit_db": "sqlite://",
+        # The shipped image gate: tests exercise the production path (real images pass it).
+        "gate_file": DEFAULT_MODELS_DIR / GATE_FILE,
     }
     values.update(overrides)
     return Settings(**values)

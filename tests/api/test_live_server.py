@@ -25,7 +25,12 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_uvicorn_serves_predict_over_http(tiny_models_dir: Path, oct_image: Path, tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "RETINA_MODELS_DIR": str(tiny_models_dir), "RETINA_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "RETINA_MODELS_DIR": str(tiny_models_dir),
+        "RETINA_DEVICE": "cpu",
+        "RETINA_AUDIT_DB": f"sqlite:///{tiny_models_dir}/audit.sqlite",
+    }
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)],

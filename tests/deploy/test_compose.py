@@ -148,8 +148,12 @@ def test_models_are_baked_in_and_a_volume_can_replace_them(compose: dict[str, An
     assert env_of(instructions)["RETINA_MODELS_DIR"] == baked
     backend = compose["services"]["backend"]
     assert environment(backend)["RETINA_MODELS_DIR"] == baked  # default: the image's models
-    (volume,) = backend["volumes"]
+    volume, audit = backend["volumes"]
     assert volume["type"] == "bind" and volume["read_only"] is True
+    # The audit log lives on a named volume at the path the image's RETINA_AUDIT_DB points to.
+    assert audit == "audit:/var/lib/retina" and "audit" in compose["volumes"]
+    assert env_of(instructions)["RETINA_AUDIT_DB"] == "sqlite:////var/lib/retina/audit.sqlite"
+    assert environment(backend)["RETINA_AUDIT_DB"] == env_of(instructions)["RETINA_AUDIT_DB"]
     assert (REPO_ROOT / volume["source"]).resolve() == (REPO_ROOT / "models").resolve()
     custom = load_compose(
         COMPOSE_FILE, {"RETINA_MODELS_DIR": volume["target"], "RETINA_CUSTOM_MODELS_DIR": "/srv/models"}

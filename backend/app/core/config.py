@@ -85,6 +85,32 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, X-API-Key must carry it (all but /health, /ready, /metrics, /docs)."
     )
+    gate_enabled: bool = Field(
+        default=True,
+        description="Image gate before every prediction: refuse non-retinal and wrong-modality images (422), "
+        "answer ungradable ones without a diagnosis. Turn off only for experiments.",
+    )
+    gate_file: Path | None = Field(
+        default=None,
+        description="Fitted gate parameters (JSON); default: models_dir/image-gate.json, else the shipped one.",
+    )
+    referral_oct_urgent: float = Field(
+        default=0.5, gt=0, le=1, description="OCT: urgent referral when P(CNV) + P(DME) >= this."
+    )
+    referral_oct_routine: float = Field(
+        default=0.5, gt=0, le=1, description="OCT: routine referral when P(CNV) + P(DME) + P(DRUSEN) >= this."
+    )
+    referral_fundus_refer: float = Field(
+        default=0.5, gt=0, le=1, description="Fundus: refer when P(referable DR, grade >= 2) >= this."
+    )
+    referral_fundus_urgent: float = Field(
+        default=0.5, gt=0, le=1, description="Fundus: urgent referral when P(proliferative DR, grade 4) >= this."
+    )
+    audit_db: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the audit log (e.g. sqlite:////var/lib/retina/audit.sqlite or "
+        "postgresql://...); default: SQLite file runs/audit.sqlite under the working directory.",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where models run; auto = cuda if any.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 

@@ -6,29 +6,36 @@ Steps, each with its own error code:
    limit (413 ``file_too_large``); the ASGI middleware in ``main.py`` has already refused a
    body whose Content-Length, or streamed size, is over the limit before it was spooled.
 2. :func:`sniff` looks at the magic bytes (never at the client's Content-Type): zero bytes
-   is 422 ``empty_file``, anything but JPEG/PNG/BMP/TIFF/WebP/GIF is 415
+   is 422 ``empty_file``, anything but DICOM/JPEG/PNG/BMP/TIFF/WebP/GIF is 415
    ``unsupported_media_type``. Restricting formats also keeps PIL's rarer decoders (and
    any external helper they call) away from untrusted input.
 3. :func:`decode_and_prepare` runs ``retina.preprocessing.decode_image`` (EXIF, 16-bit,
-   alpha, palette, CMYK; truncated -> 422 ``invalid_image``; over ``max_image_pixels`` ->
-   422 ``image_too_large``) and ``prepare(img, spec)`` with the checkpoint's own spec.
+   alpha, palette, CMYK; single-frame DICOM through ``retina.dicom`` with its photometric
+   interpretation and windowing, patient identifiers never read; truncated or multi-frame
+   -> 422 ``invalid_image``; over ``max_image_pixels`` -> 422 ``image_too_large``) and
+   ``prepare(img, spec)`` with the checkpoint's own spec.
    The result is the ``uint8 (C, S, S)`` image that ``tail(spec)`` turns into the model
    input: together exactly ``eval_transform(spec)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from fastapi import UploadFile
+from PIL import Image
 
 from backend.app.errors import ApiError, file_too_large, from_decode_error
+from retina.dicom import is_dicom
+from retina.gate import GateResult, ImageGate
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
 
 _CHUNK = 1 << 20
 
-# (offset, magic) -> format. Checked in order; RIFF needs its WEBP tag too.
+# (offset, magic) -> format. Checked in order, after DICOM (whose 128-byte preamble may hold
+# anything, even one of these); RIFF needs its WEBP tag too.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -40,7 +47,7 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
 )
-ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WebP", "GIF")
+ACCEPTED_FORMATS = ("DICOM", "JPEG", "PNG", "BMP", "TIFF", "WebP", "GIF")
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,15 @@ class PreparedImage:
         pixels: ``uint8 (C, S, S)``, the output of ``prepare`` (values 0-255).
         original_size: ``(width, height)`` of the decoded, EXIF-upright upload.
         format: sniffed container format (``JPEG``, ``PNG`` ...).
+        sha256: hex SHA-256 of the uploaded bytes (what the audit log stores instead of them).
+        gate: the image gate's verdict (modality, gradability); None when the gate is off.
     """
 
     pixels: torch.Tensor
     original_size: tuple[int, int]
     format: str
+    sha256: str
+    gate: GateResult | None = None
 
 
 async def read_upload(upload: UploadFile, limit: int) -> bytes:
@@ -78,6 +89,8 @@ def sniff(data: bytes) -> str:
     """Container format from the magic bytes; raises 422 ``empty_file`` / 415 ``unsupported_media_type``."""
     if not data:
         raise ApiError(422, "empty_file", "the file is empty")
+    if is_dicom(data):
+        return "DICOM"
     for magic, fmt in _SIGNATURES:
         if data.startswith(magic):
             return fmt
@@ -90,16 +103,39 @@ def sniff(data: bytes) -> str:
     )
 
 
-def decode_and_prepare(data: bytes, spec: PreprocessSpec, max_pixels: int) -> PreparedImage:
-    """Bytes -> :class:`PreparedImage` (CPU-bound: run it in the decode thread pool)."""
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, gate-checked upload before model-specific preparation."""
+
+    image: Image.Image
+    format: str
+    sha256: str
+    gate: GateResult | None
+
+
+def decode_and_check(data: bytes, max_pixels: int, gate: ImageGate | None) -> DecodedImage:
+    """Bytes -> decoded image plus the gate's verdict (CPU-bound: run it in the decode pool)."""
     fmt = sniff(data)
     try:
         img = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as e:
         raise from_decode_error(e) from e
-    size = img.size
+    verdict = gate.assess(img) if gate is not None else None
+    return DecodedImage(img, fmt, hashlib.sha256(data).hexdigest(), verdict)
+
+
+def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:
+    """Decoded image -> the model's prepared ``uint8 (C, S, S)`` input (CPU-bound)."""
+    img = decoded.image
     try:
         prepared = prepare(img, spec)
     except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
         raise ApiError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
-    return PreparedImage(pil_to_uint8_tensor(prepared), size, fmt)
+    return PreparedImage(pil_to_uint8_tensor(prepared), img.size, decoded.format, decoded.sha256, decoded.gate)
+
+
+def decode_and_prepare(
+    data: bytes, spec: PreprocessSpec, max_pixels: int, gate: ImageGate | None = None
+) -> PreparedImage:
+    """Bytes -> :class:`PreparedImage` in one decode-pool job (decode, gate, prepare)."""
+    return prepare_decoded(decode_and_check(data, max_pixels, gate), spec)

@@ -33,7 +33,9 @@ from backend.app.services.batcher import MicroBatcher
 from backend.app.services.metrics import ServiceMetrics
 from retina import checkpoint, registry
 from retina.checkpoint import CheckpointError, CheckpointMeta
+from retina.gate import GATE_FILE, ImageGate
 from retina.models import ARCHS
+from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import PreprocessSpec, tail
 
 logger = logging.getLogger(__name__)
@@ -156,6 +158,7 @@ class ModelStore:
         self.problems: list[str] = []  # service-level problems (e.g. a default that is not served)
         self.defaults: dict[str, str | None] = {}
         self.device = torch.device("cpu")
+        self.gate: ImageGate | None = None
 
     # ----------------------------------------------------------------- loading
     def load(self) -> None:
@@ -190,6 +193,7 @@ class ModelStore:
             self.problems.append(f"models directory {models_dir} does not exist")
             logger.error("models directory %s does not exist", models_dir)
         self._resolve_defaults()
+        self._load_gate()
         for m in self.served.values():
             logger.info(
                 "serving %s (%s, %s, v%s, T=%.3g) from %s",
@@ -204,6 +208,27 @@ class ModelStore:
             logger.error("MODEL NOT SERVED: %s: %s", f.id, f.error)
         for p in self.problems:
             logger.error("SERVICE NOT READY: %s", p)
+
+    def _load_gate(self) -> None:
+        """The image gate's fitted parameters; without them (when enabled) the service is not ready.
+
+        Serving without the gate would label any photo as a retinal disease, so a missing or
+        unreadable gate file is a readiness problem, never a silent pass-through.
+        """
+        if not self.settings.gate_enabled:
+            logger.warning("image gate DISABLED (RETINA_GATE_ENABLED=false): any image will be classified")
+            return
+        # A custom models dir may bring its own gate; otherwise the shipped one applies.
+        beside = Path(self.settings.models_dir) / GATE_FILE
+        path = Path(self.settings.gate_file or (beside if beside.is_file() else DEFAULT_MODELS_DIR / GATE_FILE))
+        try:
+            self.gate = ImageGate.load(path)
+        except FileNotFoundError:
+            self.problems.append(f"image gate file {path} not found (fit it with python -m training.gate)")
+        except (ValueError, KeyError, TypeError) as e:
+            self.problems.append(f"image gate file {path} is invalid: {e}")
+        else:
+            logger.info("image gate from %s (thresholds %s)", path, self.gate.thresholds)
 
     def _fail_all(self, error: str) -> None:
         for key in self.settings.models or registry.MODELS:

@@ -10,12 +10,28 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from backend.app.api.deps import CamPoolDep, DecodePoolDep, MetricsDep, SettingsDep, StoreDep, require_api_key
-from backend.app.api.routes.predict import IMAGE_ERRORS, ModelParam, prediction, read_and_prepare
+from backend.app.api.deps import (
+    AuditDep,
+    CamPoolDep,
+    DecodePoolDep,
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+    require_api_key,
+)
+from backend.app.api.routes.predict import (
+    AUTO,
+    IMAGE_ERRORS,
+    ModelParam,
+    assessed,
+    intake,
+    resolve_param,
+    ungradable_body,
+)
 from backend.app.errors import ApiError, invalid_parameter
 from backend.app.schemas import ErrorResponse, GradcamResponse
+from backend.app.services.audit import audit_prediction
 from backend.app.services.explain import CamResult, compute_cam, png_bytes
-from backend.app.services.model_store import ServedModel
 from backend.app.services.runtime import run_in
 from retina.cam import METHODS
 
@@ -66,7 +82,8 @@ async def gradcam(
     decode: DecodePoolDep,
     cam: CamPoolDep,
     metrics: MetricsDep,
-    file: Annotated[UploadFile, File(description="The image (JPEG, PNG, BMP, TIFF, WebP or GIF).")],
+    audit: AuditDep,
+    file: Annotated[UploadFile, File(description="The image (DICOM, JPEG, PNG, BMP, TIFF, WebP or GIF).")],
     model: ModelParam = "oct",
     method: Annotated[str, Query(description=f"CAM method: {', '.join(METHODS)}.")] = "gradcam",
     target: Annotated[
@@ -86,19 +103,32 @@ async def gradcam(
 
     Example: `curl -F file=@fundus.jpeg 'localhost:8000/gradcam?model=fundus' -o cam.png`.
     """
-    served: ServedModel = store.resolve(model)
+    requested = resolve_param(store, model)
     # An unencoded `method=gradcam++` arrives as "gradcam  " ('+' means space in a query).
     plus = method.replace(" ", "+").lower()
     method = plus if plus in METHODS else method.strip().lower()
     if method not in METHODS:
         raise ApiError(404, "unknown_method", f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
-    target_idx = parse_target(target, served.class_names)
+    if requested is not None:
+        parse_target(target, requested.class_names)  # a bad target fails before the upload is read
     start = time.perf_counter()
     try:
-        prepared = await read_and_prepare(served, file, settings, decode, metrics)
+        served, prepared = await intake(
+            store, requested or AUTO, file, settings, decode, metrics, audit, endpoint="gradcam"
+        )
     except ApiError as e:
-        metrics.model_requests.labels(served.id, "gradcam", e.code).inc()
+        metrics.model_requests.labels(requested.id if requested else AUTO, "gradcam", e.code).inc()
         raise
+    if prepared.gate is not None and not prepared.gate.gradable:
+        # No heatmap for an image that gets no diagnosis.
+        await audit_prediction(
+            audit, "gradcam", served, ungradable_body(served, prepared), prepared.sha256, outcome="ungradable"
+        )
+        metrics.model_requests.labels(served.id, "gradcam", "ungradable_image").inc()
+        raise ApiError(
+            422, "ungradable_image", "the image is not gradable: " + "; ".join(prepared.gate.reasons) + "; retake it"
+        )
+    target_idx = parse_target(target, served.class_names)
     out_size = prepared.original_size if size == "original" else None
 
     def render() -> tuple[CamResult, bytes, bytes | None]:
@@ -109,7 +139,8 @@ async def gradcam(
         return result, png_bytes(result.overlay), heatmap_png
 
     result, overlay_png, heatmap_png = await run_in(cam, render)
-    body = prediction(served, result.probabilities, result.cam_ms)
+    body = assessed(served, prepared, result.probabilities, result.cam_ms, settings)
+    await audit_prediction(audit, "gradcam", served, body, prepared.sha256)
     explained = result.target
     height, width = result.overlay.shape[:2]
     metrics.predictions.labels(served.id, body["label"]).inc()
@@ -130,6 +161,8 @@ async def gradcam(
             height=height,
             overlay_png=base64.b64encode(overlay_png).decode("ascii"),
             heatmap_png=base64.b64encode(heatmap_png).decode("ascii"),
+            referral=body["referral"],
+            gate=body["gate"],
         )
         return JSONResponse(payload.model_dump())
     headers = {
@@ -139,5 +172,6 @@ async def gradcam(
         "X-Confidence": f"{body['confidence']:.6f}",
         "X-Target": _header(target_name),
         "X-Method": method,
+        "X-Referral": str((body["referral"] or {}).get("level", "")),
     }
     return Response(overlay_png, media_type="image/png", headers=headers)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 
 from backend.app.api.deps import StoreDep, require_api_key
 from backend.app.schemas import ErrorResponse, ModelInfo
 from backend.app.services.model_store import json_safe
+
+
+def calibration_summary(cal: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's calibration block with uniform ``ece_before`` / ``ece_after`` keys.
+
+    ``ece_after`` is the cross-fitted figure when there is one (models calibrated on
+    cross-validation predictions), since it does not let a prediction calibrate itself.
+    """
+    out = json_safe(dict(cal)) or {}
+    if "ece_val_before" in cal:
+        out["ece_before"] = json_safe(cal["ece_val_before"])
+        out["ece_after"] = json_safe(cal.get("ece_crossfit_after", cal.get("ece_val_after")))
+    return out
+
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -41,6 +57,7 @@ def list_models(store: StoreDep) -> list[ModelInfo]:
                 description=m.description,
                 card=json_safe(meta.card) or {},
                 temperature=meta.temperature,
+                calibration=calibration_summary(meta.calibration),
                 cam_layer=m.cam_layer,
             )
         )

@@ -1,0 +1,193 @@
+"""The trust layer over HTTP: image gate, model=auto, referral advice, calibration in /models, PDF report."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageFilter
+
+from retina.registry import default_for
+from tests.api.helpers import SMALL_ID, encode
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def _cat() -> bytes:
+    return encode(Image.fromarray(skimage_data.chelsea()), "JPEG")
+
+
+def _blurred(path: Path) -> bytes:
+    img = Image.open(path).convert("RGB")
+    return encode(img.filter(ImageFilter.GaussianBlur(radius=max(img.size) / 40)), "JPEG")
+
+
+@pytest.mark.parametrize("route", ["/predict?model=oct", "/predict?model=fundus", "/gradcam?model=oct", "/report"])
+def test_a_cat_photo_is_not_a_retinal_image(client: TestClient, route: str) -> None:
+    r = client.post(route, files={"file": ("cat.jpeg", _cat(), "image/jpeg")})
+    assert r.status_code == 422
+    assert r.json()["error"] == "not_retinal_image"
+    assert "OCT" in r.json()["detail"] and "fundus" in r.json()["detail"]
+
+
+def test_model_auto_refuses_a_cat_too(client: TestClient) -> None:
+    r = client.post("/predict?model=auto", files={"file": _cat()})
+    assert r.status_code == 422 and r.json()["error"] == "not_retinal_image"
+
+
+def test_fundus_photo_sent_to_the_oct_model_names_the_right_model(client: TestClient, fundus_image: Path) -> None:
+    r = client.post("/predict?model=oct", files={"file": fundus_image.read_bytes()})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "wrong_modality"
+    assert "model=fundus" in body["detail"] and default_for("fundus").key in body["detail"]
+
+
+def test_oct_scan_sent_to_the_fundus_model_is_refused(client: TestClient, oct_image: Path) -> None:
+    r = client.post("/gradcam?model=fundus", files={"file": oct_image.read_bytes()})
+    assert r.status_code == 422 and r.json()["error"] == "wrong_modality"
+    assert "model=oct" in r.json()["detail"]
+
+
+def test_model_auto_routes_by_modality(client: TestClient, oct_image: Path, fundus_image: Path) -> None:
+    o = client.post("/predict?model=auto", files={"file": oct_image.read_bytes()})
+    f = client.post("/predict?model=auto", files={"file": fundus_image.read_bytes()})
+    assert o.status_code == 200 and f.status_code == 200
+    assert (o.json()["task"], o.json()["model"]) == ("oct", default_for("oct").key)
+    assert (f.json()["task"], f.json()["model"]) == ("fundus", default_for("fundus").key)
+    assert o.json()["gate"]["modality"] == "oct" and f.json()["gate"]["modality"] == "fundus"
+
+
+def test_model_auto_batch_mixes_modalities(client: TestClient, oct_image: Path, fundus_image: Path) -> None:
+    files = [("files", oct_image.read_bytes()), ("files", fundus_image.read_bytes()), ("files", _cat())]
+    r = client.post("/predict/batch?model=auto", files=files)
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x.get("task") for x in res[:2]] == ["oct", "fundus"]
+    assert res[2]["error"] == "not_retinal_image"
+
+
+def test_ungradable_photo_gets_reasons_and_no_diagnosis(client: TestClient, fundus_image: Path) -> None:
+    r = client.post("/predict?model=fundus", files={"file": _blurred(fundus_image)})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["gradable"] is False
+    assert body["label"] is None and body["probabilities"] is None and body["confidence"] is None
+    assert body["referral"]["level"] == "ungradable"
+    assert body["gate"]["reasons"] and any("blur" in x for x in body["gate"]["reasons"])
+    g = client.post("/gradcam?model=fundus", files={"file": _blurred(fundus_image)})
+    assert g.status_code == 422 and g.json()["error"] == "ungradable_image"
+
+
+def test_oct_referral_follows_the_probabilities(client: TestClient, oct_images: list[Path]) -> None:
+    for path in oct_images[:4]:
+        body = client.post("/predict?model=oct", files={"file": path.read_bytes()}).json()
+        p = body["probabilities"]
+        ref = body["referral"]
+        urgent = p["CNV"] + p["DME"]
+        expected = "urgent" if urgent >= 0.5 else ("routine" if urgent + p["DRUSEN"] >= 0.5 else "observation")
+        assert ref["level"] == expected
+        assert ref["probability"] == pytest.approx(urgent if expected == "urgent" else urgent + p["DRUSEN"], abs=1e-5)
+        assert "Research use only" in ref["note"]
+
+
+def test_fundus_referral_uses_the_referable_probability(client: TestClient, fundus_image: Path) -> None:
+    body = client.post("/predict?model=fundus", files={"file": fundus_image.read_bytes()}).json()
+    p_ref = body["derived"]["referable"]
+    p4 = body["probabilities"][list(body["probabilities"])[4]]
+    level = body["referral"]["level"]
+    assert level == ("urgent" if p4 >= 0.5 else "refer" if p_ref >= 0.5 else "rescreen_12_months")
+
+
+def test_referral_thresholds_are_configurable(
+    make_client: Callable, api_models_dir: Path, oct_image: Path, fundus_image: Path
+) -> None:
+    with make_client(api_models_dir, referral_oct_urgent=0.001, referral_fundus_refer=0.999999) as c:
+        o = c.post("/predict?model=oct", files={"file": oct_image.read_bytes()}).json()
+        f = c.post("/predict?model=fundus", files={"file": fundus_image.read_bytes()}).json()
+    assert o["referral"]["level"] == "urgent" and o["referral"]["threshold"] == 0.001
+    assert f["referral"]["level"] in ("rescreen_12_months", "urgent")
+
+
+def test_gate_missing_means_not_ready(make_client: Callable, api_models_dir: Path, tmp_path: Path) -> None:
+    with make_client(api_models_dir, gate_file=tmp_path / "nope.json") as c:
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert "image gate" in r.json()["detail"]
+
+
+def test_gate_can_be_disabled_for_experiments(make_client: Callable, api_models_dir: Path) -> None:
+    with make_client(api_models_dir, gate_enabled=False) as c:
+        assert c.get("/ready").status_code == 200
+        r = c.post("/predict?model=oct", files={"file": _cat()})
+        assert r.status_code == 200 and r.json()["gate"] is None
+        a = c.post("/predict?model=auto", files={"file": _cat()})
+        assert a.status_code == 422 and a.json()["error"] == "invalid_parameter"
+
+
+def test_models_show_calibration(client: TestClient) -> None:
+    models = {m["id"]: m for m in client.get("/models").json()}
+    small = models[SMALL_ID]
+    assert small["calibration"]["temperature"] == 2.0
+    assert small["temperature"] == 2.0
+
+
+def test_models_show_ece_before_and_after_for_the_shipped_models(make_client: Callable) -> None:
+    from retina.paths import DEFAULT_MODELS_DIR
+
+    if not all((DEFAULT_MODELS_DIR / s.checkpoint).is_file() for s in (default_for("oct"), default_for("fundus"))):
+        pytest.skip("shipped checkpoints absent")
+    with make_client(DEFAULT_MODELS_DIR) as c:
+        models = {m["id"]: m for m in c.get("/models").json()}
+    for spec in (default_for("oct"), default_for("fundus")):
+        cal = models[spec.key]["calibration"]
+        assert cal["ece_after"] < cal["ece_before"], (spec.key, cal)
+
+
+def _pdf_text(data: bytes) -> tuple[int, str]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    return len(reader.pages), "\n".join(p.extract_text() for p in reader.pages)
+
+
+def test_report_is_a_one_page_pdf_with_the_prediction(client: TestClient, fundus_image: Path) -> None:
+    data = fundus_image.read_bytes()
+    pred = client.post("/predict?model=fundus", files={"file": data}).json()
+    r = client.post("/report?model=fundus&method=gradcam", files={"file": ("photo.jpeg", data, "image/jpeg")})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/pdf"
+    assert r.headers["x-referral"] == pred["referral"]["level"]
+    pages, text = _pdf_text(r.content)
+    flat = " ".join(text.split())
+    assert pages == 1
+    for needle in (pred["model"], pred["model_version"], pred["referral"]["advice"], "not a medical device"):
+        assert " ".join(needle.split()) in flat, needle
+    for name in pred["probabilities"]:
+        assert name in flat
+    assert r.headers["x-request-id"] in flat
+    assert "photo.jpeg" not in flat  # upload names may carry patient names
+
+
+def test_report_of_an_ungradable_image_says_so(client: TestClient, fundus_image: Path) -> None:
+    r = client.post("/report?model=fundus", files={"file": _blurred(fundus_image)})
+    assert r.status_code == 200
+    _, text = _pdf_text(r.content)
+    assert "blur" in text.lower() and "gradable" in text.lower()
+
+
+def test_report_refuses_unknown_method(client: TestClient, oct_image: Path) -> None:
+    r = client.post("/report?model=oct&method=nope", files={"file": oct_image.read_bytes()})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_method"
+
+
+def test_rgba_and_16bit_versions_of_real_scans_pass_the_gate(client: TestClient, oct_image: Path) -> None:
+    img = Image.open(oct_image).convert("L")
+    a16 = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
+    for data in (encode(img.convert("RGBA"), "PNG"), encode(a16, "PNG")):
+        r = client.post("/predict?model=oct", files={"file": data})
+        assert r.status_code == 200, r.json()
