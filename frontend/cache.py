@@ -19,6 +19,8 @@ from frontend.client import BackendClient, CamResult, ClientSettings, ModelInfo,
 # Uploads are a few MB at most; a few hundred results cover a long session without growing unbounded.
 _MAX_ENTRIES = 512
 _TTL_S = 3600
+# PDF reports are a few hundred kB each and made only on request: far fewer are ever needed.
+_MAX_REPORTS = 64
 
 
 def file_digest(data: bytes) -> str:
@@ -72,3 +74,21 @@ def gradcam(
 ) -> CamResult:
     """Cached ``/gradcam`` (JSON form); one entry per image, model, method, target, opacity and size."""
     return _client.gradcam(_data, _filename, model, method=method, target=target, alpha=alpha, size=size)
+
+
+@st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
+def report(
+    digest: str,
+    model: str,
+    model_version: str,
+    method: str,
+    filename: str,
+    backend_url: str,
+    _data: bytes,
+    _client: BackendClient,
+) -> bytes:
+    """Cached ``/report`` (PDF bytes); one entry per image, model, CAM method and file name.
+
+    Unlike ``predict``, the file name is part of the key: the report prints it.
+    """
+    return _client.report(_data, filename, model, method=method)

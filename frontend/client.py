@@ -8,12 +8,17 @@ and never a traceback. The client holds no Streamlit state; caching lives in
 Backend contract (see the backend's OpenAPI at ``/docs``):
 
 - ``GET /ready`` -> 200, or 503 ``{"error": "not_ready", "detail": ...}``
-- ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, default, ...}]``
-- ``POST /predict?model=ID`` (multipart ``file``) -> ``{model, model_version, task, label, confidence,
-  probabilities, inference_ms, derived}``
+- ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, default,
+  temperature, calibration: {method, fitted_on, ece_before, ece_after, ...}, ...}]``
+- ``POST /predict?model=ID`` (multipart ``file``; ``ID`` may be ``auto``: the backend detects OCT vs
+  fundus and answers with that task's default model) -> ``{model, model_version, task, gradable, label,
+  confidence, probabilities, inference_ms, derived, referral, gate}``; ``label``, ``confidence`` and
+  ``probabilities`` are null when ``gradable`` is false (``gate.reasons`` says why).
 - ``POST /gradcam?model=ID&method=M&target=C&alpha=A&size=S&format=json`` (multipart ``file``) ->
   ``{label, confidence, probabilities, target, method, overlay_png, heatmap_png}`` (base64 PNGs)
-- errors: ``{"error": CODE, "detail": TEXT}`` with a 4xx/5xx status.
+- ``POST /report?model=ID&method=M`` (multipart ``file``) -> ``application/pdf``, a one-page report.
+- errors: ``{"error": CODE, "detail": TEXT}`` with a 4xx/5xx status; the image gate adds 422
+  ``not_retinal_image``, ``wrong_modality`` and (``/gradcam``, ``/report``) ``ungradable_image``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ DEFAULT_BACKEND_URL = "http://localhost:8000"
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam")
 # Display names of the backend's tasks, in the order the UI offers them.
 TASK_LABELS: dict[str, str] = {"oct": "OCT", "fundus": "Fundus"}
+# ``?model=auto``: the backend picks the task from the image (OCT B-scan or fundus photo).
+AUTO_MODEL = "auto"
+# 422 codes of the backend's image gate: a problem with the picture, not with the service.
+GATE_ERRORS: tuple[str, ...] = ("not_retinal_image", "wrong_modality", "ungradable_image")
 # The status probe must stay snappy even when predictions may take long: it runs on every rerun.
 READY_READ_TIMEOUT_S = 5.0
 
@@ -173,6 +182,9 @@ class ModelInfo:
         channels: 1 (grayscale) or 3 (RGB).
         metrics: validation metrics as the checkpoint stores them (nested dict, may be empty).
         card: model card, markdown text or a dict of fields, or ``None``.
+        temperature: softmax calibration temperature (``None``: not reported).
+        calibration: how the temperature was fitted (``method``, ``fitted_on``) and the expected
+            calibration error before and after it (``ece_before``, ``ece_after``, in [0, 1]); may be empty.
         loaded: ``False`` for a registered model the backend failed to load (``error`` says why).
     """
 
@@ -189,6 +201,8 @@ class ModelInfo:
     card: Any = None
     loaded: bool = True
     error: str | None = None
+    temperature: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ModelInfo:
@@ -206,34 +220,124 @@ class ModelInfo:
             card=d.get("card"),
             loaded=bool(d.get("loaded", True)),
             error=None if d.get("error") is None else str(d["error"]),
+            temperature=_opt_float(d.get("temperature")),
+            calibration=dict(d.get("calibration") or {}),
+        )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Referral:
+    """What to do with the result (backend ``Referral``), decided from the calibrated probabilities.
+
+    Attributes:
+        level: ``urgent``, ``routine``, ``observation`` (OCT); ``urgent``, ``refer``,
+            ``rescreen_12_months`` (fundus); ``ungradable`` (no assessment). Unknown levels are kept.
+        advice: one sentence for the reader.
+        reason: the rule that fired, e.g. ``P(grade >= 2) = 0.71 >= 0.50`` (the gate's reasons when ungradable).
+        probability: the probability compared with ``threshold``, both in [0, 1]; ``None`` when ungradable.
+        note: the research-use disclaimer that must be shown beside the advice.
+    """
+
+    level: str
+    advice: str = ""
+    reason: str = ""
+    probability: float | None = None
+    threshold: float | None = None
+    note: str = ""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Referral:
+        return cls(
+            level=str(d["level"]),
+            advice=str(d.get("advice") or ""),
+            reason=str(d.get("reason") or ""),
+            probability=_opt_float(d.get("probability")),
+            threshold=_opt_float(d.get("threshold")),
+            note=str(d.get("note") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class GateInfo:
+    """What the backend's image gate found (backend ``GateInfo``).
+
+    Attributes:
+        modality: ``oct``, ``fundus`` or ``other``.
+        gradable: ``False`` when the image is too dark, blurred, over-exposed or incomplete to grade.
+        reasons: why it is not gradable (empty when gradable).
+        distances: distance to each modality's real images in threshold units (< 1 = match); None = ruled out.
+        quality: quality measures of the detected modality.
+    """
+
+    modality: str
+    gradable: bool = True
+    reasons: tuple[str, ...] = ()
+    distances: dict[str, float | None] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> GateInfo:
+        return cls(
+            modality=str(d.get("modality") or "other"),
+            gradable=bool(d.get("gradable", True)),
+            reasons=tuple(str(r) for r in d.get("reasons") or ()),
+            distances={str(k): (None if v is None else float(v)) for k, v in (d.get("distances") or {}).items()},
+            quality={str(k): float(v) for k, v in (d.get("quality") or {}).items()},
         )
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """``POST /predict`` result; probabilities in [0, 1] summing to 1, keyed by class name."""
+    """``POST /predict`` result.
+
+    ``probabilities`` are in [0, 1], sum to 1 and are keyed by class name. When ``gradable`` is
+    ``False`` the backend gives no diagnosis: ``label``, ``confidence`` and ``probabilities`` are
+    ``None`` and :attr:`reasons` says why. ``model`` and ``task`` name the model that answered
+    (also for ``?model=auto``).
+    """
 
     model: str
     model_version: str
     task: str
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
     inference_ms: float | None = None
     derived: dict[str, float] | None = None
+    gradable: bool = True
+    referral: Referral | None = None
+    gate: GateInfo | None = None
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why the image is not gradable: the gate's reasons (empty when gradable or unknown)."""
+        return self.gate.reasons if self.gate else ()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Prediction:
         derived = d.get("derived")
+        gradable = bool(d.get("gradable", True))
+        probs = d.get("probabilities")
+        if gradable and (d.get("label") is None or d.get("confidence") is None or probs is None):
+            # A graded answer without a diagnosis is a broken contract, not an ungradable image.
+            raise ValueError("a gradable prediction without label, confidence or probabilities")
+        referral, gate = d.get("referral"), d.get("gate")
         return cls(
             model=str(d["model"]),
             model_version=str(d.get("model_version") or ""),
             task=str(d.get("task") or ""),
-            label=str(d["label"]),
-            confidence=float(d["confidence"]),
-            probabilities={str(k): float(v) for k, v in d["probabilities"].items()},
-            inference_ms=None if d.get("inference_ms") is None else float(d["inference_ms"]),
+            label=None if d.get("label") is None else str(d["label"]),
+            confidence=_opt_float(d.get("confidence")),
+            probabilities=None if probs is None else {str(k): float(v) for k, v in probs.items()},
+            inference_ms=_opt_float(d.get("inference_ms")),
             derived=None if not derived else {str(k): float(v) for k, v in derived.items()},
+            gradable=gradable,
+            referral=None if not referral else Referral.from_json(referral),
+            gate=None if not gate else GateInfo.from_json(gate),
         )
 
 
@@ -294,6 +398,7 @@ def _connection_reason(exc: BaseException, url: str) -> str:
 
 
 def _content_type(filename: str) -> str:
+    # The backend sniffs the bytes (DICOM included); the part's type is informative only.
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
@@ -427,3 +532,18 @@ class BackendClient:
             return CamResult.from_json(body)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BackendError("bad_response", f"unexpected CAM answer from the backend: {e}") from None
+
+    def report(self, data: bytes, filename: str, model: str, *, method: str = CAM_METHODS[0]) -> bytes:
+        """``POST /report?model=model&method=method``: the one-page PDF report of one upload.
+
+        Returns the PDF's bytes; raises :class:`BackendError` (``bad_response``) when the answer is
+        not ``application/pdf`` (a proxy's HTML page, say), so a broken file is never offered.
+        """
+        files = {"file": (filename, data, _content_type(filename))}
+        resp = self._request("POST", "/report", params={"model": model, "method": method}, files=files)
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/pdf":
+            raise BackendError("bad_response", f"the backend sent {ctype or 'no content type'}, not a PDF report")
+        if not resp.content.startswith(b"%PDF"):
+            raise BackendError("bad_response", "the backend's PDF report is not a PDF file")
+        return resp.content

@@ -1,7 +1,9 @@
 """Streamlit building blocks shared by the entrypoint and the pages.
 
 No HTTP here: every call goes through ``frontend.cache`` to ``frontend.client``. Every backend
-failure arrives as a ``BackendError`` and is shown with ``st.error(err.message)``.
+failure arrives as a ``BackendError`` and is shown with ``st.error(err.message)``, except the
+image gate's refusals (not a retinal image, wrong modality, not gradable): those are a problem
+with the picture, not the service, and are shown with ``st.warning``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from PIL import Image, ImageOps
 
 from frontend import cache
 from frontend.client import (
+    AUTO_MODEL,
     CAM_METHODS,
+    GATE_ERRORS,
     TASK_LABELS,
     BackendClient,
     BackendError,
@@ -34,13 +38,44 @@ from frontend.client import (
 log = logging.getLogger(__name__)
 
 DISCLAIMER = "Research tool, not a diagnosis. Outputs must not be used for clinical decisions."
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
+# "dcm": single-frame DICOM, decoded by the backend (the browser gets no preview of it).
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "dcm"]
 CTX_KEY = "retina_ctx"
+AUTO_LABEL = "Auto-detect (OCT or fundus)"
 # Readable names of the fundus model's derived binary outputs (``Prediction.derived``).
 DERIVED_LABELS = {"referable": "Referable DR (grade ≥ 2)", "any": "Any DR (grade ≥ 1)"}
 CamSize = Literal["input", "original"]
 # Longest side of the preview sent to the browser: uploads can be large camera photos.
 PREVIEW_MAX_PX = 1024
+
+AlertStyle = Literal["error", "warning", "success", "info"]
+# Referral level -> (headline, alert style): urgent red, refer/routine amber, observation and
+# rescreen green, ungradable amber (retake). The headlines are those of the backend's PDF report.
+REFERRAL_STYLES: dict[str, tuple[str, AlertStyle]] = {
+    "urgent": ("Urgent referral", "error"),
+    "refer": ("Refer to an ophthalmologist", "warning"),
+    "routine": ("Routine referral", "warning"),
+    "observation": ("Observation", "success"),
+    "rescreen_12_months": ("Rescreen in 12 months", "success"),
+    "ungradable": ("Ungradable image", "warning"),
+}
+ALERT_ICONS: dict[AlertStyle, str] = {
+    "error": ":material/emergency:",
+    "warning": ":material/warning:",
+    "success": ":material/check_circle:",
+    "info": ":material/info:",
+}
+# The image gate's 422 codes -> headline, and what the user can do about it.
+GATE_TITLES: dict[str, tuple[str, str]] = {
+    "not_retinal_image": ("Not a retinal image", "Upload an OCT B-scan or a colour fundus photo."),
+    "wrong_modality": (
+        "Wrong image type for this model",
+        f"Pick the matching task in the sidebar, or {AUTO_LABEL}.",
+    ),
+    "ungradable_image": ("Image not gradable", "Retake the image."),
+}
+MODALITY_NAMES = {"oct": "OCT B-scan", "fundus": "colour fundus photo", "other": "not a retinal image"}
+RETAKE = "Retake the image."
 
 
 # ----------------------------------------------------------------------------- context (sidebar)
@@ -182,6 +217,66 @@ def model_facts(model: ModelInfo) -> str:
     return f"{model.arch} · input {size} · {len(model.classes)} classes"
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def calibration_text(model: ModelInfo) -> str:
+    """One line on the probability calibration, e.g.
+    ``Temperature scaling (T = 1.23, fitted on val): ECE 0.081 → 0.023``.
+
+    ECE is the expected calibration error in [0, 1] (lower: probabilities closer to observed
+    frequencies), measured before and after the temperature was applied.
+    """
+    cal = model.calibration or {}
+    temperature = cal.get("temperature", model.temperature)
+    before, after = cal.get("ece_before"), cal.get("ece_after")
+    if not cal and (temperature is None or temperature == 1.0):
+        return "Not calibrated (raw softmax probabilities)."
+    method = cal.get("method")
+    name = "Temperature scaling" if method in (None, "temperature") else str(method)
+    facts = [f"T = {temperature:.2f}"] if _number(temperature) else []
+    if cal.get("fitted_on"):
+        facts.append(f"fitted on {cal['fitted_on']}")
+    text = name + (f" ({', '.join(facts)})" if facts else "")
+    if _number(before) and _number(after):
+        text += f": ECE {before:.3f} → {after:.3f}"
+    elif _number(after):
+        text += f": ECE {after:.3f}"
+    return text
+
+
+def task_defaults(models: Sequence[ModelInfo]) -> list[ModelInfo]:
+    """The default model of each known task (OCT, then fundus): where ``?model=auto`` sends an image."""
+    found = (next((m for m in models if m.task == t and m.default), None) for t in TASK_LABELS)
+    return [m for m in found if m is not None]
+
+
+def auto_model(models: Sequence[ModelInfo]) -> ModelInfo:
+    """A stand-in :class:`ModelInfo` for ``?model=auto``.
+
+    Its ``version`` joins the task defaults' ids and versions, so the prediction cache (keyed on
+    model id and version) asks again when either default model changes.
+    """
+    defaults = task_defaults(models)
+    loaded = [m for m in defaults if m.loaded]
+    served = ", ".join(f"`{m.id}` (v{m.version})" for m in loaded) or "none"
+    return ModelInfo(
+        id=AUTO_MODEL,
+        task=AUTO_MODEL,
+        version="+".join(f"{m.id}@{m.version}" for m in defaults),
+        description="The backend detects per image whether it is an OCT B-scan or a fundus photo and "
+        f"answers with that task's default model: {served}.",
+        loaded=bool(loaded),
+        error=None if loaded else "no default OCT or fundus model is loaded",
+    )
+
+
+def model_label(model: ModelInfo) -> str:
+    """``oct-resnet18 v1.0.0``, or ``auto-detect`` for the auto choice."""
+    return "auto-detect" if model.id == AUTO_MODEL else f"{model.id} v{model.version}"
+
+
 def _render_status(status: ReadyStatus) -> None:
     # Exactly one of the three texts (other tests key on them).
     if status.state == "ready":
@@ -216,7 +311,20 @@ def render_sidebar() -> AppContext:
             return ctx
         known = [t for t in TASK_LABELS if any(m.task == t for m in ctx.models)]
         tasks = known + sorted({m.task for m in ctx.models} - set(known))
-        task = st.radio("Task", tasks, format_func=lambda t: TASK_LABELS.get(t, t), horizontal=True, key="task")
+        # Auto-detect sits beside the tasks, not in a task's model list: the backend, not the
+        # user, picks the task (and so the model) per image. It only knows OCT and fundus.
+        choices = [*tasks, AUTO_MODEL] if known else tasks
+        task = st.radio(
+            "Task",
+            choices,
+            format_func=lambda t: AUTO_LABEL if t == AUTO_MODEL else TASK_LABELS.get(t, t),
+            horizontal=True,
+            key="task",
+        )
+        if task == AUTO_MODEL:
+            ctx.model = auto_model(ctx.models)
+            _render_auto_summary(ctx.model, task_defaults(ctx.models))
+            return ctx
         candidates = {m.id: m for m in ctx.models if m.task == task}
         ids = list(candidates)
         # The task's default model, or else the first that loaded.
@@ -235,6 +343,15 @@ def render_sidebar() -> AppContext:
     return ctx
 
 
+def _render_auto_summary(auto: ModelInfo, defaults: Sequence[ModelInfo]) -> None:
+    st.caption(auto.description)
+    if not auto.loaded:
+        st.warning(f"Auto-detect unavailable: {auto.error}")
+    for m in defaults:
+        st.markdown(f"**{m.id}** · {TASK_LABELS.get(m.task, m.task)} · version `{m.version or '?'}`")
+        st.caption(f"Calibration: {calibration_text(m)}")
+
+
 def _render_model_summary(model: ModelInfo) -> None:
     default = f" · default {TASK_LABELS.get(model.task, model.task)} model" if model.default else ""
     st.markdown(f"**{model.id}** · version `{model.version or '?'}`{default}")
@@ -244,6 +361,7 @@ def _render_model_summary(model: ModelInfo) -> None:
     if not model.loaded:
         st.warning(f"Not loaded by the backend: {model.error or 'unknown reason'}")
         return
+    st.caption(f"Calibration: {calibration_text(model)}")
     render_metrics(model)
     if model.card:
         with st.expander("Model card"):
@@ -326,7 +444,71 @@ def render_prediction(model: ModelInfo, pred: Prediction) -> None:
         for col, (name, p) in zip(cols, pred.derived.items(), strict=True):
             col.metric(DERIVED_LABELS.get(name, name), f"{p:.1%}")
     timing = f" · {pred.inference_ms:.0f} ms" if pred.inference_ms is not None else ""
-    st.caption(f"Model {pred.model} v{pred.model_version}{timing}")
+    check = f" · {text}" if (text := gate_text(pred)) else ""
+    st.caption(f"Model {pred.model} v{pred.model_version}{timing}{check}")
+
+
+def gate_text(pred: Prediction) -> str | None:
+    """``Image check: OCT B-scan, gradable``; ``None`` when the backend's gate is off."""
+    if pred.gate is None:
+        return None
+    what = MODALITY_NAMES.get(pred.gate.modality, pred.gate.modality)
+    return f"Image check: {what}, " + ("gradable" if pred.gate.gradable else "not gradable")
+
+
+def referral_title(level: str) -> str:
+    """Headline of a referral level (unknown levels: the code made readable)."""
+    return REFERRAL_STYLES.get(level, (level.replace("_", " ").capitalize(), "info"))[0]
+
+
+def _alert(style: AlertStyle, body: str) -> None:
+    getattr(st, style)(body, icon=ALERT_ICONS[style])
+
+
+def render_referral(pred: Prediction) -> None:
+    """The referral, prominently: an alert coloured by level, the research-use note beside it.
+
+    An ungradable image gets the gate's reasons and "retake", never a diagnosis. A model without
+    a referral policy (``referral`` null) gets a one-line caption instead.
+    """
+    ref = pred.referral
+    if pred.gradable and ref is None:
+        st.caption("No referral advice: this model's classes have no referral policy.")
+        return
+    level = ref.level if (ref is not None and pred.gradable) else "ungradable"
+    title, style = REFERRAL_STYLES.get(level, (referral_title(level), "info"))
+    if pred.gradable and ref is not None:
+        body = f"**{title}**  \n{ref.advice}" + (f"  \n{ref.reason}" if ref.reason else "")
+    else:
+        advice = ref.advice if ref is not None and ref.advice else "No assessment: the image is not gradable."
+        reasons = list(pred.reasons) or ([ref.reason] if ref is not None and ref.reason else [])
+        why = "".join(f"\n- {r}" for r in reasons)
+        body = f"**{title}**  \n{advice}" + (f"\n\nWhy:{why}" if why else "") + f"\n\n**{RETAKE}**"
+    note = ref.note if ref is not None and ref.note else DISCLAIMER
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    with left:
+        _alert(style, body)
+    right.caption(f":material/info: {note}")
+
+
+def render_gate_error(err: BackendError) -> None:
+    """A refusal of the image gate as a warning with what to do; any other failure as an error."""
+    if err.code not in GATE_ERRORS:
+        st.error(err.message)
+        return
+    title, hint = GATE_TITLES[err.code]
+    _alert("warning", f"**{title}**: {err.message}  \n{hint}")
+
+
+def render_ungradable(pred: Prediction) -> None:
+    """The result column of an ungradable image: what the gate saw, no probabilities."""
+    st.markdown("**No diagnosis**: the image did not pass the quality check.")
+    if text := gate_text(pred):
+        st.caption(text)
+    if pred.gate is not None and (pred.gate.quality or pred.gate.distances):
+        with st.expander("Image check details"):
+            st.json({"quality": pred.gate.quality, "distances": pred.gate.distances}, expanded=True)
+    st.caption(f"Model {pred.model} v{pred.model_version}")
 
 
 def render_cam(
@@ -357,7 +539,7 @@ def render_cam(
                 ctx.client,
             )
     except BackendError as e:
-        st.error(f"CAM unavailable: {e.message}")
+        (st.warning if e.code in GATE_ERRORS else st.error)(f"CAM unavailable: {e.message}")
         return
     st.image(
         cam.overlay_png,
@@ -377,6 +559,58 @@ def render_cam(
     )
 
 
+def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str) -> None:
+    """The "Download PDF report" button of one image; the PDF is made only when asked for.
+
+    Why on demand: a report costs the backend a forward pass, a CAM and a page render, and a
+    batch of uploads would pay that N times up front for PDFs nobody may download. A deferred
+    ``st.download_button(data=callable)`` would also avoid that, but a failure inside the callable
+    reaches the user only as a generic "failed to generate" message, without the backend's
+    reason. So a first button asks for the PDF; it is cached (``cache.report``, keyed on image,
+    model, version, CAM method and file name) and the request is remembered in the session, so
+    later reruns show the download button at once and re-send nothing.
+    """
+    asked = f"pdf-{up.key}-{model.id}-{method}"
+    if not st.session_state.get(asked):
+        if not st.button(
+            "Create PDF report",
+            key=f"make-{asked}",
+            icon=":material/picture_as_pdf:",
+            help="One page: image, CAM overlay, probabilities, referral, model metrics and the disclaimer.",
+        ):
+            return
+        st.session_state[asked] = True
+    try:
+        with st.spinner("Creating the PDF report..."):
+            pdf = cache.report(
+                up.digest, model.id, model.version, method, up.name, ctx.settings.backend_url, up.data, ctx.client
+            )
+    except BackendError as e:
+        st.session_state[asked] = False  # the "Create" button comes back, to try again
+        (st.warning if e.code in GATE_ERRORS else st.error)(f"PDF report unavailable: {e.message}")
+        return
+    st.download_button(
+        "Download PDF report",
+        pdf,
+        file_name=f"{PurePath(up.name).stem}_{model.id}_report.pdf",
+        mime="application/pdf",
+        key=f"dl-{asked}",
+        icon=":material/picture_as_pdf:",
+        on_click="ignore",
+    )
+
+
+def served_model(ctx: AppContext, model: ModelInfo, pred: Prediction) -> ModelInfo:
+    """The model that answered ``pred``: the chosen one, or for ``auto`` the one the backend picked."""
+    if pred.model == model.id:
+        return model
+    found = next((m for m in ctx.models if m.id == pred.model), None)
+    if found is not None:
+        return found
+    # Not in the model list (renamed while the list was cached): enough to draw and explain it.
+    return ModelInfo(id=pred.model, task=pred.task, version=pred.model_version, classes=tuple(pred.probabilities or ()))
+
+
 def render_result(
     ctx: AppContext,
     model: ModelInfo,
@@ -386,7 +620,15 @@ def render_result(
     alpha: float,
     size: CamSize,
 ) -> None:
-    """The card of one image: preview, CAM overlay, prediction (or the backend's error)."""
+    """The card of one image: referral on top, then preview, CAM overlay and prediction (or the error).
+
+    ``model`` is the sidebar's choice (possibly ``auto``); CAM and report go to the model that
+    actually answered, so they explain the very prediction shown.
+    """
+    if isinstance(result, Prediction):
+        # Keyed so the browser test can tell an urgent referral (st.error style) from a failure.
+        with st.container(key=f"referral-{up.key}"):
+            render_referral(result)
     col_img, col_cam, col_pred = st.columns([1, 1, 1.2], gap="medium")
     with col_img:
         png = preview_png(up.digest, up.data)
@@ -395,12 +637,32 @@ def render_result(
         else:
             st.image(png, caption="Uploaded image", width="stretch")
     if isinstance(result, BackendError):
-        col_pred.error(result.message)
+        with col_pred:
+            render_gate_error(result)
         return
+    served = served_model(ctx, model, result)
     with col_pred:
-        render_prediction(model, result)
+        if result.gradable:
+            render_prediction(served, result)
+        else:
+            render_ungradable(result)
+        render_report(ctx, served, up, method)
     with col_cam:
-        render_cam(ctx, model, up, result, method, alpha, size)
+        if result.gradable:
+            render_cam(ctx, served, up, result, method, alpha, size)
+        else:
+            st.caption("No CAM: there is no prediction to explain.")
+
+
+def result_summary(result: Prediction | BackendError) -> str:
+    """One line per image for the collapsed cards: label and confidence, referral, or the error."""
+    if isinstance(result, BackendError):
+        title = GATE_TITLES.get(result.code, ("",))[0]
+        return f"{title}: {result.message}" if title else result.message
+    if not result.gradable:
+        return f"{referral_title('ungradable')}, retake"
+    text = f"{result.label} ({result.confidence or 0.0:.0%})"
+    return text + (f" · {referral_title(result.referral.level)}" if result.referral else "")
 
 
 def predict_all(ctx: AppContext, model: ModelInfo, uploads: Sequence[Upload]) -> list[Prediction | BackendError]:
@@ -421,22 +683,33 @@ def predict_all(ctx: AppContext, model: ModelInfo, uploads: Sequence[Upload]) ->
 def results_table(
     model: ModelInfo, uploads: Sequence[Upload], results: Sequence[Prediction | BackendError]
 ) -> pd.DataFrame:
-    """One row per upload: filename, label, confidence, every class probability, derived ones, error."""
+    """One row per upload.
+
+    Columns: filename, model (auto-detect only: which model answered), label, confidence,
+    referral (level code), gradable, ``p_<class>`` for every class then the derived ones, error
+    (only when some image failed). An ungradable image has no label and no probabilities.
+    """
+    auto = model.id == AUTO_MODEL
+    head = ["filename", *(["model"] if auto else []), "label", "confidence", "referral", "gradable"]
+    probs: list[str] = [f"p_{c}" for c in model.classes]
     rows = []
     for up, res in zip(uploads, results, strict=True):
-        row: dict[str, Any] = {"filename": up.name}
+        row: dict[str, Any] = dict.fromkeys(head) | {"filename": up.name, "error": None}
         if isinstance(res, BackendError):
-            row |= {"label": None, "confidence": None, "error": res.message}
+            row["error"] = res.message
         else:
-            row |= {"label": res.label, "confidence": res.confidence}
-            row |= {f"p_{c}": res.probabilities.get(c) for c in model.classes or res.probabilities}
-            row |= {f"p_{k}": v for k, v in (res.derived or {}).items()}
-            row["error"] = None
+            level = res.referral.level if res.referral else ("ungradable" if not res.gradable else None)
+            row |= {"label": res.label, "confidence": res.confidence, "referral": level, "gradable": res.gradable}
+            if auto:
+                row["model"] = res.model
+            p = {f"p_{c}": v for c, v in (res.probabilities or {}).items()}
+            p |= {f"p_{k}": v for k, v in (res.derived or {}).items()}
+            # Auto-detect mixes models: the union of their classes, in order of first appearance.
+            probs += [c for c in p if c not in probs]
+            row |= p
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame["error"].isna().all():
-        frame = frame.drop(columns="error")
-    return frame
+    columns = head + probs + (["error"] if any(r["error"] is not None for r in rows) else [])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def cam_controls() -> tuple[str, float, CamSize]:

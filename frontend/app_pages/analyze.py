@@ -1,9 +1,10 @@
-"""Main page: upload scans, see each prediction, its class probabilities and its CAM overlay."""
+"""Main page: upload scans; per image the referral advice, the prediction with its class
+probabilities and CAM overlay (or why the image cannot be graded), and a PDF report on request."""
 
 import streamlit as st
 
 from frontend import ui
-from frontend.client import TASK_LABELS, BackendError
+from frontend.client import AUTO_MODEL, TASK_LABELS
 
 ctx = ui.context()
 st.title("RetinaScope")
@@ -21,7 +22,9 @@ if not model.loaded:
     st.warning(f"Model `{model.id}` is not loaded by the backend ({model.error}). Pick another model in the sidebar.")
     st.stop()
 
-kind = {"oct": "OCT B-scans", "fundus": "colour fundus photos"}.get(model.task, "images")
+kind = {"oct": "OCT B-scans", "fundus": "colour fundus photos", AUTO_MODEL: "OCT B-scans or colour fundus photos"}.get(
+    model.task, "images"
+)
 # A fixed label keeps the widget (and the uploads) when the user switches task or model.
 files = st.file_uploader(
     "Upload scans",
@@ -32,17 +35,21 @@ files = st.file_uploader(
 )
 method, alpha, size = ui.cam_controls()
 if not files:
-    st.caption(
-        f"Drop {kind} above. {TASK_LABELS.get(model.task, model.task)} model `{model.id}` v{model.version} is selected."
-    )
+    if model.id == AUTO_MODEL:
+        st.caption(f"Drop {kind} above. {model.description}")
+    else:
+        st.caption(
+            f"Drop {kind} above. {TASK_LABELS.get(model.task, model.task)} model `{model.id}` v{model.version} "
+            "is selected."
+        )
     st.stop()
 
 uploads = [ui.Upload.from_uploaded(f) for f in files]
-with st.spinner(f"Classifying {len(uploads)} image(s) with {model.id}..."):
+with st.spinner(f"Classifying {len(uploads)} image(s) with {ui.model_label(model)}..."):
     results = ui.predict_all(ctx, model, uploads)
 
 if len(uploads) > 1:
-    st.subheader(f"Results ({len(uploads)} images, model {model.id} v{model.version})")
+    st.subheader(f"Results ({len(uploads)} images, model {ui.model_label(model)})")
     table = ui.results_table(model, uploads, results)
     st.dataframe(
         table,
@@ -69,9 +76,8 @@ for i, (up, res) in enumerate(zip(uploads, results, strict=True)):
             st.subheader(up.name)
             ui.render_result(ctx, model, up, res, method, alpha, size)
         continue
-    summary = res.message if isinstance(res, BackendError) else f"{res.label} ({res.confidence:.0%})"
-    # Lazy expanders: the CAM of an image is requested only while its card is open.
-    box = st.expander(f"{up.name}: {summary}", expanded=i == 0, key=f"card-{up.key}", on_change="rerun")
+    # Lazy expanders: the CAM (and the report button) of an image exist only while its card is open.
+    box = st.expander(f"{up.name}: {ui.result_summary(res)}", expanded=i == 0, key=f"card-{up.key}", on_change="rerun")
     if box.open:
         with box:
             ui.render_result(ctx, model, up, res, method, alpha, size)

@@ -1,4 +1,4 @@
-"""Models page: every model the backend serves, with version, classes, metrics and model card."""
+"""Models page: every model the backend serves, with version, classes, calibration, metrics and model card."""
 
 import streamlit as st
 
@@ -24,6 +24,8 @@ for model in ctx.models:
         if model.description:
             st.markdown(model.description)
         st.markdown("Classes: " + ", ".join(f"`{c}`" for c in model.classes))
+        if model.loaded:
+            st.markdown(f"Calibration: {ui.calibration_text(model)}")
         cols = st.columns(2)
         for i, (title, frame) in enumerate(ui.headline_metrics(model.metrics)):
             with cols[i % 2]:

@@ -1,9 +1,18 @@
 """A scriptable stand-in for the backend over real HTTP, for client unit tests.
 
-It speaks the backend's contract (``/ready``, ``/models``, ``/predict``, ``/gradcam``) on a free
-loopback port, records every request (path, query, headers, multipart fields) and can be told to
-fail (``queue_error``), stall (``delay_s``) or be not ready. Tests of the *real* backend use
+It speaks the backend's contract (``/ready``, ``/models``, ``/predict``, ``/gradcam``, ``/report``)
+on a free loopback port, records every request (path, query, headers, multipart fields) and can be
+told to fail (``queue_error``), stall (``delay_s``) or be not ready. Tests of the *real* backend use
 ``backend_server`` in ``conftest.py`` instead.
+
+The image gate is scripted by the upload's file name, so a test picks the case by naming the file:
+
+- ``notretina`` in the name: 422 ``not_retinal_image`` (every image route);
+- ``dark`` in the name: an ungradable image: ``/predict`` answers ``gradable: false`` with the
+  gate's reasons and no diagnosis, ``/gradcam`` refuses with 422 ``ungradable_image``, ``/report``
+  still makes a PDF (as the backend does);
+- ``fundus`` in the name: a fundus photo, anything else an OCT B-scan; sent to a model of the
+  other task: 422 ``wrong_modality``. ``?model=auto`` picks the default model of the detected task.
 """
 
 from __future__ import annotations
@@ -20,15 +29,50 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from fpdf import FPDF
 from PIL import Image
 
 OCT = ["CNV", "DME", "DRUSEN", "NORMAL"]
+DR = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
+NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
+DARK_REASONS = ["too dark: retina brightness 0.03 < 0.10", "blurred: sharpness 0.8 < 2.0"]
 
 
 def png_bytes(size: int = 8, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (size, size), colour).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def pdf_bytes(*lines: str) -> bytes:
+    """A real one-page PDF (fpdf2) carrying ``lines``: what ``/report`` answers."""
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=12)
+    for line in lines:
+        pdf.cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def oct_referral(probs: dict[str, float]) -> dict[str, Any]:
+    """The backend's OCT policy (default thresholds 0.5), cumulative by severity."""
+    urgent = probs["CNV"] + probs["DME"]
+    anything = urgent + probs["DRUSEN"]
+    if urgent >= 0.5:
+        level, what, p = "urgent", "Urgent referral to a retina specialist: CNV or DME suspected.", urgent
+    elif anything >= 0.5:
+        level, what, p = "routine", "Routine referral to an ophthalmologist: drusen suspected.", anything
+    else:
+        level, what, p = "observation", "No referral suggested: routine observation.", anything
+    op = ">=" if level != "observation" else "<"
+    return {
+        "level": level,
+        "advice": what,
+        "reason": f"P = {p:.2f} {op} 0.50",
+        "probability": p,
+        "threshold": 0.5,
+        "note": NOTE,
+    }
 
 
 @dataclass
@@ -68,9 +112,38 @@ class FakeBackend:
                 "default": True,
                 "description": "test model",
                 "card": "# Card\nTrained on nothing.",
-            }
+                "temperature": 1.5,
+                "calibration": {
+                    "method": "temperature",
+                    "temperature": 1.5,
+                    "fitted_on": "val",
+                    "ece_before": 0.081,
+                    "ece_after": 0.023,
+                },
+            },
+            {
+                "id": "fundus-test",
+                "task": "fundus",
+                "arch": "resnet18",
+                "classes": DR,
+                "input_size": 128,
+                "channels": 3,
+                "version": "2.0.0",
+                "metrics": {"test": {"accuracy": 0.7}},
+                "default": True,
+                "description": "test fundus model",
+                "card": None,
+                "temperature": 1.0,
+                "calibration": {},
+            },
         ]
     )
+    # What the OCT model answers for a gradable scan (the referral follows from it).
+    oct_probs: dict[str, float] = field(default_factory=lambda: dict(zip(OCT, [0.1, 0.2, 0.6, 0.1], strict=True)))
+    gate_enabled: bool = True
+    referral_enabled: bool = True
+    # Every PDF /report answered, in order.
+    reports: list[bytes] = field(default_factory=list)
     url: str = ""
 
     def queue_error(self, status: int, body: Any) -> None:
@@ -100,7 +173,9 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, body: Any) -> None:
-            if isinstance(body, str):
+            if isinstance(body, bytes):
+                data, ctype = body, "application/pdf"
+            elif isinstance(body, str):
                 data, ctype = body.encode(), "text/plain"
             else:
                 data, ctype = json.dumps(body).encode(), "application/json"
@@ -137,36 +212,46 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
                     self._send(503, {"error": "not_ready", "detail": state.not_ready_detail})
             elif path == "/models":
                 self._send(200, state.models)
-            elif path == "/predict" and method == "POST":
-                probs = dict(zip(OCT, [0.1, 0.2, 0.6, 0.1], strict=True))
+            elif path in ("/predict", "/gradcam", "/report") and method == "POST":
+                self._image_route(path, query, rec)
+            else:
+                self._send(404, {"error": "not_found", "detail": f"no route {path}"})
+
+        def _image_route(self, path: str, query: dict[str, str], rec: Recorded) -> None:
+            filename = rec.fields.get("file", [("", b"", "")])[0][0].lower()
+            if state.gate_enabled and "notretina" in filename:
+                detail = f"{filename} is neither an OCT B-scan nor a colour fundus photo"
+                self._send(422, {"error": "not_retinal_image", "detail": detail})
+                return
+            modality = "fundus" if "fundus" in filename else "oct"
+            model = _resolve(state, query.get("model", "oct"), modality)
+            if state.gate_enabled and model["task"] != modality:
+                detail = f"this looks like a {modality} image; model {model['id']!r} is for {model['task']}"
+                self._send(422, {"error": "wrong_modality", "detail": detail + f" (use model={modality} or auto)"})
+                return
+            body = _prediction(state, model, modality, gradable="dark" not in filename)
+            if path == "/predict":
+                self._send(200, body)
+            elif path == "/report":
+                title = body["referral"]["level"] if body["referral"] else "no referral"
+                pdf = pdf_bytes("RetinaScope report", filename, f"{model['id']} {query.get('method')}", title)
+                state.reports.append(pdf)
+                self._send(200, pdf)
+            elif not body["gradable"]:
+                self._send(422, {"error": "ungradable_image", "detail": "; ".join(DARK_REASONS)})
+            else:
                 self._send(
                     200,
                     {
-                        "model": query.get("model", "oct"),
-                        "model_version": "1.2.3",
-                        "task": "oct",
-                        "label": "DRUSEN",
-                        "confidence": 0.6,
-                        "probabilities": probs,
-                        "inference_ms": 3.5,
-                        "derived": None,
-                    },
-                )
-            elif path == "/gradcam" and method == "POST":
-                self._send(
-                    200,
-                    {
-                        "label": "DRUSEN",
-                        "confidence": 0.6,
+                        "label": body["label"],
+                        "confidence": body["confidence"],
                         "probabilities": {},
-                        "target": query.get("target", "DRUSEN"),
+                        "target": query.get("target", body["label"]),
                         "method": query.get("method", "gradcam"),
                         "overlay_png": base64.b64encode(png_bytes()).decode(),
                         "heatmap_png": base64.b64encode(png_bytes(colour=(0, 0, 255))).decode(),
                     },
                 )
-            else:
-                self._send(404, {"error": "not_found", "detail": f"no route {path}"})
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._handle("GET")
@@ -175,6 +260,65 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
             self._handle("POST")
 
     return Handler
+
+
+def _resolve(state: FakeBackend, name: str, modality: str) -> dict[str, Any]:
+    """``?model=``: an id, a task alias (its default model) or ``auto`` (the detected task's default).
+
+    Any other id answers as an OCT model of that id: client tests use arbitrary ids.
+    """
+    task = modality if name == "auto" else name
+    for m in state.models:
+        if m["id"] == name or (m["task"] == task and m.get("default")):
+            return m
+    return {"id": name, "task": "oct", "version": "1.2.3"}
+
+
+def _prediction(state: FakeBackend, model: dict[str, Any], modality: str, gradable: bool) -> dict[str, Any]:
+    """The /predict body of ``model`` for an image of ``modality``, gradable or not."""
+    gate = {
+        "modality": modality,
+        "gradable": gradable,
+        "reasons": [] if gradable else DARK_REASONS,
+        "distances": {"oct": 0.4, "fundus": None} if modality == "oct" else {"oct": None, "fundus": 0.5},
+        "quality": {"brightness": 0.4 if gradable else 0.03},
+    }
+    body: dict[str, Any] = {
+        "model": model["id"],
+        "model_version": model["version"],
+        "task": model["task"],
+        "gradable": gradable,
+        "label": None,
+        "confidence": None,
+        "probabilities": None,
+        "inference_ms": 3.5,
+        "derived": None,
+        "referral": None,
+        "gate": gate if state.gate_enabled else None,
+    }
+    if not gradable:
+        reason = "; ".join(DARK_REASONS)
+        advice = "No assessment: the image is not gradable. Retake it (or refer for an in-person examination)."
+        body["referral"] = {"level": "ungradable", "advice": advice, "reason": reason, "note": NOTE}
+        return body
+    if model["task"] == "oct":
+        probs = dict(state.oct_probs)
+        referral = oct_referral(probs)
+    else:
+        probs = dict(zip(DR, [0.1, 0.2, 0.4, 0.2, 0.1], strict=True))
+        body["derived"] = {"referable": 0.7, "any": 0.9}
+        referral = {
+            "level": "refer",
+            "advice": "Refer to an ophthalmologist: referable (moderate or worse) diabetic retinopathy suspected.",
+            "reason": "P(grade >= 2) = 0.70 >= 0.50",
+            "probability": 0.7,
+            "threshold": 0.5,
+            "note": NOTE,
+        }
+    label = max(probs, key=probs.__getitem__)
+    body |= {"label": label, "confidence": probs[label], "probabilities": probs}
+    body["referral"] = referral if state.referral_enabled else None
+    return body
 
 
 class FakeServer:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from frontend import ui
 from retina.registry import default_for
 from tests.frontend.conftest import APP, backend_predict, free_port
 from tests.frontend.fake_backend import FakeServer, png_bytes
@@ -48,11 +50,33 @@ def cam_captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions if " for " in c and "opacity" in c]
 
 
+def failures(at: AppTest) -> list[str]:
+    """Error alerts other than an urgent referral, which is shown in ``st.error`` style on purpose."""
+    urgent = f"**{ui.referral_title('urgent')}**"
+    return [e.value for e in at.error if not e.value.startswith(urgent)]
+
+
+def check_referral(at: AppTest, expected: dict) -> None:
+    """The referral the backend answered is on the page, in its colour, with the research-use note.
+
+    A backend without a referral policy for the model (``referral`` null) shows none.
+    """
+    ref = expected.get("referral")
+    if not ref:
+        return
+    level = ref["level"] if expected.get("gradable", True) else "ungradable"
+    title, style = ui.REFERRAL_STYLES.get(level, (ui.referral_title(level), "info"))
+    alerts = [a.value for a in getattr(at.main, style) if a.value.startswith(f"**{title}**")]
+    assert len(alerts) == 1, [a.value for a in getattr(at.main, style)]
+    assert ref["advice"] in alerts[0]
+    assert any(ref["note"] in c.value for c in at.main.caption), "research-use note missing"
+
+
 def test_sidebar_ready_and_models(monkeypatch: pytest.MonkeyPatch, backend_url: str, backend_models: list) -> None:
     at = run_app(monkeypatch, backend_url)
     assert [s.value for s in at.sidebar.success] == ["Backend ready"]
     assert not at.error
-    assert at.sidebar.radio(key="task").options == ["OCT", "Fundus"]
+    assert at.sidebar.radio(key="task").options == ["OCT", "Fundus", ui.AUTO_LABEL]
     oct_ids = [m["id"] for m in backend_models if m["task"] == "oct"]
     select = at.sidebar.selectbox(key="model-oct")
     assert select.value == default_for("oct").key
@@ -69,7 +93,9 @@ def test_oct_upload_shows_prediction_and_cam(
 ) -> None:
     at = upload(run_app(monkeypatch, backend_url), oct_image)
     expected = backend_predict(backend_url, oct_image, default_for("oct").key)
-    assert not at.error, [e.value for e in at.error]
+    assert not failures(at), failures(at)
+    assert expected.get("gradable", True), "a real dev-set B-scan failed the image gate"
+    check_referral(at, expected)
     assert metric(at, "Predicted class") == [expected["label"]]
     assert metric(at, "Confidence") == [f"{expected['confidence']:.1%}"]
     assert cam_captions(at) == [f"gradcam for {expected['label']} (opacity 0.50), as the model sees the image"]
@@ -83,7 +109,7 @@ def test_oct_upload_shows_prediction_and_cam(
     at.toggle(key="cam-full").set_value(True)
     at.selectbox(key=next(k for k in at.session_state if k.startswith("target-"))).set_value(other)
     at.run()
-    assert not at.exception and not at.error
+    assert not at.exception and not failures(at)
     assert cam_captions(at) == [f"eigencam for {other} (opacity 0.80), upsampled to the upload"]
 
 
@@ -94,7 +120,9 @@ def test_fundus_shows_derived_probabilities(
     at.sidebar.radio(key="task").set_value("fundus").run()
     at = upload(at, fundus_image)
     expected = backend_predict(backend_url, fundus_image, default_for("fundus").key)
-    assert not at.error, [e.value for e in at.error]
+    assert not failures(at), failures(at)
+    assert expected.get("gradable", True), "a real dev-set fundus photo failed the image gate"
+    check_referral(at, expected)
     assert metric(at, "Predicted class") == [expected["label"]]
     assert metric(at, "Referable DR (grade ≥ 2)") == [f"{expected['derived']['referable']:.1%}"]
     assert metric(at, "Any DR (grade ≥ 1)") == [f"{expected['derived']['any']:.1%}"]
@@ -106,12 +134,37 @@ def test_several_uploads_table_and_csv(monkeypatch: pytest.MonkeyPatch, backend_
     table = at.main.dataframe[0].value
     assert table["filename"].tolist() == [p.name for p in scans]
     key = default_for("oct").key
-    assert table["label"].tolist() == [backend_predict(backend_url, p, key)["label"] for p in scans]
+    expected = [backend_predict(backend_url, p, key) for p in scans]
+    assert table["label"].tolist() == [e["label"] for e in expected]
+    assert table["gradable"].tolist() == [e.get("gradable", True) for e in expected]
+    referrals = [None if pd.isna(r) else r for r in table["referral"]]
+    assert referrals == [(e.get("referral") or {}).get("level") for e in expected]
     probs = table[[f"p_{c}" for c in default_for("oct").class_names]]
     assert probs.sum(axis=1).round(4).tolist() == [1.0] * len(scans)
     assert "Download results CSV" in [b.label for b in at.get("download_button")]
     # Only the first card is open, so only one CAM was requested and shown.
     assert len(cam_captions(at)) == 1
+
+
+def test_auto_detect_routes_a_fundus_photo(
+    monkeypatch: pytest.MonkeyPatch, backend_url: str, fundus_image: Path
+) -> None:
+    at = run_app(monkeypatch, backend_url)
+    at.sidebar.radio(key="task").set_value("auto").run()
+    at = upload(at, fundus_image)
+    expected = backend_predict(backend_url, fundus_image, "auto")
+    assert (expected["task"], expected["model"]) == ("fundus", default_for("fundus").key)
+    assert not failures(at), failures(at)
+    check_referral(at, expected)
+    assert metric(at, "Predicted class") == [expected["label"]]
+    assert any(c.value.startswith(f"Model {expected['model']} v") for c in at.main.caption)
+
+
+def test_pdf_report_from_the_backend(monkeypatch: pytest.MonkeyPatch, backend_url: str, oct_image: Path) -> None:
+    at = upload(run_app(monkeypatch, backend_url), oct_image)
+    next(b for b in at.button if b.label == "Create PDF report").click().run()
+    assert not at.exception and not failures(at), failures(at)
+    assert "Download PDF report" in [b.label for b in at.get("download_button")]
 
 
 def test_undecodable_upload_shows_backend_detail(monkeypatch: pytest.MonkeyPatch, backend_url: str) -> None:

@@ -92,3 +92,31 @@ def test_file_digest_is_content_hash() -> None:
     assert cache.file_digest(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert cache.file_digest(b"abc") != cache.file_digest(b"abd")
     assert len(cache.file_digest(b"")) == 64
+
+
+def _report(client: BackendClient, data: bytes, method: str = "gradcam", name: str = "a.png") -> bytes:
+    return cache.report(cache.file_digest(data), "oct-test", "1", method, name, client.base_url, data, client)
+
+
+def test_report_once_per_image_method_and_name(fake: FakeBackend) -> None:
+    client = BackendClient(ClientSettings(backend_url=fake.url))
+    data = png_bytes(8)
+    first = _report(client, data)
+    assert first.startswith(b"%PDF")
+    assert _report(client, data) == first
+    assert len(fake.calls("/report")) == 1
+    # The PDF shows the method and prints the file name: each is its own report.
+    _report(client, data, method="eigencam")
+    _report(client, data, name="b.png")
+    assert len(fake.calls("/report")) == 3
+    assert fake.calls("/report")[1].query["method"] == "eigencam"
+
+
+def test_report_failures_are_not_cached(fake: FakeBackend) -> None:
+    client = BackendClient(ClientSettings(backend_url=fake.url))
+    data = png_bytes(8)
+    fake.queue_error(503, {"error": "not_ready", "detail": "warming up"})
+    with pytest.raises(BackendError, match="warming up"):
+        _report(client, data)
+    assert _report(client, data).startswith(b"%PDF")
+    assert len(fake.calls("/report")) == 2

@@ -13,9 +13,12 @@ from frontend.client import (
     BackendTimeout,
     BackendUnreachable,
     ClientSettings,
+    ModelInfo,
+    Prediction,
     ReadyStatus,
+    Referral,
 )
-from tests.frontend.fake_backend import OCT, FakeBackend, FakeServer, png_bytes
+from tests.frontend.fake_backend import DARK_REASONS, DR, NOTE, OCT, FakeBackend, FakeServer, png_bytes
 
 
 @pytest.fixture
@@ -67,9 +70,18 @@ def test_ready_and_models(fake: FakeBackend) -> None:
     c = client_for(fake.url)
     assert c.ready() == ReadyStatus("ready")
     assert c.ready().text == "Backend ready"
-    [m] = c.models()
+    m, f = c.models()
     assert (m.id, m.task, m.classes, m.version, m.default) == ("oct-test", "oct", tuple(OCT), "1.2.3", True)
     assert m.metrics["val"]["accuracy"] == 0.9
+    assert m.temperature == 1.5
+    assert (m.calibration["ece_before"], m.calibration["ece_after"]) == (0.081, 0.023)
+    assert (f.task, f.classes, f.calibration) == ("fundus", tuple(DR), {})
+
+
+def test_model_info_without_calibration_fields() -> None:
+    # An older backend sends neither field: nothing breaks, nothing is invented.
+    m = ModelInfo.from_json({"id": "x", "task": "oct"})
+    assert (m.temperature, m.calibration) == (None, {})
 
 
 def test_not_ready_carries_backend_detail(fake: FakeBackend) -> None:
@@ -88,6 +100,107 @@ def test_predict_sends_file_model_and_api_key(fake: FakeBackend) -> None:
     assert req.query == {"model": "oct-test"}
     assert req.headers.get("X-API-Key") == "secret"
     assert req.fields["file"] == [("scan.png", data, "image/png")]
+
+
+def test_predict_parses_referral_and_gate(fake: FakeBackend) -> None:
+    pred = client_for(fake.url).predict(png_bytes(16), "scan.png", "oct-test")
+    assert pred.gradable and pred.reasons == ()
+    assert pred.referral == Referral(
+        level="routine",
+        advice="Routine referral to an ophthalmologist: drusen suspected.",
+        reason="P = 0.90 >= 0.50",
+        probability=pytest.approx(0.9),  # type: ignore[arg-type]
+        threshold=0.5,
+        note=NOTE,
+    )
+    assert pred.gate is not None
+    assert (pred.gate.modality, pred.gate.gradable, pred.gate.distances["oct"]) == ("oct", True, 0.4)
+
+
+def test_predict_ungradable_has_no_diagnosis(fake: FakeBackend) -> None:
+    pred = client_for(fake.url).predict(png_bytes(16), "dark_scan.png", "oct-test")
+    assert not pred.gradable
+    assert (pred.label, pred.confidence, pred.probabilities) == (None, None, None)
+    assert pred.reasons == tuple(DARK_REASONS)
+    assert pred.referral is not None and pred.referral.level == "ungradable"
+    assert pred.referral.probability is None
+
+
+def test_prediction_from_json_optional_fields() -> None:
+    base = {"model": "m", "model_version": "1", "task": "oct", "label": "CNV", "confidence": 0.9}
+    # An older backend: no gradable, referral or gate keys.
+    old = Prediction.from_json(base | {"probabilities": {"CNV": 0.9, "NORMAL": 0.1}})
+    assert (old.gradable, old.referral, old.gate, old.reasons) == (True, None, None, ())
+    # Not gradable and no gate (disabled): the label stays null, no reasons to give.
+    none = Prediction.from_json(base | {"gradable": False, "label": None, "confidence": None, "probabilities": None})
+    assert (none.label, none.probabilities, none.reasons) == (None, None, ())
+    # "Gradable" without a diagnosis breaks the contract.
+    with pytest.raises(ValueError, match="gradable"):
+        Prediction.from_json(base | {"label": None, "probabilities": None})
+
+
+def test_gradable_answer_without_label_is_bad_response(fake: FakeBackend) -> None:
+    fake.queue_error(200, {"model": "m", "task": "oct", "gradable": True, "label": None, "probabilities": None})
+    with pytest.raises(BackendError) as info:
+        client_for(fake.url).predict(b"x", "x.png", "m")
+    assert info.value.code == "bad_response"
+
+
+def test_predict_auto_reports_the_model_that_answered(fake: FakeBackend) -> None:
+    pred = client_for(fake.url).predict(png_bytes(16), "fundus_left.png", "auto")
+    assert fake.calls("/predict")[0].query == {"model": "auto"}
+    assert (pred.model, pred.task, pred.label) == ("fundus-test", "fundus", "Moderate")
+    assert pred.referral is not None and pred.referral.level == "refer"
+    assert pred.derived == {"referable": 0.7, "any": 0.9}
+
+
+@pytest.mark.parametrize(
+    ("filename", "code", "detail"),
+    [
+        ("notretina_cat.png", "not_retinal_image", "notretina_cat.png is neither an OCT B-scan"),
+        ("fundus.png", "wrong_modality", "model 'oct-test' is for oct"),
+    ],
+)
+def test_gate_refusals_are_backend_errors(fake: FakeBackend, filename: str, code: str, detail: str) -> None:
+    with pytest.raises(BackendError) as info:
+        client_for(fake.url).predict(png_bytes(16), filename, "oct-test")
+    assert (info.value.status, info.value.code) == (422, code)
+    assert detail in info.value.message
+
+
+def test_report_returns_the_pdf(fake: FakeBackend) -> None:
+    data = png_bytes(16)
+    pdf = client_for(fake.url, api_key="k").report(data, "scan.png", "oct-test", method="eigencam")
+    assert pdf.startswith(b"%PDF") and pdf == fake.reports[-1]
+    [req] = fake.calls("/report")
+    assert req.query == {"model": "oct-test", "method": "eigencam"}
+    assert req.fields["file"] == [("scan.png", data, "image/png")]
+    assert req.headers.get("X-API-Key") == "k"
+
+
+def test_report_default_method(fake: FakeBackend) -> None:
+    client_for(fake.url).report(b"img", "x.dcm", "oct-test")
+    [req] = fake.calls("/report")
+    assert req.query["method"] == "gradcam"
+    # DICOM goes out under its own type (the backend sniffs the bytes anyway).
+    assert req.fields["file"][0][2] in ("application/dicom", "application/octet-stream")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (200, "not a pdf", "bad_response"),  # text/plain: a proxy page, say
+        (200, {"label": "CNV"}, "bad_response"),  # JSON where a PDF was due
+        (200, b"<html>oops</html>", "bad_response"),  # labelled application/pdf, but is not one
+        (422, {"error": "not_retinal_image", "detail": "not a retina"}, "not_retinal_image"),
+        (503, {"error": "not_ready", "detail": "loading"}, "not_ready"),
+    ],
+)
+def test_report_errors(fake: FakeBackend, status: int, body: object, code: str) -> None:
+    fake.queue_error(status, body)
+    with pytest.raises(BackendError) as info:
+        client_for(fake.url).report(b"x", "x.png", "oct-test")
+    assert info.value.code == code
 
 
 def test_no_api_key_header_by_default(fake: FakeBackend) -> None:

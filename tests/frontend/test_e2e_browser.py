@@ -1,8 +1,9 @@
 """End to end in a real browser: backend + ``streamlit run`` on free ports, Debian chromium via Playwright.
 
-Uploads a real OCT B-scan through the page's file input, waits for the predicted label and the
-CAM overlay image, and saves a screenshot under the test's tmp dir (and to ``$RETINA_SCREENSHOT_OUT``
-when set, which is how ``docs/screenshot.png`` is made).
+Uploads a real OCT B-scan through the page's file input, waits for the referral advice (when the
+backend gives one), the predicted label and the CAM overlay image, and saves a screenshot under
+the test's tmp dir (and to ``$RETINA_SCREENSHOT_OUT`` when set, which is how
+``docs/screenshot.png`` is made).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from frontend import ui
 from retina.registry import default_for
 from tests.frontend.conftest import APP, REPO, backend_predict, free_port, serve
 
@@ -91,6 +93,12 @@ def test_upload_predict_and_cam_in_browser(
 
             page.locator('input[type="file"]').set_input_files(str(oct_image))
 
+            if referral := expected.get("referral"):
+                # The referral box sits in a keyed container (CSS class st-key-referral-<upload>).
+                box = page.locator('[class*="st-key-referral-"]').first
+                sync_api.expect(box).to_contain_text(ui.referral_title(referral["level"]), timeout=WAIT_MS)
+                sync_api.expect(box).to_contain_text(referral["note"])
+
             label = page.locator('[data-testid="stMetric"]').filter(has_text="Predicted class")
             sync_api.expect(label).to_contain_text(expected["label"], timeout=WAIT_MS)
             cam = page.locator('img[alt^="CAM overlay"]')
@@ -101,9 +109,12 @@ def test_upload_predict_and_cam_in_browser(
                 " return i && i.complete && i.naturalWidth > 0; }"
             )
             page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(state="visible")
-            # No traceback box and no error message anywhere on the page.
+            # No traceback box and no error message anywhere on the page; an urgent referral is
+            # shown in the error style on purpose, so alerts inside the referral box do not count.
             assert page.locator('[data-testid="stException"]').count() == 0
-            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            errors = page.locator('[data-testid="stAlertContentError"]').count()
+            referral_errors = page.locator('[class*="st-key-referral-"] [data-testid="stAlertContentError"]').count()
+            assert errors == referral_errors
 
             shot = tmp_path / "retinascope-ui.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -5,15 +5,25 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from frontend import ui
-from frontend.client import BackendError, ModelInfo, Prediction
+from frontend.client import BackendError, GateInfo, ModelInfo, Prediction, Referral
 from tests.frontend.conftest import APP
-from tests.frontend.fake_backend import OCT, FakeBackend, FakeServer, png_bytes
+from tests.frontend.fake_backend import (
+    DARK_REASONS,
+    DR,
+    NOTE,
+    OCT,
+    FakeBackend,
+    FakeServer,
+    oct_referral,
+    png_bytes,
+)
 
 TRAINING_METRICS = {
     "val": {
@@ -76,20 +86,93 @@ def test_flatten_metrics_drops_matrices() -> None:
     assert not any(k.startswith("val.confusion_matrix") or k.endswith("_ci95") for k in flat)
 
 
+def _ref(level: str) -> Referral:
+    return Referral(level=level, advice=f"advice for {level}", reason="P = 0.7 >= 0.5", note=NOTE)
+
+
+def _dark(model: str = "m", task: str = "oct") -> Prediction:
+    gate = GateInfo("oct", gradable=False, reasons=tuple(DARK_REASONS))
+    return Prediction(model, "1", task, None, None, None, gradable=False, referral=_ref("ungradable"), gate=gate)
+
+
 def test_results_table_rows_and_errors() -> None:
     model = ModelInfo(id="m", task="oct", classes=tuple(OCT))
     probs = dict(zip(OCT, [0.1, 0.2, 0.3, 0.4], strict=True))
-    pred = Prediction("m", "1", "oct", "NORMAL", 0.4, probs)
-    ups = [ui.Upload("a.png", b"a", "da", "ka"), ui.Upload("b.png", b"b", "db", "kb")]
-    table = ui.results_table(model, ups, [pred, BackendError("invalid_image", "cannot decode b.png", 422)])
-    assert table.columns.tolist() == ["filename", "label", "confidence", *(f"p_{c}" for c in OCT), "error"]
-    assert table["filename"].tolist() == ["a.png", "b.png"]
+    pred = Prediction("m", "1", "oct", "NORMAL", 0.4, probs, referral=_ref("observation"))
+    ups = [ui.Upload(f"{c}.png", c.encode(), f"d{c}", f"k{c}") for c in "abc"]
+    results = [pred, _dark(), BackendError("not_retinal_image", "c.png is not a retinal image", 422)]
+    table = ui.results_table(model, ups, results)
+    head = ["filename", "label", "confidence", "referral", "gradable"]
+    assert table.columns.tolist() == [*head, *(f"p_{c}" for c in OCT), "error"]
+    assert table["filename"].tolist() == ["a.png", "b.png", "c.png"]
     assert table.loc[0, "p_NORMAL"] == 0.4 and table.loc[0, "label"] == "NORMAL"
-    assert table.loc[1, "error"] == "cannot decode b.png"
+    assert cells(table["referral"]) == ["observation", "ungradable", None]
+    assert cells(table["gradable"]) == [True, False, None]
+    # The ungradable image has no diagnosis: no label, no probabilities.
+    assert pd.isna(table.loc[1, "label"]) and table.loc[1, [f"p_{c}" for c in OCT]].isna().all()
+    assert table.loc[2, "error"] == "c.png is not a retinal image"
     csv = table.to_csv(index=False)
-    assert csv.splitlines()[0] == "filename,label,confidence,p_CNV,p_DME,p_DRUSEN,p_NORMAL,error"
+    assert csv.splitlines()[0] == "filename,label,confidence,referral,gradable,p_CNV,p_DME,p_DRUSEN,p_NORMAL,error"
     # No error column when every image succeeded.
     assert "error" not in ui.results_table(model, ups[:1], [pred]).columns
+
+
+def test_results_table_auto_lists_the_model_and_every_class() -> None:
+    auto = ui.auto_model([])
+    oct_pred = Prediction("oct-x", "1", "oct", "CNV", 0.7, dict(zip(OCT, [0.7, 0.1, 0.1, 0.1], strict=True)))
+    dr = dict(zip(DR, [0.1, 0.2, 0.4, 0.2, 0.1], strict=True))
+    fundus = Prediction("dr-x", "1", "fundus", "Moderate", 0.4, dr, derived={"referable": 0.7, "any": 0.9})
+    ups = [ui.Upload(f"{c}.png", c.encode(), f"d{c}", f"k{c}") for c in "ab"]
+    table = ui.results_table(auto, ups, [oct_pred, fundus])
+    assert table["model"].tolist() == ["oct-x", "dr-x"]
+    p_cols = [c for c in table.columns if c.startswith("p_")]
+    assert p_cols == [f"p_{c}" for c in [*OCT, *DR, "referable", "any"]]
+    assert table.loc[0, "p_CNV"] == 0.7 and pd.isna(table.loc[0, "p_Moderate"])
+    assert table.loc[1, "p_referable"] == 0.7
+
+
+def cells(column: pd.Series) -> list[object]:
+    """A column's values with pandas' missing markers (None, NaN) as None."""
+    return [None if pd.isna(v) else v for v in column]
+
+
+def test_calibration_text() -> None:
+    cal = {"method": "temperature", "temperature": 1.234, "fitted_on": "val", "ece_before": 0.0812, "ece_after": 0.02}
+    m = ModelInfo(id="m", task="oct", temperature=1.234, calibration=cal)
+    assert ui.calibration_text(m) == "Temperature scaling (T = 1.23, fitted on val): ECE 0.081 → 0.020"
+    # The backend's temperature when the block has none; only ECE after.
+    m = ModelInfo(id="m", task="oct", temperature=2.0, calibration={"ece_after": 0.05})
+    assert ui.calibration_text(m) == "Temperature scaling (T = 2.00): ECE 0.050"
+    assert ui.calibration_text(ModelInfo(id="m", task="oct", temperature=1.0)) == (
+        "Not calibrated (raw softmax probabilities)."
+    )
+    assert ui.calibration_text(ModelInfo(id="m", task="oct")).startswith("Not calibrated")
+
+
+def test_result_summary() -> None:
+    probs = dict(zip(OCT, [0.1, 0.2, 0.6, 0.1], strict=True))
+    pred = Prediction("m", "1", "oct", "DRUSEN", 0.6, probs, referral=_ref("routine"))
+    assert ui.result_summary(pred) == "DRUSEN (60%) · Routine referral"
+    assert ui.result_summary(_dark()) == "Ungradable image, retake"
+    assert ui.result_summary(BackendError("wrong_modality", "a fundus photo")) == (
+        "Wrong image type for this model: a fundus photo"
+    )
+    assert ui.result_summary(BackendError("invalid_image", "truncated")) == "truncated"
+
+
+def test_auto_model_stands_for_the_task_defaults() -> None:
+    models = [
+        ModelInfo(id="oct-a", task="oct", version="1", default=False),
+        ModelInfo(id="oct-b", task="oct", version="2", default=True),
+        ModelInfo(id="dr-a", task="fundus", version="3", default=True, loaded=False, error="missing"),
+    ]
+    assert [m.id for m in ui.task_defaults(models)] == ["oct-b", "dr-a"]
+    auto = ui.auto_model(models)
+    assert (auto.id, auto.task, auto.loaded) == ("auto", "auto", True)
+    # The cache key changes when either default model does.
+    assert auto.version == "oct-b@2+dr-a@3"
+    assert "`oct-b` (v2)" in auto.description and "dr-a" not in auto.description
+    assert not ui.auto_model(models[:1]).loaded
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -195,3 +278,202 @@ def test_cam_failure_keeps_prediction(monkeypatch: pytest.MonkeyPatch) -> None:
         at.run()
     assert not at.error
     assert [c for img in at.image for c in img.captions if c.startswith("gradcam for DRUSEN")]
+
+
+# ----------------------------------------------------------------------------- trust layer on a fake backend
+
+
+def _files(at: AppTest, *names: str) -> AppTest:
+    """Upload ``names`` (the fake decides the gate's answer from the name); distinct bytes per file."""
+    files = [(n, png_bytes(16 + i), "image/png") for i, n in enumerate(names)]
+    at.file_uploader(key="uploads").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _captions(at: AppTest) -> list[str]:
+    return [c.value for c in at.caption]
+
+
+@pytest.mark.parametrize(
+    ("probs", "style", "title"),
+    [
+        ([0.1, 0.2, 0.6, 0.1], "warning", "Routine referral"),
+        ([0.5, 0.3, 0.1, 0.1], "error", "Urgent referral"),
+        ([0.05, 0.05, 0.1, 0.8], "success", "Observation"),
+    ],
+)
+def test_referral_is_shown_with_its_level_and_note(
+    monkeypatch: pytest.MonkeyPatch, probs: list[float], style: str, title: str
+) -> None:
+    with FakeServer() as fake:
+        fake.oct_probs = dict(zip(OCT, probs, strict=True))
+        at = _files(_app(monkeypatch, fake), "scan.png")
+    alerts = [a.value for a in getattr(at.main, style) if a.value.startswith(f"**{title}**")]
+    assert len(alerts) == 1, [a.value for a in getattr(at.main, style)]
+    expected = oct_referral(fake.oct_probs)
+    assert expected["advice"] in alerts[0] and expected["reason"] in alerts[0]
+    assert any(NOTE in c for c in _captions(at)), "research-use note missing beside the referral"
+    # The rest of the card is still there, and the referral is the only alert of its kind.
+    assert [m.value for m in at.metric if m.label == "Predicted class"] == [max(fake.oct_probs, key=fake.oct_probs.get)]
+    assert len(at.get("vega_lite_chart")) == 1
+    others = [a.value for kind in ("error", "warning", "success") for a in getattr(at.main, kind)]
+    assert others == alerts
+
+
+def test_ungradable_shows_reasons_and_no_probabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _files(_app(monkeypatch, fake), "dark_scan.png")
+    assert not at.error
+    [warning] = [w.value for w in at.main.warning]
+    assert warning.startswith("**Ungradable image**")
+    assert all(reason in warning for reason in DARK_REASONS)
+    assert "Retake the image." in warning
+    assert any(NOTE in c for c in _captions(at))
+    # No diagnosis anywhere: no label, no confidence, no chart, and no CAM asked for.
+    assert not at.metric
+    assert not at.get("vega_lite_chart")
+    assert not fake.calls("/gradcam")
+    assert "Image check: OCT B-scan, not gradable" in _captions(at)
+
+
+@pytest.mark.parametrize(
+    ("filename", "title", "detail"),
+    [
+        ("notretina_cat.png", "Not a retinal image", "notretina_cat.png is neither an OCT B-scan"),
+        ("fundus_photo.png", "Wrong image type for this model", "model 'oct-test' is for oct"),
+    ],
+)
+def test_gate_refusal_is_a_warning_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, filename: str, title: str, detail: str
+) -> None:
+    with FakeServer() as fake:
+        at = _files(_app(monkeypatch, fake), filename)
+    assert not at.error
+    [warning] = [w.value for w in at.main.warning]
+    assert warning.startswith(f"**{title}**") and detail in warning
+    assert not at.metric and not at.get("vega_lite_chart")
+    assert "Create PDF report" not in [b.label for b in at.button]
+
+
+def test_several_uploads_one_bad_table_has_referral_and_gradable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _files(_app(monkeypatch, fake), "scan.png", "dark.png", "notretina.png")
+    assert not at.error
+    table = at.main.dataframe[0].value
+    assert table["filename"].tolist() == ["scan.png", "dark.png", "notretina.png"]
+    assert cells(table["referral"]) == ["routine", "ungradable", None]
+    assert cells(table["gradable"]) == [True, False, None]
+    assert table["error"].iloc[2].startswith("notretina.png is neither")
+    labels = [e.label for e in at.main.expander]
+    assert labels == [
+        "scan.png: DRUSEN (60%) · Routine referral",
+        "dark.png: Ungradable image, retake",
+        "notretina.png: Not a retinal image: notretina.png is neither an OCT B-scan nor a colour fundus photo",
+    ]
+    # No PDF is made up front, for any image.
+    assert not fake.calls("/report")
+
+
+def test_report_download_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    served: list[tuple[bytes, str, str | None]] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self: MemoryMediaFileStorage, data: object, mimetype: str, kind: object, filename: object = None) -> str:
+        served.append((data, mimetype, filename))  # type: ignore[arg-type]
+        return original(self, data, mimetype, kind, filename)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    with FakeServer() as fake:
+        at = _files(_app(monkeypatch, fake), "scan.png")
+        assert not fake.calls("/report"), "the PDF must not be made before it is asked for"
+        assert "Download PDF report" not in [b.label for b in at.get("download_button")]
+        next(b for b in at.button if b.label == "Create PDF report").click().run()
+        assert not at.exception and not at.error
+        assert "Download PDF report" in [b.label for b in at.get("download_button")]
+        [req] = fake.calls("/report")
+        assert req.query == {"model": "oct-test", "method": "gradcam"}
+        assert req.fields["file"][0][0] == "scan.png"
+        pdfs = [(d, f) for d, mime, f in served if mime == "application/pdf"]
+        assert pdfs and all(d == fake.reports[-1] for d, _ in pdfs)
+        assert pdfs[-1][0].startswith(b"%PDF") and pdfs[-1][1] == "scan_oct-test_report.pdf"
+        # Later reruns keep the button and ask the backend nothing more.
+        at.slider(key="cam-alpha").set_value(0.7).run()
+        assert "Download PDF report" in [b.label for b in at.get("download_button")]
+        assert len(fake.calls("/report")) == 1
+
+
+def test_report_failure_is_shown_and_can_be_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        fake.fail["/report"] = (503, {"error": "not_ready", "detail": "report renderer busy"})
+        at = _files(_app(monkeypatch, fake), "scan.png")
+        next(b for b in at.button if b.label == "Create PDF report").click().run()
+        assert not at.exception
+        assert [e.value for e in at.error] == ["PDF report unavailable: report renderer busy"]
+        del fake.fail["/report"]
+        at.run()
+        next(b for b in at.button if b.label == "Create PDF report").click().run()
+        assert not at.error
+        assert "Download PDF report" in [b.label for b in at.get("download_button")]
+
+
+def test_auto_detect_sends_model_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _app(monkeypatch, fake)
+        radio = at.sidebar.radio(key="task")
+        assert radio.options == ["OCT", "Fundus", ui.AUTO_LABEL]
+        radio.set_value("auto").run()
+        assert not at.exception
+        assert any("`oct-test` (v1.2.3), `fundus-test` (v2.0.0)" in c.value for c in at.sidebar.caption)
+        _files(at, "fundus_left.png")
+        assert [r.query["model"] for r in fake.calls("/predict")] == ["auto"]
+        assert [m.value for m in at.metric if m.label == "Predicted class"] == ["Moderate"]
+        assert [m.value for m in at.metric if m.label == "Referable DR (grade ≥ 2)"] == ["70.0%"]
+        assert [w.value for w in at.main.warning if w.value.startswith("**Refer to an ophthalmologist**")]
+        # CAM and report go to the model that answered, so they explain the prediction shown.
+        assert [r.query["model"] for r in fake.calls("/gradcam")] == ["fundus-test"]
+        next(b for b in at.button if b.label == "Create PDF report").click().run()
+        assert [r.query["model"] for r in fake.calls("/report")] == ["fundus-test"]
+        # A mixed batch: one table, with the model that answered each image.
+        _files(at, "fundus_left.png", "scan.png")
+        assert not at.error
+        table = at.main.dataframe[0].value
+        assert table["model"].tolist() == ["fundus-test", "oct-test"]
+        assert table["referral"].tolist() == ["refer", "routine"]
+
+
+def test_no_referral_policy_and_gate_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        fake.referral_enabled = False
+        fake.gate_enabled = False
+        at = _files(_app(monkeypatch, fake), "scan.png")
+    assert not at.error and not at.main.warning and not at.main.success
+    assert "No referral advice: this model's classes have no referral policy." in _captions(at)
+    assert [m.value for m in at.metric if m.label == "Predicted class"] == ["DRUSEN"]
+    assert not [c for c in _captions(at) if "Image check" in c]
+
+
+def test_dicom_is_accepted_without_preview(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _app(monkeypatch, fake)
+        assert ".dcm" in at.file_uploader(key="uploads").proto.type
+        at.file_uploader(key="uploads").set_value(("scan.dcm", b"\0" * 128 + b"DICM", "application/dicom")).run()
+    assert not at.exception and not at.error
+    assert "No preview: the browser cannot show this file." in _captions(at)
+    [req] = fake.calls("/predict")
+    assert req.fields["file"][0][0] == "scan.dcm"
+
+
+def test_ece_before_and_after_on_models_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _app(monkeypatch, fake)
+        assert "Calibration: Temperature scaling (T = 1.50, fitted on val): ECE 0.081 → 0.023" in [
+            c.value for c in at.sidebar.caption
+        ]
+        at.switch_page("app_pages/models.py").run()
+    assert not at.exception
+    texts = [m.value for m in at.main.markdown]
+    assert "Calibration: Temperature scaling (T = 1.50, fitted on val): ECE 0.081 → 0.023" in texts
+    assert "Calibration: Not calibrated (raw softmax probabilities)." in texts
