@@ -1,0 +1,34 @@
+"""``weights=<RetinaScope checkpoint>``: warm start keeps the backbone, builds a new head, refuses other networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from retina import checkpoint
+from retina.models import build_model
+from retina.registry import default_for
+
+
+def test_warm_start_copies_the_backbone_and_builds_a_new_head(tiny_models_dir: Path) -> None:
+    spec = default_for("fundus")
+    path = tiny_models_dir / spec.checkpoint
+    if spec.arch != "resnet18":
+        pytest.skip("the default fundus model is not a ResNet-18")
+    source, _ = checkpoint.load(path)
+    warm = build_model("resnet18", in_channels=3, num_classes=2, weights=str(path))
+    for name, p in source.named_parameters():
+        if not name.startswith("fc."):
+            assert torch.equal(p, dict(warm.named_parameters())[name]), name
+    head = warm.fc[-1] if isinstance(warm.fc, torch.nn.Sequential) else warm.fc
+    assert head.out_features == 2
+
+
+def test_warm_start_refuses_another_architecture(tiny_models_dir: Path) -> None:
+    path = tiny_models_dir / default_for("fundus").checkpoint
+    with pytest.raises(ValueError, match="checkpoint, not"):
+        build_model("resnet34", in_channels=3, num_classes=5, weights=str(path))
+    with pytest.raises(ValueError, match="channels"):
+        build_model("resnet18", in_channels=1, num_classes=5, weights=str(path))
