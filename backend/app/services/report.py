@@ -62,7 +62,7 @@ _RED, _AMBER, _GREEN, _GREY = (
 )
 LEVELS: dict[str, tuple[str, tuple[RGB, RGB]]] = {
     "urgent": ("Urgent referral", _RED),
-    "refer": ("Refer to an ophthalmologist", _AMBER),
+    "refer": ("Referral advised", _AMBER),
     "routine": ("Routine referral", _AMBER),
     "observation": ("Observation", _GREEN),
     "rescreen_12_months": ("Rescreen in 12 months", _GREEN),
@@ -241,7 +241,8 @@ class _Limits:
     disclaimer: int
 
 
-# The last one always fits: with every cap reached the images still get ~55 mm (tested).
+# The last one always fits: every block is then bounded (40 classes, 30 metrics and pages of text
+# still leave the images ~70 mm; see test_extreme_inputs_still_one_page).
 _LIMITS = (
     _Limits(advice=5, reason=2, classes=16, metrics=8, metric_name=3, source=2, gate=2, gate_reasons=4, disclaimer=4),
     _Limits(advice=3, reason=1, classes=14, metrics=6, metric_name=2, source=1, gate=2, gate_reasons=3, disclaimer=3),
@@ -437,7 +438,7 @@ def _prediction_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw:
         yy += ROW_H
     if hidden:
         pg.font(8, "I", MUTED)
-        pg.text(x, yy, w, ROW_H, f"... and {hidden} less probable classes")
+        pg.text(x, yy, w, ROW_H, f"... {hidden} less probable classes not shown")
         yy += ROW_H
     if derived:
         yy += 0.4 * ROW_H
