@@ -18,7 +18,8 @@ Backend contract (see the backend's OpenAPI at ``/docs``):
   ``{label, confidence, probabilities, target, method, overlay_png, heatmap_png}`` (base64 PNGs)
 - ``POST /report?model=ID&method=M`` (multipart ``file``) -> ``application/pdf``, a one-page report.
 - errors: ``{"error": CODE, "detail": TEXT}`` with a 4xx/5xx status; the image gate adds 422
-  ``not_retinal_image``, ``wrong_modality`` and (``/gradcam``, ``/report``) ``ungradable_image``.
+  ``not_retinal_image``, ``wrong_modality`` and (``/gradcam``) ``ungradable_image``; ``/report`` of an
+  ungradable image is a PDF that says so.
 """
 
 from __future__ import annotations

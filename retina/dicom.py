@@ -153,6 +153,11 @@ class _DropWhileDecoding(logging.Filter):
 
 _FILTER = _DropWhileDecoding()
 
+# pydicom's warnings may quote element values, so decoding runs under catch_warnings().
+# That swaps process-global state and two overlapping blocks (decodes run in a thread pool)
+# can restore each other's filters wrongly, leaving warnings off for good: one at a time.
+_WARNINGS_LOCK = threading.Lock()
+
 
 @contextmanager
 def _silenced() -> Iterator[None]:
@@ -164,7 +169,7 @@ def _silenced() -> Iterator[None]:
         logging.getLogger(name).addFilter(_FILTER)
     _quiet.active = True
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:

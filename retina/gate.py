@@ -353,13 +353,23 @@ class ImageGate:
     def load(cls, path: str | Path) -> ImageGate:
         """Read a gate file; ``ValueError`` when it is not one or its features differ from this code's."""
         d = json.loads(Path(path).read_text())
-        if d.get("format") != GATE_FORMAT:
+        if not isinstance(d, dict) or d.get("format") != GATE_FORMAT:
             raise ValueError(f"{path} is not an image-gate file")
         if tuple(d["features"]) != FEATURES:
             raise ValueError(f"{path} was fitted on features {d['features']}, this code measures {list(FEATURES)}")
         for m in MODALITIES:
             if not any(c.split(":")[0] == m for c in d["means"]):
                 raise ValueError(f"{path} has no parameters for {m!r}")
+        # Shapes and names checked here, so a broken file is "not ready" at startup, not a 500 per request.
+        n = len(FEATURES)
+        for comp, mu in d["means"].items():
+            prec = np.asarray(d["precisions"].get(comp), dtype=np.float64)
+            if len(mu) != n or prec.shape != (n, n) or comp not in d["thresholds"]:
+                raise ValueError(f"{path}: component {comp!r} needs {n} means, a {n}x{n} precision and a threshold")
+        for m, limits in d.get("quality_limits", {}).items():
+            unknown = set(limits) - set(QUALITY_DIRECTION)
+            if unknown:
+                raise ValueError(f"{path}: unknown quality measures {sorted(unknown)} for {m!r}")
         return cls(
             means=d["means"],
             precisions=d["precisions"],

@@ -21,7 +21,10 @@ empty_file                 422     zero-byte upload
 invalid_image              422     truncated or undecodable image
 image_too_large            422     over ``max_image_pixels`` (decompression bomb)
 invalid_parameter          422     missing field, bad query value, unknown target
-not_ready                  503     the model (or service) failed to load
+not_retinal_image          422     the image gate saw neither an OCT B-scan nor a fundus photo
+wrong_modality             422     the other kind of image than the model reads (names the right one)
+ungradable_image           422     /gradcam of an image the gate found ungradable
+not_ready                  503     a model, the image gate or the audit log is not ready
 audit_unavailable          503     the answer could not be committed to the audit log
 internal_error             500     a bug; logged with the request id
 =========================  ======  ==============================================

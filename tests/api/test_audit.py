@@ -249,7 +249,15 @@ def test_get_audit_is_closed_when_no_key_is_configured(client: TestClient, oct_i
 
 @pytest.mark.parametrize(
     "params",
-    [{"since": "yesterday"}, {"until": "2025-13-01"}, {"limit": 0}, {"limit": 1001}, {"limit": "many"}],
+    [
+        {"since": "yesterday"},
+        {"until": "2025-13-01"},
+        {"since": "0001-01-01T00:00+01:00"},  # out of range once converted to UTC
+        {"until": "9999-12-31T23:59-01:00"},
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "many"},
+    ],
 )
 def test_get_audit_bad_parameters_are_422(keyed: TestClient, params: dict[str, Any]) -> None:
     r = keyed.get("/audit", params=params)

@@ -113,11 +113,33 @@ def test_referral_thresholds_are_configurable(
     assert f["referral"]["level"] in ("rescreen_12_months", "urgent")
 
 
-def test_gate_missing_means_not_ready(make_client: Callable, api_models_dir: Path, tmp_path: Path) -> None:
-    with make_client(api_models_dir, gate_file=tmp_path / "nope.json") as c:
+@pytest.mark.parametrize("content", [None, "[]", '{"format": "retinascope-gate"}', "dir"])
+def test_gate_missing_or_broken_means_not_ready_and_nothing_is_classified(
+    make_client: Callable, api_models_dir: Path, tmp_path: Path, content: str | None
+) -> None:
+    path = tmp_path / "gate.json"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    with make_client(api_models_dir, gate_file=path) as c:
         r = c.get("/ready")
         assert r.status_code == 503
         assert "image gate" in r.json()["detail"]
+        p = c.post("/predict?model=oct", files={"file": _cat()})
+        assert p.status_code == 503 and p.json()["error"] == "not_ready"  # never a silent pass-through
+
+
+def test_auto_refusals_are_audited(make_client: Callable, api_models_dir: Path) -> None:
+    with make_client(api_models_dir, api_key="k") as c:
+        r = c.post("/predict?model=auto", files={"file": _cat()}, headers={"X-API-Key": "k"})
+        assert r.status_code == 422
+        rid = r.headers["x-request-id"]
+        entries = c.get("/audit", headers={"X-API-Key": "k"}).json()["entries"]
+    rows = [e for e in entries if e["request_id"] == rid]
+    assert len(rows) == 1
+    assert rows[0]["outcome"] == "not_retinal_image" and rows[0]["model_id"] == "auto"
+    assert rows[0]["label"] is None
 
 
 def test_gate_can_be_disabled_for_experiments(make_client: Callable, api_models_dir: Path) -> None:
@@ -127,6 +149,8 @@ def test_gate_can_be_disabled_for_experiments(make_client: Callable, api_models_
         assert r.status_code == 200 and r.json()["gate"] is None
         a = c.post("/predict?model=auto", files={"file": _cat()})
         assert a.status_code == 422 and a.json()["error"] == "invalid_parameter"
+        b = c.post("/predict/batch?model=auto", files=[("files", _cat()), ("files", _cat())])
+        assert b.status_code == 422 and b.json()["error"] == "invalid_parameter"
 
 
 def test_models_show_calibration(client: TestClient) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import queue
 import re
 import threading
@@ -140,7 +141,7 @@ class AuditRecord:
     outcome: str = "ok"
     label: str | None = None
     confidence: float | None = None
-    probabilities: dict[str, float] | None = None
+    probabilities: dict[str, float | None] | None = None
     referral: str | None = None
     modality: str | None = None
     ts: datetime | None = field(default=None)
@@ -438,10 +439,18 @@ def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
+def _finite(value: Any) -> float | None:
+    """A float for the JSON columns, None for missing or non-finite values (NaN is not valid JSON)."""
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
 async def audit_prediction(
     audit: AuditLog,
     endpoint: str,
-    served: ServedModel,
+    served: ServedModel | None,
     body: Mapping[str, Any] | None,
     sha256: str,
     *,
@@ -463,14 +472,15 @@ async def audit_prediction(
     rec = AuditRecord(
         request_id=request_id or request_id_var.get(),
         endpoint=endpoint,
-        model_id=served.id,
-        model_version=served.meta.version,
-        task=served.task,
+        # None: model=auto refused before any model was chosen.
+        model_id=served.id if served is not None else "auto",
+        model_version=served.meta.version if served is not None else "-",
+        task=served.task if served is not None else "-",
         input_sha256=sha256,
         outcome=outcome,
         label=body.get("label"),
-        confidence=None if confidence is None else float(confidence),
-        probabilities=None if probabilities is None else {str(k): float(v) for k, v in probabilities.items()},
+        confidence=_finite(confidence),
+        probabilities=None if probabilities is None else {str(k): _finite(v) for k, v in probabilities.items()},
         referral=referral if isinstance(referral, str) else _field(referral, "level"),
         modality=_field(gate, "modality"),
     )

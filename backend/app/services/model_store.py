@@ -225,8 +225,8 @@ class ModelStore:
             self.gate = ImageGate.load(path)
         except FileNotFoundError:
             self.problems.append(f"image gate file {path} not found (fit it with python -m training.gate)")
-        except (ValueError, KeyError, TypeError) as e:
-            self.problems.append(f"image gate file {path} is invalid: {e}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            self.problems.append(f"image gate file {path} is invalid: {type(e).__name__}: {e}")
         else:
             logger.info("image gate from %s (thresholds %s)", path, self.gate.thresholds)
 

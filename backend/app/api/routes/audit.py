@@ -74,7 +74,10 @@ def parse_time(name: str, value: str | None) -> datetime | None:
         raise invalid_parameter(f"{name}={value!r} is not an ISO 8601 date or time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise invalid_parameter(f"{name}={value!r} is out of range") from None
 
 
 @router.get(
@@ -95,7 +98,7 @@ def read_audit(  # plain def: the query blocks, so FastAPI runs it in its thread
     model: Annotated[str | None, Query(description="Only this model id.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size (at most {MAX_LIMIT}).")] = 100,
 ) -> dict[str, Any]:
-    """Every answered /predict, /predict/batch item and /gradcam: time, request id, model and
+    """Every answered (or gate-refused) /predict, /predict/batch item, /gradcam and /report: time, request id, model and
     version, SHA-256 of the upload, outcome, label, probabilities, referral. Page with `next_since`.
 
     Example: `curl -H "X-API-Key: $KEY" 'localhost:8000/audit?since=2025-01-31T00:00Z&limit=500'`.

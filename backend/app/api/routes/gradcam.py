@@ -64,7 +64,7 @@ def parse_target(target: str | None, class_names: list[str]) -> int | None:
     raise invalid_parameter(f"unknown target {target!r}; classes: {class_names}")
 
 
-def _header(value: str) -> str:
+def header_value(value: str) -> str:
     # Header values must be latin-1; class names of extra models might not be.
     return value if value.isascii() else quote(value)
 
@@ -166,11 +166,11 @@ async def gradcam(
         )
         return JSONResponse(payload.model_dump())
     headers = {
-        "X-Model": served.id,
-        "X-Model-Version": _header(served.meta.version),
-        "X-Label": _header(body["label"]),
+        "X-Model": header_value(served.id),
+        "X-Model-Version": header_value(served.meta.version),
+        "X-Label": header_value(body["label"]),
         "X-Confidence": f"{body['confidence']:.6f}",
-        "X-Target": _header(target_name),
+        "X-Target": header_value(target_name),
         "X-Method": method,
         "X-Referral": str((body["referral"] or {}).get("level", "")),
     }

@@ -37,7 +37,7 @@ from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore, ServedModel
 from backend.app.services.referral import referral_for, ungradable_referral
 from backend.app.services.runtime import run_in
-from retina.gate import GateResult
+from retina.gate import GateResult, ImageGate
 from retina.labels import DR_GRADES, derived_dr_probabilities
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -80,21 +80,35 @@ _KIND = {"oct": "an OCT B-scan", "fundus": "a colour fundus photo"}
 _READS = {"oct": "OCT B-scans", "fundus": "colour fundus photos"}
 
 
+def require_gate(store: ModelStore, settings: Settings, model: str | ServedModel) -> ImageGate | None:
+    """The loaded gate; 503 when it is enabled but failed to load (never a silent pass-through)."""
+    if store.gate is None and settings.gate_enabled:
+        raise not_ready("the image gate is not loaded, so no image is classified; see GET /ready")
+    if store.gate is None and model == AUTO:
+        raise invalid_parameter("model=auto needs the image gate, which is disabled (RETINA_GATE_ENABLED=false)")
+    return store.gate
+
+
+def not_retinal(verdict: GateResult) -> ApiError:
+    """422 ``not_retinal_image`` with the distances that decided it."""
+    near = ", ".join(f"{m} {d:.2f}" for m, d in verdict.distances.items())
+    extra = [r for r in verdict.reasons if not r.startswith("it does not look like")]
+    return ApiError(
+        422,
+        "not_retinal_image",
+        "this does not look like an OCT B-scan or a colour fundus photo"
+        + (f" ({'; '.join(extra)})" if extra else "")
+        + f"; distance to each kind in units of its acceptance limit (< 1 = accepted): {near}. Nothing was "
+        "predicted.",
+    )
+
+
 def gate_refusal(verdict: GateResult | None, served: ServedModel, store: ModelStore) -> ApiError | None:
     """422 ``not_retinal_image`` / ``wrong_modality`` for what the gate saw, or None to go on."""
     if verdict is None:
         return None
     if verdict.modality == "other":
-        near = ", ".join(f"{m} {d:.2f}" for m, d in verdict.distances.items())
-        extra = [r for r in verdict.reasons if not r.startswith("it does not look like")]
-        return ApiError(
-            422,
-            "not_retinal_image",
-            "this does not look like an OCT B-scan or a colour fundus photo"
-            + (f" ({'; '.join(extra)})" if extra else "")
-            + f"; distance to each kind in units of its acceptance limit (< 1 = accepted): {near}. Nothing was "
-            "predicted.",
-        )
+        return not_retinal(verdict)
     if verdict.modality != served.task:
         right = store.defaults.get(verdict.modality)
         return ApiError(
@@ -124,18 +138,20 @@ async def intake(
     prepared, with ``prepared.gate.gradable`` False: the caller answers without a diagnosis.
     """
     start = time.perf_counter()
+    gate = require_gate(store, settings, model)
     data = await read_upload(upload, settings.max_upload_bytes)
-    gate = store.gate
     if isinstance(model, ServedModel):
         served = model
         prepared = await run_in(pool, decode_and_prepare, data, served.preprocess, settings.max_image_pixels, gate)
     elif model == AUTO:
-        if gate is None:
-            raise invalid_parameter("model=auto needs the image gate, which is disabled (RETINA_GATE_ENABLED=false)")
         decoded = await run_in(pool, decode_and_check, data, settings.max_image_pixels, gate)
-        if decoded.gate is None or decoded.gate.modality == "other":
-            err = gate_refusal(decoded.gate, next(iter(store.served.values())), store) if store.served else None
-            raise err or not_ready("no model is served")
+        assert decoded.gate is not None  # require_gate: auto always has a gate
+        if decoded.gate.modality == "other":
+            refusal = not_retinal(decoded.gate)
+            await audit_prediction(
+                audit, endpoint, None, {"gate": decoded.gate.to_dict()}, decoded.sha256, outcome=refusal.code
+            )
+            raise refusal
         served = store.resolve(decoded.gate.modality)
         prepared = await run_in(pool, prepare_decoded, decoded, served.preprocess)
     else:
@@ -296,6 +312,7 @@ async def predict_batch(
     `too_many_files` for the whole request.
     """
     resolve_param(store, model)  # 404 / 503 for the whole request before reading any file
+    require_gate(store, settings, model)
     if len(files) > settings.max_batch_files:
         raise ApiError(413, "too_many_files", f"{len(files)} files sent; at most {settings.max_batch_files} per batch")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from fastapi.responses import Response
 from PIL import Image
 
 from backend.app.api.deps import AuditDep, CamPoolDep, DecodePoolDep, MetricsDep, SettingsDep, StoreDep, require_api_key
+from backend.app.api.routes.gradcam import header_value
 from backend.app.api.routes.predict import (
     AUTO,
     IMAGE_ERRORS,
@@ -47,6 +49,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _num(value: Any) -> str:
+    """``0.123`` for a finite number, ``n/a`` for anything else (hand-edited or older checkpoints)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
 def _ci(ev: dict[str, Any], key: str) -> str:
     value = ev.get(key)
     if not isinstance(value, (int, float)):
@@ -70,7 +77,7 @@ _METRIC_NAMES = (
 def report_metrics(served: ServedModel) -> tuple[list[tuple[str, str]], str]:
     """Headline validation figures from the model card (95% bootstrap CIs) and where they come from."""
     evaluations = (served.meta.card or {}).get("evaluations") or {}
-    if not evaluations:
+    if not isinstance(evaluations, dict) or not evaluations:
         return [], "no evaluation recorded in the checkpoint"
     rows: list[tuple[str, str]] = []
     sources = []
@@ -86,7 +93,7 @@ def report_metrics(served: ServedModel) -> tuple[list[tuple[str, str]], str]:
     cal = served.meta.calibration
     if "ece_val_before" in cal:
         after = cal.get("ece_crossfit_after", cal.get("ece_val_after"))
-        rows.append(("ECE before -> after temperature scaling", f"{cal['ece_val_before']:.3f} -> {after:.3f}"))
+        rows.append(("ECE before -> after temperature scaling", f"{_num(cal['ece_val_before'])} -> {_num(after)}"))
     return rows, "; ".join(s for s in sources if s)
 
 
@@ -144,7 +151,7 @@ async def report(
     view = prepared.pixels.permute(1, 2, 0).numpy()
     view = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
     inp = ReportInput(
-        image_png=_png(view),
+        image_png=await run_in(cam, _png, view),
         overlay_png=overlay_png,
         cam_method=method if overlay_png else None,
         cam_target=body["label"] if overlay_png else None,
@@ -166,7 +173,7 @@ async def report(
         filename=None,
         disclaimer=DISCLAIMER,
     )
-    pdf = await run_in(cam, build_report, inp)
+    pdf = await run_in(cam, build_report, inp)  # PDF layout and image encoding stay off the event loop
     await audit_prediction(
         audit, "report", served, body, prepared.sha256, outcome="ok" if body["gradable"] else "ungradable"
     )
@@ -177,7 +184,7 @@ async def report(
         media_type="application/pdf",
         headers={
             "Content-Disposition": f'attachment; filename="retinascope-report-{rid}.pdf"',
-            "X-Model": served.id,
+            "X-Model": header_value(served.id),
             "X-Referral": str((body.get("referral") or {}).get("level", "")),
         },
     )
