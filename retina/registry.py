@@ -116,9 +116,9 @@ register_model(
         arch="resnet18",
         checkpoint="fundus-resnet18.pt",
         class_names=DR_GRADES,
-        preprocess=get_preset("fundus_224"),
+        preprocess=get_preset("fundus_384"),
         cam_layer=ARCHS["resnet18"].cam_layer,
         default=True,
-        description="ResNet-18 DR grading (0-4) on EyePACS fundus photos, trained from scratch",
+        description="ResNet-18 DR grading (0-4) on EyePACS fundus photos at 384 px, trained from scratch",
     )
 )

@@ -104,7 +104,7 @@ def _metrics_section(title: str, m: dict[str, Any], images: list[str]) -> list[s
     lines += [f"![{Path(i).stem}]({i})" for i in images]
     raw = (m.get("subsets") or {}).get("raw")
     if raw:
-        lines += ["", *_metrics_section(f"{title}: raw camera photos only", raw, [])[1:]]
+        lines += ["", *_metrics_section(f"{title}: raw camera photos only", raw, [])]
     return lines + [""]
 
 
