@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from datetime import UTC, datetime
@@ -11,7 +10,6 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import Response
-from PIL import Image
 
 from backend.app.api.deps import AuditDep, CamPoolDep, DecodePoolDep, MetricsDep, SettingsDep, StoreDep, require_api_key
 from backend.app.api.routes.gradcam import header_value
@@ -97,13 +95,6 @@ def report_metrics(served: ServedModel) -> tuple[list[tuple[str, str]], str]:
     return rows, "; ".join(s for s in sources if s)
 
 
-def _png(rgb: np.ndarray | Image.Image) -> bytes:
-    img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @router.post("/report", summary="One-page PDF report of one image", response_class=Response, responses=_RESPONSES)
 async def report(
     store: StoreDep,
@@ -151,7 +142,7 @@ async def report(
     view = prepared.pixels.permute(1, 2, 0).numpy()
     view = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
     inp = ReportInput(
-        image_png=await run_in(cam, _png, view),
+        image_png=await run_in(cam, png_bytes, np.ascontiguousarray(view)),
         overlay_png=overlay_png,
         cam_method=method if overlay_png else None,
         cam_target=body["label"] if overlay_png else None,
