@@ -185,6 +185,15 @@ def _coarse_aniso(grey_u8: Image.Image) -> float:
     return float(math.log((dy + 1e-3) / (dx + 1e-3)))
 
 
+def _dark_level(vmax: np.ndarray) -> float:
+    """Grey level under which a pixel is surround, from the per-pixel channel max ``vmax (H, W)``.
+
+    It follows the exposure: in a dark (but real) fundus photo the retina itself is only
+    ~0.1-0.2 grey, while the camera's black rim stays under ~0.03.
+    """
+    return float(np.clip(0.2 * np.percentile(vmax, 99), 0.03, _DARK))
+
+
 def _sharpness(img: Image.Image, g_mean: float, side: int = 128) -> float:
     """Mean |Laplacian| of the green channel inside the (eroded) retina, over its mean level, at ``side`` px."""
     rgb = img if img.mode == "RGB" else img.convert("RGB")
@@ -194,7 +203,7 @@ def _sharpness(img: Image.Image, g_mean: float, side: int = 128) -> float:
     a = np.asarray(small, dtype=np.float32) / 255.0
     g = a[..., 1]
     v = a.max(axis=2)
-    bright = v > float(np.clip(0.2 * np.percentile(v, 99), 0.03, _DARK))
+    bright = v > _dark_level(v)
     core = np.asarray(Image.fromarray(bright.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(5))) > 0
     lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
     inner = core[1:-1, 1:-1]
@@ -210,10 +219,7 @@ def measure(img: Image.Image) -> tuple[dict[str, float], dict[str, float]]:
     grey = (r + g + b) / 3.0
     vmax = np.maximum(np.maximum(r, g), b)
     chroma_px = vmax - np.minimum(np.minimum(r, g), b)
-    # The surround threshold follows the exposure: in a dark (but real) fundus photo the
-    # retina itself is only ~0.1-0.2 grey, while the camera's black rim stays under ~0.03.
-    dark_level = float(np.clip(0.2 * np.percentile(vmax, 99), 0.03, _DARK))
-    bright = vmax > dark_level
+    bright = vmax > _dark_level(vmax)
     n_bright = max(int(bright.sum()), 1)
     std = float(grey.std())
     eps = 1e-6

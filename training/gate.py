@@ -257,7 +257,7 @@ def run(root: Path, out: Path, report_dir: Path) -> dict[str, Any]:
 
     # Keyed on the measuring code only: editing the decision logic reuses the measurements.
     g = retina.gate
-    measuring = (g.measure, g.thumbnail, g._sharpness, g._ellipse_iou, g._corner_dark, g._coarse_aniso)
+    measuring = (g.measure, g.thumbnail, g._sharpness, g._dark_level, g._ellipse_iou, g._corner_dark, g._coarse_aniso)
     code = "".join(inspect.getsource(f) for f in measuring) + repr((g.FEATURES, g.THUMB, g._DARK))
     key = hashlib.sha256(repr((code, sorted(str(p) for v in sets.values() for _, _, p in v))).encode())
     cache = report_dir / f"measured-{key.hexdigest()[:12]}.pkl"
