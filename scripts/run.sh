@@ -193,10 +193,5 @@ while kill -0 "$backend_pid" 2>/dev/null && kill -0 "$frontend_pid" 2>/dev/null;
   sleep 1 &
   wait $! || true
 done
-# A terminal's Ctrl-C reaches the children too, and under load one may exit before bash has run
-# its INT trap (seen in CI on a busy 2-core machine). Wait a moment: a pending signal's trap runs
-# during this wait and exits 0; only a child that died on its own gets past it.
-sleep 2 &
-wait $! || true
 log "error: a service stopped unexpectedly; stopping the other"
 exit 1
