@@ -30,6 +30,10 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -73,6 +77,9 @@ def test_run_script_serves_both_and_stops_cleanly(how: str, tmp_path: Path, tiny
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A shell started with SIGINT ignored cannot trap it (POSIX), and a test run launched
+            # as a background job (`cmd &`) inherits exactly that: give run.sh a terminal's default.
+            preexec_fn=_default_sigint,
         )
     pgid = proc.pid
 

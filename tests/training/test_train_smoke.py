@@ -10,6 +10,11 @@ import pytest
 import torch
 
 from retina import checkpoint
+from retina.labels import DR_GRADES, OCT_CLASSES
+from retina.models import ARCHS
+from retina.preprocessing import get_preset
+from retina.registry import ModelSpec
+from tests.conftest import save_random_checkpoint
 from training import config as C
 from training.train import main
 
@@ -71,7 +76,21 @@ def test_every_config_one_epoch_on_real_images(name, tmp_path, request):
     data = request.getfixturevalue("oct_dev" if cfg["task"] == "oct" else "fundus_dev")
     out = tmp_path / "run"
     args = ["--config", str(C.CONFIG_DIR / f"{name}.yaml"), "--data", str(data), "--out", str(out), "--epochs", "1"]
-    args += _strip_simclr(tiny(tmp_path, "data.max_images=30"), name)
+    extra = ["data.max_images=30"]
+    weights = (cfg["model"].get("args") or {}).get("weights")
+    if isinstance(weights, str) and weights.endswith(".pt"):
+        # A second-stage config warm-starts from a first-stage run: stand in a checkpoint of the same network.
+        stage1 = ModelSpec(
+            key="stage1",
+            task=cfg["task"],
+            arch=cfg["model"]["arch"],
+            checkpoint="stage1.pt",
+            class_names=DR_GRADES if cfg["task"] == "fundus" else OCT_CLASSES,
+            preprocess=get_preset("fundus_128" if cfg["task"] == "fundus" else "oct_64"),
+            cam_layer=ARCHS[cfg["model"]["arch"]].cam_layer,
+        )
+        extra.append(f"model.args.weights={save_random_checkpoint(stage1, tmp_path / 'stage1.pt')}")
+    args += _strip_simclr(tiny(tmp_path, *extra), name)
     assert main(args) == 0
     if cfg["simclr"] is not None:
         assert (out / "backbone.pt").is_file() and (out / "simclr_history.csv").is_file()
