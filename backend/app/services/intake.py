@@ -9,13 +9,14 @@ Steps, each with its own error code:
    is 422 ``empty_file``, anything but DICOM/JPEG/PNG/BMP/TIFF/WebP/GIF is 415
    ``unsupported_media_type``. Restricting formats also keeps PIL's rarer decoders (and
    any external helper they call) away from untrusted input.
-3. :func:`decode_and_prepare` runs ``retina.preprocessing.decode_image`` (EXIF, 16-bit,
+3. :func:`decode_and_check` runs ``retina.preprocessing.decode_image`` (EXIF, 16-bit,
    alpha, palette, CMYK; single-frame DICOM through ``retina.dicom`` with its photometric
    interpretation and windowing, patient identifiers never read; truncated or multi-frame
-   -> 422 ``invalid_image``; over ``max_image_pixels`` -> 422 ``image_too_large``) and
-   ``prepare(img, spec)`` with the checkpoint's own spec.
-   The result is the ``uint8 (C, S, S)`` image that ``tail(spec)`` turns into the model
-   input: together exactly ``eval_transform(spec)``.
+   -> 422 ``invalid_image``; over ``max_image_pixels`` -> 422 ``image_too_large``) and the
+   image gate (``retina.gate``) on the decoded image.
+4. :func:`prepare_decoded` runs ``prepare(img, spec)`` with the checkpoint's own spec, only for
+   images the gate let through. The result is the ``uint8 (C, S, S)`` image that
+   ``tail(spec)`` turns into the model input: together exactly ``eval_transform(spec)``.
 """
 
 from __future__ import annotations
@@ -132,10 +133,3 @@ def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImag
     except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
         raise ApiError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
     return PreparedImage(pil_to_uint8_tensor(prepared), img.size, decoded.format, decoded.sha256, decoded.gate)
-
-
-def decode_and_prepare(
-    data: bytes, spec: PreprocessSpec, max_pixels: int, gate: ImageGate | None = None
-) -> PreparedImage:
-    """Bytes -> :class:`PreparedImage` in one decode-pool job (decode, gate, prepare)."""
-    return prepare_decoded(decode_and_check(data, max_pixels, gate), spec)

@@ -29,7 +29,6 @@ from backend.app.services.batcher import BatchResult
 from backend.app.services.intake import (
     PreparedImage,
     decode_and_check,
-    decode_and_prepare,
     prepare_decoded,
     read_upload,
 )
@@ -140,28 +139,29 @@ async def intake(
     start = time.perf_counter()
     gate = require_gate(store, settings, model)
     data = await read_upload(upload, settings.max_upload_bytes)
+    # Decode and gate first; the model's (costlier) preparation only for images that pass.
+    decoded = await run_in(pool, decode_and_check, data, settings.max_image_pixels, gate)
+    verdict = decoded.gate
+    served: ServedModel | None
     if isinstance(model, ServedModel):
         served = model
-        prepared = await run_in(pool, decode_and_prepare, data, served.preprocess, settings.max_image_pixels, gate)
     elif model == AUTO:
-        decoded = await run_in(pool, decode_and_check, data, settings.max_image_pixels, gate)
-        assert decoded.gate is not None  # require_gate: auto always has a gate
-        if decoded.gate.modality == "other":
-            refusal = not_retinal(decoded.gate)
-            await audit_prediction(
-                audit, endpoint, None, {"gate": decoded.gate.to_dict()}, decoded.sha256, outcome=refusal.code
-            )
-            raise refusal
-        served = store.resolve(decoded.gate.modality)
-        prepared = await run_in(pool, prepare_decoded, decoded, served.preprocess)
+        assert verdict is not None  # require_gate: auto always has a gate
+        served = None if verdict.modality == "other" else store.resolve(verdict.modality)
     else:
         raise AssertionError("intake needs a served model or 'auto'")
-    metrics.decode_seconds.labels(served.id).observe(time.perf_counter() - start)
-    refusal = gate_refusal(prepared.gate, served, store)
+    if served is None:  # model=auto and not retinal: audited as model "auto"
+        assert verdict is not None
+        refusal: ApiError | None = not_retinal(verdict)
+    else:
+        refusal = gate_refusal(verdict, served, store)
     if refusal is not None:
-        gate_seen = {"gate": prepared.gate.to_dict()} if prepared.gate is not None else None
-        await audit_prediction(audit, endpoint, served, gate_seen, prepared.sha256, outcome=refusal.code)
+        gate_seen = {"gate": verdict.to_dict()} if verdict is not None else None
+        await audit_prediction(audit, endpoint, served, gate_seen, decoded.sha256, outcome=refusal.code)
         raise refusal
+    assert served is not None
+    prepared = await run_in(pool, prepare_decoded, decoded, served.preprocess)
+    metrics.decode_seconds.labels(served.id).observe(time.perf_counter() - start)
     return served, prepared
 
 
