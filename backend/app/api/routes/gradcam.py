@@ -64,6 +64,16 @@ def parse_target(target: str | None, class_names: list[str]) -> int | None:
     raise invalid_parameter(f"unknown target {target!r}; classes: {class_names}")
 
 
+def parse_method(method: str) -> str:
+    """``?method=`` -> a key of ``retina.cam.METHODS``; 404 ``unknown_method`` otherwise."""
+    # An unencoded `method=gradcam++` arrives as "gradcam  " ('+' means space in a query).
+    plus = method.replace(" ", "+").lower()
+    method = plus if plus in METHODS else method.strip().lower()
+    if method not in METHODS:
+        raise ApiError(404, "unknown_method", f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    return method
+
+
 def header_value(value: str) -> str:
     # Header values must be latin-1; class names of extra models might not be.
     return value if value.isascii() else quote(value)
@@ -104,11 +114,7 @@ async def gradcam(
     Example: `curl -F file=@fundus.jpeg 'localhost:8000/gradcam?model=fundus' -o cam.png`.
     """
     requested = resolve_param(store, model)
-    # An unencoded `method=gradcam++` arrives as "gradcam  " ('+' means space in a query).
-    plus = method.replace(" ", "+").lower()
-    method = plus if plus in METHODS else method.strip().lower()
-    if method not in METHODS:
-        raise ApiError(404, "unknown_method", f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    method = parse_method(method)
     if requested is not None:
         parse_target(target, requested.class_names)  # a bad target fails before the upload is read
     start = time.perf_counter()

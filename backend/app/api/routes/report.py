@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import Response
 
 from backend.app.api.deps import AuditDep, CamPoolDep, DecodePoolDep, MetricsDep, SettingsDep, StoreDep, require_api_key
-from backend.app.api.routes.gradcam import header_value
+from backend.app.api.routes.gradcam import header_value, parse_method
 from backend.app.api.routes.predict import (
     AUTO,
     IMAGE_ERRORS,
@@ -22,7 +22,6 @@ from backend.app.api.routes.predict import (
     resolve_param,
     ungradable_body,
 )
-from backend.app.errors import ApiError
 from backend.app.schemas import ErrorResponse
 from backend.app.services.audit import audit_prediction
 from backend.app.services.explain import compute_cam, png_bytes
@@ -116,10 +115,7 @@ async def report(
 
     Example: `curl -F file=@scan.jpeg 'localhost:8000/report?model=oct' -o report.pdf`.
     """
-    plus = method.replace(" ", "+").lower()
-    method = plus if plus in METHODS else method.strip().lower()
-    if method not in METHODS:
-        raise ApiError(404, "unknown_method", f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    method = parse_method(method)
     requested = resolve_param(store, model)
     start = time.perf_counter()
     served, prepared = await intake(store, requested or AUTO, file, settings, decode, metrics, audit, endpoint="report")
