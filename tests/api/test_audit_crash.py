@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,29 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retina.paths import REPO_ROOT
+from tests.api.helpers import uvicorn_server
 
 THREADS = 4
 KILL_AFTER = 60  # answered requests before the SIGKILL
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server never became ready:\n" + log.read_text()
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -45,26 +23,12 @@ def test_sigkill_mid_load_loses_no_answered_request(
     api_models_dir: Path, oct_images: list[Path], tmp_path: Path
 ) -> None:
     db = tmp_path / "audit.sqlite"
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETINA_") or k == "RETINA_DATA_DIR"}
     env |= {
         "RETINA_MODELS_DIR": str(api_models_dir),
         "RETINA_DEVICE": "cpu",
-        # What is under test is the audit log, not the image gate (whose fitted file this
-        # models dir may lack); the real OCT scans sent here would pass it anyway.
-        "RETINA_GATE_ENABLED": "false",
         "RETINA_AUDIT_DB": f"sqlite:///{db}",
     }
-    log_path = tmp_path / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
     images = [p.read_bytes() for p in oct_images[:8]]
     answered: list[str] = []
     ended_by_error = [False] * THREADS
@@ -72,7 +36,7 @@ def test_sigkill_mid_load_loses_no_answered_request(
     lock = threading.Lock()
     stop_by = time.monotonic() + 180  # safety net only: the threads end when the server dies
 
-    def hammer(worker: int) -> None:
+    def hammer(worker: int, base: str) -> None:
         with httpx.Client(base_url=base, timeout=30) as c:
             i = 0
             while time.monotonic() < stop_by:
@@ -93,9 +57,8 @@ def test_sigkill_mid_load_loses_no_answered_request(
                     answered.append(rid)
                 i += 1
 
-    try:
-        _wait_ready(proc, base, log_path)
-        threads = [threading.Thread(target=hammer, args=(w,)) for w in range(THREADS)]
+    with uvicorn_server(env, tmp_path / "server.log") as (proc, base):
+        threads = [threading.Thread(target=hammer, args=(w, base)) for w in range(THREADS)]
         for t in threads:
             t.start()
         while len(answered) < KILL_AFTER and proc.poll() is None and time.monotonic() < stop_by:
@@ -104,11 +67,6 @@ def test_sigkill_mid_load_loses_no_answered_request(
         proc.wait(30)
         for t in threads:
             t.join(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
 
     assert not unexpected, unexpected
     assert proc.returncode == -signal.SIGKILL
