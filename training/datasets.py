@@ -174,6 +174,41 @@ def read_table(
     return table
 
 
+def read_tables(
+    paths: str | Path | list[str | Path], fmt: str = "auto", *, label_scheme: str = "grade", task: str | None = None
+) -> ImageTable:
+    """One table from one dataset or several of one task (``a,b`` or a list): rows concatenated.
+
+    Groups are kept as they are, so a patient id found in two folders (two Kermany sets share
+    patients) is one group across both and never straddles a split.
+    """
+    if isinstance(paths, str | Path):
+        paths = [p for p in str(paths).split(",") if p.strip()]
+    if len(paths) == 1:
+        return read_table(paths[0], fmt, label_scheme=label_scheme, task=task)
+    tables = [read_table(p, fmt, label_scheme=label_scheme, task=task) for p in paths]
+    first = tables[0]
+    for t in tables[1:]:
+        if t.class_names != first.class_names or t.task != first.task:
+            raise DatasetError(f"{t.root}: classes {t.class_names} differ from {first.root}'s {first.class_names}")
+        if (t.images is None) != (first.images is None):
+            raise DatasetError("cannot combine an .npz dataset with image folders")
+    sources = list(dict.fromkeys(t.source for t in tables))
+    return ImageTable(
+        paths=[p for t in tables for p in t.paths],
+        labels=np.concatenate([t.labels for t in tables]),
+        groups=np.concatenate([t.groups.astype(str) for t in tables]),
+        class_names=first.class_names,
+        task=first.task,
+        split=None,
+        images=None if first.images is None else np.concatenate([t.images for t in tables]),
+        sizes=np.concatenate([t.sizes for t in tables]),
+        source="+".join(sources),
+        root=os.path.commonpath([t.root for t in tables]),
+        label_scheme=first.label_scheme,
+    )
+
+
 def _image_sizes(paths: list[str]) -> np.ndarray:
     sizes = np.zeros((len(paths), 2), dtype=np.int64)
     for i, p in enumerate(paths):
@@ -319,7 +354,11 @@ def _read_eyepacs(path: Path, label_scheme: str) -> ImageTable:
         if y is None:  # binary-strict drops grades 1-2 by design
             continue
         img = r["image"].strip()
-        rows.append((_find_image(csv_path, line, folders, img, (".jpeg", ".jpg", ".png")), y, img.rsplit("_", 1)[0]))
+        # EyePACS names are <patient>_<left|right>; other sets in this layout (IDRiD_001) have
+        # no patient id, so each photo is its own group.
+        stem, _, eye = img.rpartition("_")
+        group = stem if stem and eye.lower() in ("left", "right") else img
+        rows.append((_find_image(csv_path, line, folders, img, (".jpeg", ".jpg", ".png")), y, group))
     return _fundus_table(csv_path, root, rows, label_scheme, "eyepacs")
 
 

@@ -28,7 +28,7 @@ import torch
 from retina import checkpoint
 from retina.labels import DR_GRADES
 from training import config as config_mod
-from training.datasets import DatasetError, ImageTable, load_prepared, read_table, split_indices
+from training.datasets import DatasetError, ImageTable, load_prepared, read_tables, split_indices
 from training.engine import TensorBatches, evaluate, resolve_device, set_threads
 from training.metrics import compute_metrics, to_plain
 from training.plots import confusion_matrix_png, roc_png
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     d = {**config_mod.DEFAULTS["data"], **(meta.config or {}).get("data", {})}
     fmt = args.format or d["format"] or "auto"
     scheme = meta.label_scheme or d["label_scheme"]
-    full = read_table(args.data, fmt, label_scheme=scheme, task=meta.task)
+    full = read_tables(args.data, fmt, label_scheme=scheme, task=meta.task)
     if tuple(full.class_names) != tuple(meta.class_names):
         raise DatasetError(f"dataset classes {full.class_names} differ from the model's {meta.class_names}")
     table, idx, split, info = resolve_rows(meta, full, args.split)

@@ -49,7 +49,7 @@ from training.datasets import (
     ImageTable,
     PreparedDataset,
     load_prepared,
-    read_table,
+    read_tables,
     split_indices,
     split_summary,
 )
@@ -160,7 +160,7 @@ def read_config_table(cfg: dict[str, Any], path: str | Path | None = None) -> Im
     path = path or d["path"]
     if not path:
         raise ConfigError("no dataset: pass --data PATH or set data.path")
-    return read_table(path, d["format"], label_scheme=d["label_scheme"], task=cfg["task"] or None)
+    return read_tables(path, d["format"], label_scheme=d["label_scheme"], task=cfg["task"] or None)
 
 
 def prepare_data(cfg: dict[str, Any], *, splits: bool = True) -> DataBundle:

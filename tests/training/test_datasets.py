@@ -221,3 +221,31 @@ def test_real_fundus_train_split_is_patient_disjoint(fundus_train):
     s = split_indices(t, seed=0)
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not set(t.groups[s[a]]) & set(t.groups[s[b]])
+
+
+def test_several_datasets_read_as_one_table_grouped_by_patient_across_folders(tmp_path):
+    from tests.training.synth import make_labels_csv
+    from training.datasets import read_tables
+
+    a = make_labels_csv(tmp_path / "a", seed=0)
+    b = make_labels_csv(tmp_path / "b", seed=1)  # the same patient ids p00.. as in a: one patient, two folders
+    t = read_tables(f"{a},{b}", task="oct")
+    assert len(t) == 2 * len(read_table(a)) and t.source == "csv"
+    assert len(set(t.groups)) == len(set(read_table(a).groups))  # shared ids are one group
+    parts = split_indices(t, val_frac=0.25, test_frac=0.25, seed=0)
+    seen = [set(t.groups[v]) for v in parts.values()]
+    assert all(not (x & y) for i, x in enumerate(seen) for y in seen[i + 1 :])
+    with pytest.raises(DatasetError, match="differ"):
+        read_tables([a, make_eyepacs(tmp_path / "e")])
+
+
+def test_eyepacs_layout_without_eye_suffix_gives_one_group_per_image(tmp_path):
+    root = tmp_path / "idrid"
+    (root / "train").mkdir(parents=True)
+    lines = ["image,level"]
+    for i in range(6):
+        Image.new("RGB", (64, 48), (150, 80, 40)).save(root / "train" / f"IDRiD_{i:03d}.jpeg")
+        lines.append(f"IDRiD_{i:03d},{i % 5}")
+    (root / "trainLabels.csv").write_text("\n".join(lines) + "\n")
+    t = read_table(root)
+    assert sorted(set(t.groups)) == [f"IDRiD_{i:03d}" for i in range(6)]
