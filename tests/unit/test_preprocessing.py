@@ -18,6 +18,7 @@ from retina.preprocessing import (
     augmentations,
     decode_image,
     eval_transform,
+    get_preset,
     pil_to_uint8_tensor,
     prepare,
     tail,
@@ -159,3 +160,38 @@ def test_real_fundus_sources_look_alike(fundus_dev, fundus_train):
 
     s_raw, s_crop = np.mean(stds(raw)), np.mean(stds(crops))
     assert abs(s_raw - s_crop) / s_crop < 0.35, (s_raw, s_crop)
+
+
+def _curved_scan(w: int = 768, h: int = 496, sag: float = 80.0) -> Image.Image:
+    """A synthetic B-scan: speckle plus a bright 20-px band following a parabola (the eye's curvature)."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 40, (h, w)).astype(np.uint8)
+    x = np.arange(w)
+    centre = 200 + sag * ((x - w / 2) / (w / 2)) ** 2
+    for col in range(w):
+        c = int(centre[col])
+        a[c - 10 : c + 10, col] = 200
+    a[:40, : w // 5] = 255  # a white registration wedge, which must be ignored
+    return Image.fromarray(a, mode="L")
+
+
+def test_oct_band_follows_and_flattens_the_retina() -> None:
+    from retina.preprocessing import _oct_band, oct_band_curve
+
+    img = _curved_scan()
+    curve = oct_band_curve(np.asarray(img))
+    x = np.arange(img.width)
+    truth = 200 + 80 * ((x - img.width / 2) / (img.width / 2)) ** 2
+    assert np.abs(curve - truth).max() < 8  # rows, out of 496
+    flat = np.asarray(_oct_band(img), dtype=np.float32)
+    rows = flat.argmax(axis=0)
+    assert flat.shape[1] == img.width  # the full width is kept
+    assert rows.max() - rows.min() <= 20  # the band is straight after flattening
+
+
+def test_oct_band_preset_gives_the_square_model_input_and_trains_on_the_same_tail() -> None:
+    spec = get_preset("oct_band_128")
+    out = prepare(_curved_scan(1536, 496), spec)
+    assert out.size == (128, 128) and out.mode == "L"
+    aug = augmentations(spec, "light")(pil_to_uint8_tensor(out))
+    assert aug.shape == (1, 128, 128) and aug.dtype == torch.uint8
