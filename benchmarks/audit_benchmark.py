@@ -67,7 +67,7 @@ def _record(i: int) -> AuditRecord:
     return AuditRecord(
         request_id=f"bench-{i:08d}",
         endpoint="predict",
-        model_id="oct-simplecnn",
+        model_id="oct-resnet18",
         model_version="1.0.0",
         task="oct",
         input_sha256=hashlib.sha256(i.to_bytes(8, "little")).hexdigest(),

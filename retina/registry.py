@@ -98,15 +98,16 @@ def mismatches(spec: ModelSpec, meta: CheckpointMeta) -> list[str]:
 
 register_model(
     ModelSpec(
-        key="oct-simplecnn",
+        key="oct-resnet18",
         task="oct",
-        arch="simplecnn",
-        checkpoint="oct-simplecnn.pt",
+        arch="resnet18",
+        checkpoint="oct-resnet18.pt",
         class_names=OCT_CLASSES,
-        preprocess=get_preset("oct_128"),
-        cam_layer=ARCHS["simplecnn"].cam_layer,
+        preprocess=get_preset("oct_band_128"),
+        cam_layer=ARCHS["resnet18"].cam_layer,
         default=True,
-        description="Small 2-conv CNN on OCT B-scans (4 classes); trained on only 46 Kermany OCT2017 scans",
+        description="ResNet-18 on the flattened full-width retina band of OCT B-scans (4 classes), trained from "
+        "scratch on 818 Kermany OCT2017 scans",
     )
 )
 register_model(

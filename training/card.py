@@ -127,6 +127,34 @@ def _calibration_line(cal: dict[str, Any]) -> str:
     return line
 
 
+def _operating_points_section(points: dict[str, Any]) -> list[str]:
+    """The served referral thresholds with their sensitivity / specificity where fitted and on check sets."""
+    if not points:
+        return []
+    lines = ["## Referral operating points (served thresholds)", ""]
+    lines += ["| point | threshold | fitted on | set | sensitivity (95% CI) | specificity (95% CI) | n (positives) |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name, p in points.items():
+        rows = [("fit", p.get("fit") or {})] + list((p.get("checks") or {}).items())
+        for set_name, r in rows:
+            sens = f"{_fmt(r.get('sensitivity'))} ({_fmt((r.get('sensitivity_ci95') or [None])[0])}-"
+            sens += f"{_fmt((r.get('sensitivity_ci95') or [None, None])[1])})"
+            spec = f"{_fmt(r.get('specificity'))} ({_fmt((r.get('specificity_ci95') or [None])[0])}-"
+            spec += f"{_fmt((r.get('specificity_ci95') or [None, None])[1])})"
+            lines.append(
+                f"| {name}: {p.get('score')} >= t | {p['threshold']:.4f} | {p.get('fitted_on')} | {set_name} | "
+                f"{sens} | {spec} | {r.get('n')} ({r.get('n_positive')}) |"
+            )
+    lines += [
+        "",
+        "Thresholds were chosen on the fitting set only (target sensitivity "
+        + ", ".join(f"{k} {v.get('target_sensitivity')}" for k, v in points.items())
+        + "); `RETINA_REFERRAL_*` settings override them.",
+        "",
+    ]
+    return lines
+
+
 def build_card(
     key: str,
     ckpt: dict[str, Any],
@@ -179,6 +207,7 @@ def build_card(
     lines += ["", "## How it was made (exact commands)", "", "```bash", *commands, "```", "", "## Results", ""]
     for _name, title, m, imgs in evals:
         lines += _metrics_section(title, m, imgs)
+    lines += _operating_points_section((ckpt.get("extra") or {}).get("operating_points") or {})
     lines += [
         "## Calibration",
         _calibration_line(cal),

@@ -29,7 +29,9 @@ class DerivedProbabilities(BaseModel):
     any: float = Field(description="P(grade >= 1): any diabetic retinopathy.")
 
 
-ReferralLevel = Literal["urgent", "routine", "observation", "refer", "rescreen_12_months", "ungradable"]
+ReferralLevel = Literal[
+    "urgent", "routine", "observation", "refer", "rescreen_12_months", "ungradable", "not_informative"
+]
 
 
 class GateInfo(BaseModel):
@@ -38,10 +40,15 @@ class GateInfo(BaseModel):
     modality: Literal["oct", "fundus", "other"] = Field(description="Detected image kind.")
     gradable: bool = Field(description="False: the image is too dark, blurred, over-exposed or incomplete to grade.")
     reasons: list[str] = Field(default_factory=list, description="Why it is not gradable (empty when gradable).")
-    distances: dict[str, float | None] = Field(
+    probabilities: dict[str, float] = Field(
         default_factory=dict,
-        description="Distance to each modality's real images, in threshold units (< 1 = match); null = ruled out "
-        "(a grey image cannot be a fundus photo, a colourful one no OCT scan).",
+        description="The gate CNN's probability of each kind (oct, fundus, other); empty when the image was too "
+        "small to look at.",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Smallest probability at which each retinal kind is accepted (fitted for <= 1% false "
+        "acceptance of photographs).",
     )
     quality: dict[str, float] = Field(default_factory=dict, description="Quality measures of the detected modality.")
 
@@ -69,7 +76,10 @@ class PredictResponse(BaseModel):
     model_version: str
     task: Task
     gradable: bool = Field(default=True, description="False: no diagnosis is given; see `gate.reasons`.")
-    label: str | None = Field(description="Most probable class; null when the image is not gradable.")
+    label: str | None = Field(
+        description="Most probable class among those consistent with the referral (e.g. a referable grade when "
+        "the advice is to refer); null when the image is not gradable."
+    )
     confidence: float | None = Field(ge=0, le=1, description="Probability of `label`; null when not gradable.")
     probabilities: dict[str, float] | None = Field(
         description="Calibrated softmax probability per class, in model order; null when not gradable."
@@ -88,7 +98,7 @@ class PredictResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": "oct-simplecnn",
+                    "model": "oct-resnet18",
                     "model_version": "1.0.0",
                     "task": "oct",
                     "label": "CNV",
@@ -128,7 +138,7 @@ class BatchResponse(BaseModel):
                     "results": [
                         {
                             "filename": "scan1.jpeg",
-                            "model": "oct-simplecnn",
+                            "model": "oct-resnet18",
                             "model_version": "1.0.0",
                             "task": "oct",
                             "label": "CNV",
@@ -185,6 +195,21 @@ class ModelInfo(BaseModel):
         description="How the temperature was fitted and the expected calibration error before / after it "
         "(`ece_before`, `ece_after`, on the split named in `fitted_on`).",
     )
+    operating_points: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Referral operating points stored in the checkpoint (`refer`, `urgent`, `routine`): the "
+        "threshold, where it was fitted and its sensitivity / specificity there and on check sets.",
+    )
+    served_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="The referral thresholds this service applies (a `RETINA_REFERRAL_*` setting overrides the "
+        "checkpoint's operating point).",
+    )
+    informative: bool = Field(
+        default=True,
+        description="False when the model's validated balanced-accuracy interval includes chance: its answers "
+        "carry `referral.level: not_informative`.",
+    )
     cam_layer: str | None = None
     loaded: bool = True
     error: str | None = None
@@ -193,7 +218,7 @@ class ModelInfo(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "id": "oct-simplecnn",
+                    "id": "oct-resnet18",
                     "task": "oct",
                     "arch": "simplecnn",
                     "classes": ["CNV", "DME", "DRUSEN", "NORMAL"],

@@ -1,0 +1,138 @@
+"""Fit a referral operating point on validation predictions and store it in the checkpoint.
+
+    python -m training.operating_point --checkpoint models/fundus-resnet18.pt \\
+        --fit runs/fundus-eval/val/predictions.csv --point refer --sensitivity 0.87 \\
+        --fitted-on "fundus-train validation split (742 images, 371 patients)" \\
+        --check dev=runs/fundus-eval/dev/predictions.csv --check idrid=runs/fundus-eval/idrid/predictions.csv
+
+The threshold is the largest score that keeps the sensitivity on the fitting predictions at or
+above the target (IDx-DR was held to 87.2 %), so the operating point is chosen on validation
+(or out-of-fold) predictions only; ``--check`` sets are scored at that fixed threshold, with
+95 % bootstrap intervals, and stored beside it. The service serves it (``/predict`` referral,
+``/models``, the UI and the PDF show it); ``RETINA_REFERRAL_*`` settings still override.
+
+Points (score -> positives):
+
+* ``refer`` (fundus): P(grade >= 2) -> grade >= 2;
+* ``urgent`` (fundus): P(grade 4) -> grade 4;
+* ``urgent`` (OCT): P(CNV) + P(DME) -> CNV or DME;
+* ``routine`` (OCT): P(CNV) + P(DME) + P(DRUSEN) -> any disease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retina import checkpoint
+from retina.labels import DR_GRADES
+
+logger = logging.getLogger("training.operating_point")
+
+POINTS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    # (task, point) -> (classes whose probabilities sum to the score, what a positive is)
+    ("fundus", "refer"): (DR_GRADES[2:], "referable DR (grade >= 2)"),
+    ("fundus", "urgent"): (DR_GRADES[4:], "proliferative DR (grade 4)"),
+    ("oct", "urgent"): (("CNV", "DME"), "CNV or DME"),
+    ("oct", "routine"): (("CNV", "DME", "DRUSEN"), "CNV, DME or drusen"),
+}
+
+
+def read_predictions(path: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(score (N,), positive (N,) bool)`` from a ``predictions.csv`` written by ``training.evaluate`` / ``cv``."""
+    scores, pos = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            scores.append(sum(float(row[f"p_{c}"]) for c in classes))
+            pos.append(row["label"] in classes)
+    return np.asarray(scores), np.asarray(pos)
+
+
+def threshold_for_sensitivity(score: np.ndarray, positive: np.ndarray, target: float) -> float:
+    """The largest threshold ``t`` with ``mean(score[positive] >= t) >= target``."""
+    s = np.sort(score[positive])[::-1]
+    if not len(s):
+        raise ValueError("no positives to fit a sensitivity on")
+    k = int(np.ceil(target * len(s)))  # this many positives must be at or above t
+    return float(s[max(k, 1) - 1])
+
+
+def sens_spec(score: np.ndarray, positive: np.ndarray, t: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Sensitivity and specificity at ``t`` with 95 % bootstrap intervals (images resampled)."""
+    pred = score >= t
+    rng = np.random.default_rng(seed)
+
+    def stats(idx: np.ndarray) -> tuple[float, float]:
+        p, y = pred[idx], positive[idx]
+        sens = float(p[y].mean()) if y.any() else float("nan")
+        spec = float((~p[~y]).mean()) if (~y).any() else float("nan")
+        return sens, spec
+
+    sens, spec = stats(np.arange(len(score)))
+    boots = np.array([stats(rng.integers(0, len(score), len(score))) for _ in range(n_boot)])
+    ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+    return {
+        "sensitivity": sens,
+        "sensitivity_ci95": [float(ci[0, 0]), float(ci[1, 0])],
+        "specificity": spec,
+        "specificity_ci95": [float(ci[0, 1]), float(ci[1, 1])],
+        "n": int(len(score)),
+        "n_positive": int(positive.sum()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.operating_point", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--fit", type=Path, required=True, help="predictions.csv of the validation / out-of-fold set")
+    p.add_argument("--point", required=True, help="refer | urgent (fundus); urgent | routine (OCT)")
+    p.add_argument("--sensitivity", type=float, required=True, help="target sensitivity on --fit")
+    p.add_argument("--fitted-on", required=True, help="words for the card: which split the point was fitted on")
+    p.add_argument("--check", action="append", default=[], help="NAME=predictions.csv scored at the threshold")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    meta = checkpoint.meta_from_dict(checkpoint.read(args.checkpoint))
+    key = (meta.task, args.point)
+    if key not in POINTS:
+        logger.error("no operating point %r for task %r; known: %s", args.point, meta.task, sorted(POINTS))
+        return 2
+    classes, positive_means = POINTS[key]
+    score, pos = read_predictions(args.fit, classes)
+    t = threshold_for_sensitivity(score, pos, args.sensitivity)
+    point: dict[str, Any] = {
+        "threshold": t,
+        "score": f"P({' + '.join(classes)})",
+        "positive": positive_means,
+        "target_sensitivity": args.sensitivity,
+        "fitted_on": args.fitted_on,
+        "fit": sens_spec(score, pos, t),
+        "checks": {},
+    }
+    for spec in args.check:
+        name, _, path = spec.partition("=")
+        s, y = read_predictions(Path(path), classes)
+        point["checks"][name] = sens_spec(s, y, t)
+    points = dict((meta.extra or {}).get("operating_points") or {})
+    points[args.point] = point
+    checkpoint.update_meta(args.checkpoint, extra={**(meta.extra or {}), "operating_points": points})
+    logger.info("%s %s: threshold %.4f, fit %s", meta.task, args.point, t, point["fit"])
+    for name, r in point["checks"].items():
+        logger.info(
+            "  %s: sensitivity %.3f %s, specificity %.3f %s",
+            name,
+            r["sensitivity"],
+            r["sensitivity_ci95"],
+            r["specificity"],
+            r["specificity_ci95"],
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
