@@ -92,7 +92,7 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def copy_gate(models_dir: Path) -> Path:
-    """Put the shipped image gate (models/image-gate.json) beside test checkpoints, as in models/."""
+    """Put the shipped image gate (models/image-gate.pt) beside test checkpoints, as in models/."""
     return Path(shutil.copy(DEFAULT_MODELS_DIR / GATE_FILE, models_dir / GATE_FILE))
 
 

@@ -92,19 +92,36 @@ class Settings(BaseSettings):
     )
     gate_file: Path | None = Field(
         default=None,
-        description="Fitted gate parameters (JSON); default: models_dir/image-gate.json, else the shipped one.",
+        description="Image-gate checkpoint (gatenet CNN + thresholds + quality limits); default: "
+        "models_dir/image-gate.pt, else the shipped one.",
     )
-    referral_oct_urgent: float = Field(
-        default=0.5, gt=0, le=1, description="OCT: urgent referral when P(CNV) + P(DME) >= this."
+    referral_oct_urgent: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="OCT: urgent referral when P(CNV) + P(DME) >= this."
+        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
     )
-    referral_oct_routine: float = Field(
-        default=0.5, gt=0, le=1, description="OCT: routine referral when P(CNV) + P(DME) + P(DRUSEN) >= this."
+    referral_oct_routine: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="OCT: routine referral when P(CNV) + P(DME) + P(DRUSEN) >= this."
+        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
     )
-    referral_fundus_refer: float = Field(
-        default=0.5, gt=0, le=1, description="Fundus: refer when P(referable DR, grade >= 2) >= this."
+    referral_fundus_refer: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fundus: refer when P(referable DR, grade >= 2) >= this."
+        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
     )
-    referral_fundus_urgent: float = Field(
-        default=0.5, gt=0, le=1, description="Fundus: urgent referral when P(proliferative DR, grade 4) >= this."
+    referral_fundus_urgent: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fundus: urgent referral when P(proliferative DR, grade 4) >= this."
+        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
     )
     audit_db: str | None = Field(
         default=None,

@@ -183,7 +183,7 @@ class ModelStore:
         registered_files = {spec.checkpoint for spec in registry.MODELS.values()}
         if models_dir.is_dir():
             for path in sorted(models_dir.glob("*.pt")):
-                if path.name in registered_files:
+                if path.name in registered_files or path.name == GATE_FILE:  # the gate is no /predict model
                     continue
                 if path.stem in registry.MODELS:
                     self._fail(path.stem, None, path, "file name collides with a registered model id", False)
@@ -225,10 +225,18 @@ class ModelStore:
             self.gate = ImageGate.load(path)
         except FileNotFoundError:
             self.problems.append(f"image gate file {path} not found (fit it with python -m training.gate)")
+        except CheckpointError as e:
+            missing = not path.is_file()
+            self.problems.append(
+                f"image gate file {path} not found (train it with python -m training.gate)"
+                if missing
+                else f"image gate file {path} is invalid: {e}"
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.problems.append(f"image gate file {path} is invalid: {type(e).__name__}: {e}")
         else:
-            logger.info("image gate from %s (thresholds %s)", path, self.gate.thresholds)
+            self.gate.model.to("cpu")
+            logger.info("image gate from %s (v%s, thresholds %s)", path, self.gate.version, self.gate.thresholds)
 
     def _fail_all(self, error: str) -> None:
         for key in self.settings.models or registry.MODELS:
