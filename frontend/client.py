@@ -9,7 +9,8 @@ Backend contract (see the backend's OpenAPI at ``/docs``):
 
 - ``GET /ready`` -> 200, or 503 ``{"error": "not_ready", "detail": ...}``
 - ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, default,
-  temperature, calibration: {method, fitted_on, ece_before, ece_after, ...}, ...}]``
+  temperature, calibration: {method, fitted_on, ece_before, ece_after, ...}, operating_points,
+  served_thresholds, informative, ...}]``
 - ``POST /predict?model=ID`` (multipart ``file``; ``ID`` may be ``auto``: the backend detects OCT vs
   fundus and answers with that task's default model) -> ``{model, model_version, task, gradable, label,
   confidence, probabilities, inference_ms, derived, referral, gate}``; ``label``, ``confidence`` and
@@ -186,6 +187,14 @@ class ModelInfo:
         temperature: softmax calibration temperature (``None``: not reported).
         calibration: how the temperature was fitted (``method``, ``fitted_on``) and the expected
             calibration error before and after it (``ece_before``, ``ece_after``, in [0, 1]); may be empty.
+        operating_points: the referral operating points stored in the checkpoint, by name (``refer``,
+            ``urgent``, ``routine``): ``{threshold, score, positive, target_sensitivity, fitted_on, fit,
+            checks}``, where ``fit`` and each ``checks[name]`` hold ``sensitivity``, ``specificity``, their
+            ``*_ci95`` intervals, ``n`` and ``n_positive``; empty when none was fitted.
+        served_thresholds: the referral thresholds the backend applies, by point name (a
+            ``RETINA_REFERRAL_*`` setting overrides the checkpoint's operating point); empty: no policy.
+        informative: ``False`` when the model's validated balanced accuracy interval includes chance;
+            its answers then carry the referral level ``not_informative``, never a referral.
         loaded: ``False`` for a registered model the backend failed to load (``error`` says why).
     """
 
@@ -204,6 +213,9 @@ class ModelInfo:
     error: str | None = None
     temperature: float | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    served_thresholds: dict[str, float] = field(default_factory=dict)
+    informative: bool = True
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ModelInfo:
@@ -223,6 +235,13 @@ class ModelInfo:
             error=None if d.get("error") is None else str(d["error"]),
             temperature=_opt_float(d.get("temperature")),
             calibration=dict(d.get("calibration") or {}),
+            operating_points={
+                str(k): dict(v) for k, v in (d.get("operating_points") or {}).items() if isinstance(v, Mapping)
+            },
+            served_thresholds={
+                str(k): float(v) for k, v in (d.get("served_thresholds") or {}).items() if v is not None
+            },
+            informative=bool(d.get("informative", True)),
         )
 
 
@@ -236,10 +255,12 @@ class Referral:
 
     Attributes:
         level: ``urgent``, ``routine``, ``observation`` (OCT); ``urgent``, ``refer``,
-            ``rescreen_12_months`` (fundus); ``ungradable`` (no assessment). Unknown levels are kept.
+            ``rescreen_12_months`` (fundus); ``ungradable`` (no assessment); ``not_informative`` (the
+            model's validated accuracy is not distinguishable from chance: no advice). Unknown levels are kept.
         advice: one sentence for the reader.
         reason: the rule that fired, e.g. ``P(grade >= 2) = 0.71 >= 0.50`` (the gate's reasons when ungradable).
-        probability: the probability compared with ``threshold``, both in [0, 1]; ``None`` when ungradable.
+        probability: the probability compared with ``threshold``, both in [0, 1]; ``None`` when ungradable
+            or not informative.
         note: the research-use disclaimer that must be shown beside the advice.
     """
 
@@ -270,14 +291,14 @@ class GateInfo:
         modality: ``oct``, ``fundus`` or ``other``.
         gradable: ``False`` when the image is too dark, blurred, over-exposed or incomplete to grade.
         reasons: why it is not gradable (empty when gradable).
-        distances: distance to each modality's real images in threshold units (< 1 = match); None = ruled out.
+        probabilities: the gate's probability of each kind (``oct``, ``fundus``, ``other``).
         quality: quality measures of the detected modality.
     """
 
     modality: str
     gradable: bool = True
     reasons: tuple[str, ...] = ()
-    distances: dict[str, float | None] = field(default_factory=dict)
+    probabilities: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -286,7 +307,7 @@ class GateInfo:
             modality=str(d.get("modality") or "other"),
             gradable=bool(d.get("gradable", True)),
             reasons=tuple(str(r) for r in d.get("reasons") or ()),
-            distances={str(k): (None if v is None else float(v)) for k, v in (d.get("distances") or {}).items()},
+            probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
             quality={str(k): float(v) for k, v in (d.get("quality") or {}).items()},
         )
 

@@ -50,7 +50,8 @@ PREVIEW_MAX_PX = 1024
 
 AlertStyle = Literal["error", "warning", "success", "info"]
 # Referral level -> (headline, alert style): urgent red, refer/routine amber, observation and
-# rescreen green, ungradable amber (retake). The headlines are those of the backend's PDF report.
+# rescreen green, ungradable amber (retake), not informative amber (no advice: the model's
+# validated accuracy is indistinguishable from chance). The headlines are those of the backend's PDF report.
 REFERRAL_STYLES: dict[str, tuple[str, AlertStyle]] = {
     "urgent": ("Urgent referral", "error"),
     "refer": ("Refer to an ophthalmologist", "warning"),
@@ -58,6 +59,19 @@ REFERRAL_STYLES: dict[str, tuple[str, AlertStyle]] = {
     "observation": ("Observation", "success"),
     "rescreen_12_months": ("Rescreen in 12 months", "success"),
     "ungradable": ("Ungradable image", "warning"),
+    "not_informative": ("No advice (model not informative)", "warning"),
+}
+NOT_INFORMATIVE = (
+    "**Not informative**: this model's validated balanced accuracy is not distinguishable from chance, "
+    "so its answers carry no referral advice."
+)
+# (task, operating point) -> (action, the probability compared with the threshold), worded as the
+# backend's referral reasons are (``P(grade >= 2) = 0.71 >= 0.23``).
+POINT_WORDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("fundus", "refer"): ("Refer", "P(grade >= 2)"),
+    ("fundus", "urgent"): ("Urgent referral", "P(proliferative)"),
+    ("oct", "urgent"): ("Urgent referral", "P(CNV) + P(DME)"),
+    ("oct", "routine"): ("Routine referral", "P(CNV) + P(DME) + P(DRUSEN)"),
 }
 ALERT_ICONS: dict[AlertStyle, str] = {
     "error": ":material/emergency:",
@@ -246,6 +260,92 @@ def calibration_text(model: ModelInfo) -> str:
     return text
 
 
+def _interval(ci: Any) -> str:
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(_number(c) for c in ci):
+        return f" ({ci[0]:.2f}-{ci[1]:.2f})"
+    return ""
+
+
+def sens_spec_text(stats: Any) -> str | None:
+    """``sensitivity 0.87 (0.80-0.92), specificity 0.55 (0.49-0.61)`` of one evaluation at a threshold.
+
+    ``stats`` is an operating point's ``fit`` or one of its ``checks`` (95% intervals in brackets);
+    ``None`` when it has neither number.
+    """
+    if not isinstance(stats, Mapping):
+        return None
+    parts = [
+        f"{name} {stats[name]:.2f}{_interval(stats.get(f'{name}_ci95'))}"
+        for name in ("sensitivity", "specificity")
+        if _number(stats.get(name))
+    ]
+    return ", ".join(parts) or None
+
+
+def _size(stats: Mapping[str, Any]) -> str:
+    n, pos = stats.get("n"), stats.get("n_positive")
+    if not _number(n):
+        return ""
+    return f"; n={n}" + (f", {pos} positive" if _number(pos) else "")
+
+
+def operating_point_lines(model: ModelInfo) -> list[list[str]]:
+    """Per referral threshold of ``model``, its lines: the rule with its validated figures, then each check set.
+
+    E.g. ``["Refer at P(grade >= 2) >= 0.23: sensitivity 0.87 (0.80-0.92), specificity 0.55 (0.49-0.61)
+    on the validation split; n=742, 160 positive", "check idrid: sensitivity 0.80 (...), ..."]`` (95%
+    intervals in brackets). The threshold is the one the backend serves; when a ``RETINA_REFERRAL_*``
+    setting overrides the checkpoint's operating point, the checkpoint's figures are given for its
+    own threshold (the check lines then name it).
+    """
+    names = list(model.served_thresholds) + [p for p in model.operating_points if p not in model.served_thresholds]
+    out = []
+    for name in names:
+        point = model.operating_points.get(name) or {}
+        fitted = point.get("threshold")
+        served = model.served_thresholds.get(name, fitted)
+        if not _number(served):
+            continue
+        action, score = POINT_WORDS.get((model.task, name), (name.replace("_", " ").capitalize(), None))
+        score = score or str(point.get("score") or "P")
+        head = f"{action} at {score} >= {served:.2f}"
+        figures = sens_spec_text(point.get("fit"))
+        if not _number(fitted):
+            out.append([f"{head} (not a validated operating point)"])
+            continue
+        where = f" on {point['fitted_on']}" if point.get("fitted_on") else ""
+        where += _size(point["fit"]) if isinstance(point.get("fit"), Mapping) else ""
+        overridden = abs(float(served) - float(fitted)) > 1e-9
+        if overridden:
+            head += f" (service setting; the checkpoint's operating point is {fitted:.2f}"
+            head += f": {figures}{where})" if figures else ")"
+        elif figures:
+            head += f": {figures}{where}"
+        else:
+            head += f" (fitted{where})" if where else ""
+        lines = [head]
+        for check, stats in (point.get("checks") or {}).items():
+            if text := sens_spec_text(stats):
+                at = f" at {fitted:.2f}" if overridden else ""
+                lines.append(f"check {check}{at}: {text}{_size(stats)}")
+        out.append(lines)
+    return out
+
+
+def render_operating_points(model: ModelInfo, caption: bool = True) -> None:
+    """The model's referral thresholds with their validated sensitivity / specificity, and the
+    "not informative" warning when its validated accuracy is indistinguishable from chance."""
+    if not model.informative:
+        st.warning(NOT_INFORMATIVE, icon=ALERT_ICONS["warning"])
+    points = operating_point_lines(model)
+    if not points:
+        return
+    show = st.caption if caption else st.markdown
+    st.markdown("**Referral thresholds**")
+    for lines in points:
+        show("  \n".join([lines[0], *(f"· {line}" for line in lines[1:])]))
+
+
 def task_defaults(models: Sequence[ModelInfo]) -> list[ModelInfo]:
     """The default model of each known task (OCT, then fundus): where ``?model=auto`` sends an image."""
     found = (next((m for m in models if m.task == t and m.default), None) for t in TASK_LABELS)
@@ -350,6 +450,8 @@ def _render_auto_summary(auto: ModelInfo, defaults: Sequence[ModelInfo]) -> None
     for m in defaults:
         st.markdown(f"**{m.id}** · {TASK_LABELS.get(m.task, m.task)} · version `{m.version or '?'}`")
         st.caption(f"Calibration: {calibration_text(m)}")
+        if m.loaded and not m.informative:
+            st.warning(NOT_INFORMATIVE, icon=ALERT_ICONS["warning"])
 
 
 def _render_model_summary(model: ModelInfo) -> None:
@@ -362,6 +464,7 @@ def _render_model_summary(model: ModelInfo) -> None:
         st.warning(f"Not loaded by the backend: {model.error or 'unknown reason'}")
         return
     st.caption(f"Calibration: {calibration_text(model)}")
+    render_operating_points(model)
     render_metrics(model)
     if model.card:
         with st.expander("Model card"):
@@ -505,9 +608,9 @@ def render_ungradable(pred: Prediction) -> None:
     st.markdown("**No diagnosis**: the image did not pass the quality check.")
     if text := gate_text(pred):
         st.caption(text)
-    if pred.gate is not None and (pred.gate.quality or pred.gate.distances):
+    if pred.gate is not None and (pred.gate.quality or pred.gate.probabilities):
         with st.expander("Image check details"):
-            st.json({"quality": pred.gate.quality, "distances": pred.gate.distances}, expanded=True)
+            st.json({"quality": pred.gate.quality, "probabilities": pred.gate.probabilities}, expanded=True)
     st.caption(f"Model {pred.model} v{pred.model_version}")
 
 

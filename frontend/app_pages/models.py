@@ -1,4 +1,5 @@
-"""Models page: every model the backend serves, with version, classes, calibration, metrics and model card."""
+"""Models page: every model the backend serves, with version, classes, calibration, referral operating points,
+metrics and model card."""
 
 import streamlit as st
 
@@ -26,6 +27,7 @@ for model in ctx.models:
         st.markdown("Classes: " + ", ".join(f"`{c}`" for c in model.classes))
         if model.loaded:
             st.markdown(f"Calibration: {ui.calibration_text(model)}")
+            ui.render_operating_points(model, caption=False)
         cols = st.columns(2)
         for i, (title, frame) in enumerate(ui.headline_metrics(model.metrics)):
             with cols[i % 2]:

@@ -93,7 +93,7 @@ def test_unexpected_exception_is_500_without_traceback(
     def boom(*_a, **_k):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(predict_route, "prediction", boom)
+    monkeypatch.setattr(predict_route, "assessed", boom)
     r = client.post("/predict", files={"file": oct_image.read_bytes()})
     body = _error(r, 500, "internal_error")
     assert "secret" not in r.text and "Traceback" not in r.text

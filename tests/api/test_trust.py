@@ -34,6 +34,43 @@ def test_a_cat_photo_is_not_a_retinal_image(client: TestClient, route: str) -> N
     assert "OCT" in r.json()["detail"] and "fundus" in r.json()["detail"]
 
 
+def _non_retinal() -> dict[str, bytes]:
+    from tests.unit.test_gate import grace_hopper, letter, noise, photo_in_black_disc
+
+    return {
+        "portrait": encode(grace_hopper(), "JPEG"),
+        "letter": encode(letter(), "PNG"),
+        "noise": encode(noise(), "PNG"),
+        "disc": encode(photo_in_black_disc(), "JPEG"),
+    }
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["/predict?model=auto", "/predict?model=fundus", "/predict?model=oct", "/gradcam?model=auto", "/report?model=auto"],
+)
+def test_portrait_letter_noise_and_disc_photo_are_refused_everywhere(client: TestClient, route: str) -> None:
+    for name, data in _non_retinal().items():
+        r = client.post(route, files={"file": (f"{name}.img", data, "application/octet-stream")})
+        assert r.status_code == 422, (name, r.status_code, r.text[:200])
+        body = r.json()
+        assert body["error"] == "not_retinal_image", (name, body)
+        assert "probabilities" in body["detail"]  # the gate's numbers that decided it
+
+
+def test_batch_refuses_each_non_retinal_file_on_its_own(client: TestClient, oct_image: Path) -> None:
+    files = [("files", oct_image.read_bytes())] + [("files", d) for d in _non_retinal().values()]
+    res = client.post("/predict/batch?model=auto", files=files).json()["results"]
+    assert res[0]["task"] == "oct"
+    assert [x["error"] for x in res[1:]] == ["not_retinal_image"] * 4
+
+
+def test_answers_carry_the_gate_probabilities(client: TestClient, oct_image: Path) -> None:
+    gate = client.post("/predict?model=oct", files={"file": oct_image.read_bytes()}).json()["gate"]
+    assert set(gate["probabilities"]) == {"oct", "fundus", "other"}
+    assert gate["probabilities"]["oct"] >= gate["thresholds"]["oct"]
+
+
 def test_model_auto_refuses_a_cat_too(client: TestClient) -> None:
     r = client.post("/predict?model=auto", files={"file": _cat()})
     assert r.status_code == 422 and r.json()["error"] == "not_retinal_image"
@@ -113,11 +150,11 @@ def test_referral_thresholds_are_configurable(
     assert f["referral"]["level"] in ("rescreen_12_months", "urgent")
 
 
-@pytest.mark.parametrize("content", [None, "[]", '{"format": "retinascope-gate"}', "dir"])
+@pytest.mark.parametrize("content", [None, "[]", "not a checkpoint", "dir"])
 def test_gate_missing_or_broken_means_not_ready_and_nothing_is_classified(
     make_client: Callable, api_models_dir: Path, tmp_path: Path, content: str | None
 ) -> None:
-    path = tmp_path / "gate.json"
+    path = tmp_path / "gate.pt"
     if content == "dir":
         path.mkdir()
     elif content is not None:

@@ -13,6 +13,9 @@ The image gate is scripted by the upload's file name, so a test picks the case b
   still makes a PDF (as the backend does);
 - ``fundus`` in the name: a fundus photo, anything else an OCT B-scan; sent to a model of the
   other task: 422 ``wrong_modality``. ``?model=auto`` picks the default model of the detected task.
+
+A model listed with ``informative: false`` answers gradable images with the referral level
+``not_informative`` (no advice), as the backend does for a model no better than chance.
 """
 
 from __future__ import annotations
@@ -36,6 +39,33 @@ OCT = ["CNV", "DME", "DRUSEN", "NORMAL"]
 DR = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
 NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
 DARK_REASONS = ["too dark: retina brightness 0.03 < 0.10", "blurred: sharpness 0.8 < 2.0"]
+NOT_INFORMATIVE_ADVICE = "No advice: this model's validated accuracy is not distinguishable from chance."
+# The fundus model's referral operating point, as training/operating_point.py stores it.
+FUNDUS_REFER_POINT: dict[str, Any] = {
+    "threshold": 0.23,
+    "score": "P(Moderate + Severe + Proliferative)",
+    "positive": "referable DR (grade >= 2)",
+    "target_sensitivity": 0.87,
+    "fitted_on": "fundus-train validation split (742 images, 371 patients)",
+    "fit": {
+        "sensitivity": 0.871,
+        "sensitivity_ci95": [0.803, 0.924],
+        "specificity": 0.553,
+        "specificity_ci95": [0.512, 0.594],
+        "n": 742,
+        "n_positive": 163,
+    },
+    "checks": {
+        "idrid": {
+            "sensitivity": 0.802,
+            "sensitivity_ci95": [0.718, 0.871],
+            "specificity": 0.611,
+            "specificity_ci95": [0.497, 0.716],
+            "n": 103,
+            "n_positive": 61,
+        }
+    },
+}
 
 
 def png_bytes(size: int = 8, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -120,6 +150,10 @@ class FakeBackend:
                     "ece_before": 0.081,
                     "ece_after": 0.023,
                 },
+                # No operating point fitted: the service's default thresholds.
+                "operating_points": {},
+                "served_thresholds": {"urgent": 0.5, "routine": 0.5},
+                "informative": True,
             },
             {
                 "id": "fundus-test",
@@ -135,6 +169,9 @@ class FakeBackend:
                 "card": None,
                 "temperature": 1.0,
                 "calibration": {},
+                "operating_points": {"refer": FUNDUS_REFER_POINT},
+                "served_thresholds": {"refer": 0.23, "urgent": 0.5},
+                "informative": True,
             },
         ]
     )
@@ -280,7 +317,9 @@ def _prediction(state: FakeBackend, model: dict[str, Any], modality: str, gradab
         "modality": modality,
         "gradable": gradable,
         "reasons": [] if gradable else DARK_REASONS,
-        "distances": {"oct": 0.4, "fundus": None} if modality == "oct" else {"oct": None, "fundus": 0.5},
+        "probabilities": {"oct": 0.97, "fundus": 0.02, "other": 0.01}
+        if modality == "oct"
+        else {"oct": 0.01, "fundus": 0.96, "other": 0.03},
         "quality": {"brightness": 0.4 if gradable else 0.03},
     }
     body: dict[str, Any] = {
@@ -310,9 +349,18 @@ def _prediction(state: FakeBackend, model: dict[str, Any], modality: str, gradab
         referral = {
             "level": "refer",
             "advice": "Refer to an ophthalmologist: referable (moderate or worse) diabetic retinopathy suspected.",
-            "reason": "P(grade >= 2) = 0.70 >= 0.50",
+            "reason": "P(grade >= 2) = 0.70 >= 0.23",
             "probability": 0.7,
-            "threshold": 0.5,
+            "threshold": 0.23,
+            "note": NOTE,
+        }
+    if not model.get("informative", True):
+        referral = {
+            "level": "not_informative",
+            "advice": NOT_INFORMATIVE_ADVICE,
+            "reason": "the model's validated balanced accuracy interval includes chance",
+            "probability": None,
+            "threshold": None,
             "note": NOTE,
         }
     label = max(probs, key=probs.__getitem__)

@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from frontend import ui
+from frontend.client import ModelInfo
 from retina.registry import default_for
 from tests.frontend.conftest import APP, backend_predict, free_port
 from tests.frontend.fake_backend import FakeServer, png_bytes
@@ -85,6 +86,14 @@ def test_sidebar_ready_and_models(monkeypatch: pytest.MonkeyPatch, backend_url: 
     assert any("0.0.0-test" in o for o in select.options)
     metrics = at.sidebar.dataframe[0].value
     assert "random weights for tests" in metrics["value"].tolist()
+    # The referral thresholds the backend serves for the model, each with its operating point (if any).
+    served = ModelInfo.from_json(next(m for m in backend_models if m["id"] == select.value))
+    points = ui.operating_point_lines(served)
+    assert len(points) == len(served.served_thresholds)
+    captions = [c.value for c in at.sidebar.caption]
+    for lines in points:
+        assert any(c.startswith(lines[0]) for c in captions), (lines, captions)
+    assert (ui.NOT_INFORMATIVE in [w.value for w in at.sidebar.warning]) == (not served.informative)
     assert any("Research tool, not a diagnosis" in i.value for i in at.info)
 
 

@@ -18,7 +18,17 @@ from frontend.client import (
     ReadyStatus,
     Referral,
 )
-from tests.frontend.fake_backend import DARK_REASONS, DR, NOTE, OCT, FakeBackend, FakeServer, png_bytes
+from tests.frontend.fake_backend import (
+    DARK_REASONS,
+    DR,
+    FUNDUS_REFER_POINT,
+    NOT_INFORMATIVE_ADVICE,
+    NOTE,
+    OCT,
+    FakeBackend,
+    FakeServer,
+    png_bytes,
+)
 
 
 @pytest.fixture
@@ -76,12 +86,45 @@ def test_ready_and_models(fake: FakeBackend) -> None:
     assert m.temperature == 1.5
     assert (m.calibration["ece_before"], m.calibration["ece_after"]) == (0.081, 0.023)
     assert (f.task, f.classes, f.calibration) == ("fundus", tuple(DR), {})
+    # Referral operating points: the checkpoint's (fundus) or none (OCT), and the served thresholds.
+    assert (m.operating_points, m.served_thresholds, m.informative) == ({}, {"urgent": 0.5, "routine": 0.5}, True)
+    assert f.operating_points == {"refer": FUNDUS_REFER_POINT}
+    assert f.served_thresholds == {"refer": 0.23, "urgent": 0.5}
+    assert f.operating_points["refer"]["checks"]["idrid"]["sensitivity_ci95"] == [0.718, 0.871]
+    assert f.informative is True
+
+
+def test_not_informative_model_and_referral(fake: FakeBackend) -> None:
+    fake.models[1]["informative"] = False
+    c = client_for(fake.url)
+    assert [m.informative for m in c.models()] == [True, False]
+    pred = c.predict(png_bytes(16), "fundus.png", "fundus-test")
+    assert pred.gradable and pred.label == "Moderate"
+    assert pred.referral is not None
+    assert (pred.referral.level, pred.referral.advice) == ("not_informative", NOT_INFORMATIVE_ADVICE)
+    assert (pred.referral.probability, pred.referral.threshold) == (None, None)
 
 
 def test_model_info_without_calibration_fields() -> None:
     # An older backend sends neither field: nothing breaks, nothing is invented.
     m = ModelInfo.from_json({"id": "x", "task": "oct"})
     assert (m.temperature, m.calibration) == (None, {})
+    assert (m.operating_points, m.served_thresholds, m.informative) == ({}, {}, True)
+    # Null fields and entries that are no operating point are dropped, not crashed on.
+    m = ModelInfo.from_json(
+        {
+            "id": "x",
+            "task": "fundus",
+            "operating_points": {"refer": {"threshold": 0.3}, "junk": 1},
+            "served_thresholds": {"refer": 0.3, "urgent": None},
+            "informative": False,
+        }
+    )
+    assert (m.operating_points, m.served_thresholds, m.informative) == (
+        {"refer": {"threshold": 0.3}},
+        {"refer": 0.3},
+        False,
+    )
 
 
 def test_not_ready_carries_backend_detail(fake: FakeBackend) -> None:
@@ -114,7 +157,7 @@ def test_predict_parses_referral_and_gate(fake: FakeBackend) -> None:
         note=NOTE,
     )
     assert pred.gate is not None
-    assert (pred.gate.modality, pred.gate.gradable, pred.gate.distances["oct"]) == ("oct", True, 0.4)
+    assert (pred.gate.modality, pred.gate.gradable, pred.gate.probabilities["oct"]) == ("oct", True, 0.97)
 
 
 def test_predict_ungradable_has_no_diagnosis(fake: FakeBackend) -> None:

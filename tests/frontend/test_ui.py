@@ -17,6 +17,8 @@ from tests.frontend.conftest import APP
 from tests.frontend.fake_backend import (
     DARK_REASONS,
     DR,
+    FUNDUS_REFER_POINT,
+    NOT_INFORMATIVE_ADVICE,
     NOTE,
     OCT,
     FakeBackend,
@@ -84,6 +86,59 @@ def test_flatten_metrics_drops_matrices() -> None:
     assert flat["val.roc_auc.per_class.CNV"] == 0.9
     assert flat["test.n_patients"] == "None"
     assert not any(k.startswith("val.confusion_matrix") or k.endswith("_ci95") for k in flat)
+
+
+FUNDUS_REFER_TEXT = (
+    "Refer at P(grade >= 2) >= 0.23: sensitivity 0.87 (0.80-0.92), specificity 0.55 (0.51-0.59) "
+    "on fundus-train validation split (742 images, 371 patients); n=742, 163 positive"
+)
+IDRID_CHECK_TEXT = "check idrid: sensitivity 0.80 (0.72-0.87), specificity 0.61 (0.50-0.72); n=103, 61 positive"
+
+
+def test_operating_point_lines_served_fitted_and_checks() -> None:
+    model = ModelInfo(
+        id="dr",
+        task="fundus",
+        classes=tuple(DR),
+        operating_points={"refer": FUNDUS_REFER_POINT},
+        served_thresholds={"refer": 0.23, "urgent": 0.5},
+    )
+    assert ui.operating_point_lines(model) == [
+        [FUNDUS_REFER_TEXT, IDRID_CHECK_TEXT],
+        ["Urgent referral at P(proliferative) >= 0.50 (not a validated operating point)"],
+    ]
+
+
+def test_operating_point_lines_setting_overrides_checkpoint() -> None:
+    model = ModelInfo(
+        id="dr",
+        task="fundus",
+        operating_points={"refer": FUNDUS_REFER_POINT},
+        served_thresholds={"refer": 0.4},
+    )
+    [[head, check]] = ui.operating_point_lines(model)
+    assert head.startswith(
+        "Refer at P(grade >= 2) >= 0.40 (service setting; the checkpoint's operating point is 0.23: "
+    )
+    assert "sensitivity 0.87 (0.80-0.92)" in head
+    assert check == IDRID_CHECK_TEXT.replace("check idrid:", "check idrid at 0.23:")
+    # An older backend without served thresholds: the checkpoint's own threshold is what it applies.
+    older = ModelInfo(id="dr", task="fundus", operating_points={"refer": FUNDUS_REFER_POINT})
+    assert ui.operating_point_lines(older)[0][0] == FUNDUS_REFER_TEXT
+    # OCT wording; a model without a referral policy has no lines.
+    oct_model = ModelInfo(id="o", task="oct", served_thresholds={"urgent": 0.5, "routine": 0.6})
+    assert [lines[0] for lines in ui.operating_point_lines(oct_model)] == [
+        "Urgent referral at P(CNV) + P(DME) >= 0.50 (not a validated operating point)",
+        "Routine referral at P(CNV) + P(DME) + P(DRUSEN) >= 0.60 (not a validated operating point)",
+    ]
+    assert ui.operating_point_lines(ModelInfo(id="x", task="other")) == []
+
+
+def test_not_informative_referral_title() -> None:
+    assert ui.referral_title("not_informative") == "No advice (model not informative)"
+    assert ui.REFERRAL_STYLES["not_informative"][1] == "warning"
+    pred = Prediction("m", "1", "fundus", "No DR", 0.5, {"No DR": 0.5}, referral=_ref("not_informative"))
+    assert ui.result_summary(pred) == "No DR (50%) · No advice (model not informative)"
 
 
 def _ref(level: str) -> Referral:
@@ -464,6 +519,47 @@ def test_dicom_is_accepted_without_preview(monkeypatch: pytest.MonkeyPatch) -> N
     assert "No preview: the browser cannot show this file." in _captions(at)
     [req] = fake.calls("/predict")
     assert req.fields["file"][0][0] == "scan.dcm"
+
+
+def test_operating_points_in_sidebar_and_models_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _app(monkeypatch, fake)
+        # OCT (default task): served thresholds without a fitted operating point.
+        captions = [c.value for c in at.sidebar.caption]
+        assert "Urgent referral at P(CNV) + P(DME) >= 0.50 (not a validated operating point)" in captions
+        at.sidebar.radio(key="task").set_value("fundus").run()
+        assert not at.exception
+        captions = [c.value for c in at.sidebar.caption]
+        assert f"{FUNDUS_REFER_TEXT}  \n· {IDRID_CHECK_TEXT}" in captions, captions
+        assert "**Referral thresholds**" in [m.value for m in at.sidebar.markdown]
+        assert not at.sidebar.warning, "an informative model carries no warning"
+        at.switch_page("app_pages/models.py").run()
+    assert not at.exception
+    texts = [m.value for m in at.main.markdown]
+    assert f"{FUNDUS_REFER_TEXT}  \n· {IDRID_CHECK_TEXT}" in texts
+
+
+def test_not_informative_model_warns_and_gives_no_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        fake.models[1]["informative"] = False
+        at = _app(monkeypatch, fake)
+        at.sidebar.radio(key="task").set_value("fundus").run()
+        assert [w.value for w in at.sidebar.warning] == [ui.NOT_INFORMATIVE]
+        _files(at, "fundus_left.png")
+        # The referral box: a warning, titled "no advice", with the backend's advice and the note.
+        [alert] = [w.value for w in at.main.warning]
+        assert alert.startswith("**No advice (model not informative)**")
+        assert NOT_INFORMATIVE_ADVICE in alert
+        assert any(NOTE in c for c in _captions(at))
+        assert not at.main.error and not at.main.success
+        # The prediction itself is still shown.
+        assert [m.value for m in at.metric if m.label == "Predicted class"] == ["Moderate"]
+        # Auto-detect lists the default models: the non-informative one is flagged there too.
+        at.sidebar.radio(key="task").set_value("auto").run()
+        assert [w.value for w in at.sidebar.warning] == [ui.NOT_INFORMATIVE]
+        at.switch_page("app_pages/models.py").run()
+    assert not at.exception
+    assert ui.NOT_INFORMATIVE in [w.value for w in at.main.warning]
 
 
 def test_ece_before_and_after_on_models_page(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from backend.app.services.report import ReportInput, build_report, latin1, referral_title
+from backend.app.services.report import ReportInput, build_report, latin1, operating_point_text, referral_title
 from retina.cam import overlay
 from retina.paths import REPO_ROOT
 from retina.preprocessing import get_preset, load_image, prepare
@@ -27,6 +27,34 @@ FUNDUS_METRICS = [
     ("Accuracy, 5 grades (test)", "0.722 [0.679, 0.763]"),
 ]
 OCT_METRICS = [("Accuracy (test, 9 images)", "0.889 [0.667, 1.000]")]
+# As training/operating_point.py stores it in the checkpoint (meta.extra["operating_points"]).
+REFER_POINT = {
+    "threshold": 0.23,
+    "score": "P(Moderate + Severe + Proliferative)",
+    "positive": "referable DR (grade >= 2)",
+    "target_sensitivity": 0.87,
+    "fitted_on": "fundus-train validation split",
+    "fit": {
+        "sensitivity": 0.871,
+        "sensitivity_ci95": [0.803, 0.924],
+        "specificity": 0.553,
+        "specificity_ci95": [0.512, 0.594],
+        "n": 742,
+        "n_positive": 163,
+    },
+    "checks": {
+        "idrid": {
+            "sensitivity": 0.802,
+            "sensitivity_ci95": [0.718, 0.871],
+            "specificity": 0.611,
+            "specificity_ci95": [0.497, 0.716],
+            "n": 103,
+            "n_positive": 61,
+        }
+    },
+}
+FIT_TEXT = "sensitivity 0.87 [0.80, 0.92], specificity 0.55 [0.51, 0.59] (n = 742, 163 positive)"
+IDRID_TEXT = "on idrid: sensitivity 0.80 [0.72, 0.87], specificity 0.61 [0.50, 0.72] (n = 103, 61 positive)"
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -297,6 +325,96 @@ def test_rendered_page_is_not_blank_and_coloured_by_level(fundus_input: ReportIn
     )
     assert count(urgent, red_tint) > 5000 and count(urgent, green_tint) == 0
     assert count(observation, green_tint) > 5000 and count(observation, red_tint) == 0
+
+
+def _refer(inp: ReportInput, threshold: float | None = 0.23, **points: dict) -> ReportInput:
+    referral = {
+        "level": "refer",
+        "advice": "Refer to an ophthalmologist for a dilated eye examination.",
+        "reason": "P(grade >= 2) = 0.59 >= 0.23",
+        "threshold": threshold,
+    }
+    return dataclasses.replace(inp, referral=referral, operating_points=points)
+
+
+def test_report_prints_the_served_operating_point(fundus_input: ReportInput) -> None:
+    inp = _refer(fundus_input, refer=REFER_POINT)
+    expected = (
+        f"Operating point: threshold 0.230, fitted on fundus-train validation split: {FIT_TEXT}. "
+        f"At this threshold {IDRID_TEXT}."
+    )
+    assert operating_point_text(inp) == expected
+    pages, text, images = _read(build_report(inp))
+    assert pages == 1 and images == 2
+    assert "Rule: P(grade >= 2) = 0.59 >= 0.23" in text
+    assert "Operating point: threshold 0.230, fitted on fundus-train validation split" in text
+    assert FIT_TEXT in text and IDRID_TEXT in text
+    # A rescreen answer was decided by the same point: its figures are printed too.
+    rescreen = dataclasses.replace(inp, referral={**inp.referral, "level": "rescreen_12_months"})
+    assert operating_point_text(rescreen) == expected
+
+
+def test_report_operating_point_overridden_or_absent(fundus_input: ReportInput) -> None:
+    over = operating_point_text(_refer(fundus_input, 0.5, refer=REFER_POINT))
+    assert over.startswith(
+        "Threshold 0.500 (service setting) overrides the operating point 0.230 "
+        "fitted on fundus-train validation split: "
+    )
+    assert f"{FIT_TEXT}. At 0.230 {IDRID_TEXT}." in over
+    # No operating point stored (or only another one): the served threshold alone.
+    for inp in (_refer(fundus_input, 0.5), _refer(fundus_input, 0.5, urgent=REFER_POINT)):
+        assert operating_point_text(inp) == (
+            "Threshold 0.500 (service default or setting; no validated operating point in the checkpoint)."
+        )
+        assert "Threshold 0.500 (service default or setting" in _read(build_report(inp))[1]
+    # No threshold decided the answer: nothing printed (the fixtures carry none).
+    assert operating_point_text(_refer(fundus_input, None, refer=REFER_POINT)) == ""
+    assert "Threshold" not in _read(build_report(fundus_input))[1]
+    # Hand-edited checkpoints: missing or non-finite figures are left out, never crash.
+    odd = {"threshold": 0.23, "fit": {"sensitivity": float("nan"), "specificity": 0.5}, "checks": {"x": None}}
+    assert operating_point_text(_refer(fundus_input, refer=odd)) == (
+        "Operating point: threshold 0.230: specificity 0.50."
+    )
+
+
+def test_not_informative_report(fundus_input: ReportInput) -> None:
+    advice = "No advice: this model's validated accuracy is not distinguishable from chance."
+    referral = {
+        "level": "not_informative",
+        "advice": advice,
+        "reason": "the model's validated balanced accuracy interval includes chance",
+        "probability": None,
+        "threshold": None,
+    }
+    inp = dataclasses.replace(fundus_input, referral=referral, operating_points={"refer": REFER_POINT})
+    assert referral_title("not_informative") == "No advice (model not informative)"
+    pages, text, _ = _read(build_report(inp))
+    assert pages == 1
+    assert "NO ADVICE (MODEL NOT INFORMATIVE)" in text and advice in text
+    assert "referral level: not_informative" in text
+    assert "Operating point" not in text and "Threshold" not in text
+    grey = (238, 238, 238)
+    assert int(np.all(_render(build_report(inp)) == np.array(grey, np.uint8), axis=-1).sum()) > 5000
+
+
+def test_operating_point_and_extreme_inputs_still_one_page(oct_input: ReportInput) -> None:
+    word = "lengthy "
+    point = REFER_POINT | {
+        "fitted_on": word * 60,
+        "checks": {f"set{i} " + word * 5: REFER_POINT["fit"] for i in range(10)},
+    }
+    inp = dataclasses.replace(
+        oct_input,
+        referral={"level": "routine", "advice": word * 500, "reason": word * 200, "threshold": 0.23},
+        operating_points={"routine": point},
+        metrics=[(word * 20, "0.5")] * 30,
+        metrics_source=word * 100,
+        disclaimer=DISCLAIMER + " " + word * 200,
+    )
+    pages, text, images = _read(build_report(inp))
+    assert pages == 1 and images == 2
+    assert "Operating point: threshold 0.230" in text
+    assert "Research tool, not a diagnosis." in text and inp.input_sha256 in text
 
 
 def test_output_is_deterministic_apart_from_the_timestamp(fundus_input: ReportInput) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,6 +100,28 @@ def compute_cam(
         blended = np.asarray(Image.fromarray(blended).resize(out_size, Image.Resampling.BILINEAR))
         colour = np.asarray(Image.fromarray(colour).resize(out_size, Image.Resampling.BILINEAR))
     return CamResult(probs, explained, blended, colour, heat, cam_s * 1000.0)
+
+
+def compute_cam_for(
+    served: ServedModel,
+    pixels: torch.Tensor,
+    target: int | None,
+    choose: Callable[[np.ndarray], int],
+    *args: Any,
+    **kwargs: Any,
+) -> CamResult:
+    """:func:`compute_cam`, where "no target" explains ``choose(probabilities)`` (the label the answer shows).
+
+    The answer's label is the likeliest class consistent with its referral, which is not always
+    the argmax that grad-cam explains by default; then the map is made again for the label
+    (a rare second pass, only for images near an operating point).
+    """
+    result = compute_cam(served, pixels, target, *args, **kwargs)
+    if target is None:
+        wanted = choose(result.probabilities)
+        if wanted != result.target:
+            result = compute_cam(served, pixels, wanted, *args, **kwargs)
+    return result
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -1,6 +1,12 @@
 """Referral advice from calibrated probabilities (what a screening programme acts on, not a class index).
 
-Mappings (thresholds from ``RETINA_REFERRAL_*`` settings, defaults 0.5):
+Thresholds: the operating points stored in the checkpoint (``meta.extra["operating_points"]``,
+chosen on validation or out-of-fold predictions, with the sensitivity and specificity measured
+there), overridden by the ``RETINA_REFERRAL_*`` settings when those are set, else 0.5.
+A model whose validated balanced accuracy interval includes chance gives ``not_informative``
+advice, never a referral (:func:`informative`).
+
+Mappings:
 
 * OCT, as in Kermany et al. 2018: CNV or DME -> ``urgent``; DRUSEN -> ``routine``;
   NORMAL -> ``observation``. Cumulative by severity, so probability split between two
@@ -16,7 +22,7 @@ Models with other class sets get no referral (``None``): the service does not gu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,50 +40,133 @@ ADVICE: dict[str, str] = {
     "refer": "Refer to an ophthalmologist: referable (moderate or worse) diabetic retinopathy suspected.",
     "rescreen_12_months": "No referable diabetic retinopathy suspected: rescreen in 12 months.",
     "ungradable": "No assessment: the image is not gradable. Retake it (or refer for an in-person examination).",
+    "not_informative": "No advice: this model's validated accuracy is not distinguishable from chance.",
 }
+
+# setting name -> operating-point key in the checkpoint
+_POINTS = {
+    "referral_oct_urgent": "urgent",
+    "referral_oct_routine": "routine",
+    "referral_fundus_refer": "refer",
+    "referral_fundus_urgent": "urgent",
+}
+
+
+def operating_points(meta: Any) -> dict[str, dict[str, Any]]:
+    """The checkpoint's operating points: ``{name: {threshold, sensitivity, specificity, fitted_on}}``."""
+    points = (getattr(meta, "extra", None) or {}).get("operating_points") or {}
+    return {k: v for k, v in points.items() if isinstance(v, dict) and "threshold" in v}
+
+
+def threshold_for(setting: str, settings: Settings, meta: Any) -> float:
+    """The served threshold: the setting when set, else the checkpoint's operating point, else 0.5."""
+    value = getattr(settings, setting)
+    if value is not None:
+        return float(value)
+    point = operating_points(meta).get(_POINTS[setting])
+    return float(point["threshold"]) if point else 0.5
+
+
+def served_thresholds(task: str, class_names: Sequence[str], settings: Settings, meta: Any) -> dict[str, float]:
+    """The referral thresholds applied to a model: ``{point: threshold}`` (empty: no referral policy)."""
+    names = list(class_names)
+    if task == "oct" and sorted(names) == sorted(OCT_CLASSES):
+        return {p: threshold_for(f"referral_oct_{p}", settings, meta) for p in ("urgent", "routine")}
+    if task == "fundus" and tuple(names) == tuple(DR_GRADES):
+        return {p: threshold_for(f"referral_fundus_{p}", settings, meta) for p in ("refer", "urgent")}
+    return {}
+
+
+def informative(meta: Any) -> bool:
+    """False when the model's validated balanced accuracy 95 % interval reaches down to chance (1/K).
+
+    Cross-validated figures (``metrics.cv``) are preferred, else the test split's.
+    """
+    metrics = getattr(meta, "metrics", None) or {}
+    block = metrics.get("cv") or metrics.get("test") or metrics
+    ci = block.get("balanced_accuracy_ci95") if isinstance(block, dict) else None
+    if not ci or len(ci) != 2 or ci[0] is None:
+        return True  # no interval to judge by (e.g. a custom model): advice as configured
+    return float(ci[0]) > 1.0 / max(len(getattr(meta, "class_names", []) or [1]), 1)
 
 
 def _sum(probs: np.ndarray, names: Sequence[str], wanted: Sequence[str]) -> float:
     return float(sum(probs[names.index(c)] for c in wanted))
 
 
-def referral_for(task: str, class_names: Sequence[str], probs: np.ndarray, settings: Settings) -> dict[str, Any] | None:
-    """``{level, advice, reason, probability, threshold, note}`` for one image's ``probs (K,)``; None if no policy."""
+def referral_for(
+    task: str, class_names: Sequence[str], probs: np.ndarray, settings: Settings, meta: Any = None
+) -> dict[str, Any] | None:
+    """``{level, advice, reason, probability, threshold, note}`` for one image's ``probs (K,)``; None if no policy.
+
+    ``meta`` (the checkpoint's metadata) supplies the operating points and the informativeness.
+    """
     names = list(class_names)
-    s = settings
+    if meta is not None and not informative(meta) and task in ("oct", "fundus"):
+        return {
+            "level": "not_informative",
+            "advice": ADVICE["not_informative"],
+            "reason": "the model's validated balanced accuracy interval includes chance",
+            "probability": None,
+            "threshold": None,
+            "note": RESEARCH_NOTE,
+        }
     if task == "oct" and sorted(names) == sorted(OCT_CLASSES):
+        t_urgent = threshold_for("referral_oct_urgent", settings, meta)
+        t_routine = threshold_for("referral_oct_routine", settings, meta)
         p_urgent = _sum(probs, names, ("CNV", "DME"))
         p_any = p_urgent + _sum(probs, names, ("DRUSEN",))
-        if p_urgent >= s.referral_oct_urgent:
-            return _ref("urgent", ADVICE["urgent_oct"], "P(CNV) + P(DME)", p_urgent, s.referral_oct_urgent, ">=")
-        if p_any >= s.referral_oct_routine:
-            return _ref(
-                "routine", ADVICE["routine"], "P(CNV) + P(DME) + P(DRUSEN)", p_any, s.referral_oct_routine, ">="
-            )
-        return _ref(
-            "observation",
-            ADVICE["observation"],
-            "P(CNV) + P(DME) + P(DRUSEN)",
-            p_any,
-            s.referral_oct_routine,
-            "<",
-        )
+        if p_urgent >= t_urgent:
+            return _ref("urgent", ADVICE["urgent_oct"], "P(CNV) + P(DME)", p_urgent, t_urgent, ">=")
+        if p_any >= t_routine:
+            return _ref("routine", ADVICE["routine"], "P(CNV) + P(DME) + P(DRUSEN)", p_any, t_routine, ">=")
+        return _ref("observation", ADVICE["observation"], "P(CNV) + P(DME) + P(DRUSEN)", p_any, t_routine, "<")
     if task == "fundus" and tuple(names) == tuple(DR_GRADES):
+        t_urgent = threshold_for("referral_fundus_urgent", settings, meta)
+        t_refer = threshold_for("referral_fundus_refer", settings, meta)
         p4 = float(probs[4])
         p_ref = float(probs[2:].sum())
-        if p4 >= s.referral_fundus_urgent:
-            return _ref("urgent", ADVICE["urgent_fundus"], "P(proliferative)", p4, s.referral_fundus_urgent, ">=")
-        if p_ref >= s.referral_fundus_refer:
-            return _ref("refer", ADVICE["refer"], "P(grade >= 2)", p_ref, s.referral_fundus_refer, ">=")
-        return _ref(
-            "rescreen_12_months",
-            ADVICE["rescreen_12_months"],
-            "P(grade >= 2)",
-            p_ref,
-            s.referral_fundus_refer,
-            "<",
-        )
+        if p4 >= t_urgent and p_ref >= t_refer:
+            return _ref("urgent", ADVICE["urgent_fundus"], "P(proliferative)", p4, t_urgent, ">=")
+        if p_ref >= t_refer:
+            return _ref("refer", ADVICE["refer"], "P(grade >= 2)", p_ref, t_refer, ">=")
+        return _ref("rescreen_12_months", ADVICE["rescreen_12_months"], "P(grade >= 2)", p_ref, t_refer, "<")
     return None
+
+
+# Classes a label may take under each referral level, so the label never contradicts the advice.
+_CONSISTENT: dict[tuple[str, str], tuple[str, ...]] = {
+    ("oct", "urgent"): ("CNV", "DME"),
+    ("oct", "routine"): ("DRUSEN",),
+    ("oct", "observation"): ("NORMAL",),
+    ("fundus", "urgent"): (DR_GRADES[4],),
+    ("fundus", "refer"): DR_GRADES[2:],
+    ("fundus", "rescreen_12_months"): DR_GRADES[:2],
+}
+
+
+def label_chooser(task: str, class_names: Sequence[str], settings: Settings, meta: Any) -> Callable[[np.ndarray], int]:
+    """``probs -> class index`` shown as the label (what /gradcam explains by default)."""
+
+    def choose(probs: np.ndarray) -> int:
+        return consistent_label(task, class_names, probs, referral_for(task, class_names, probs, settings, meta))
+
+    return choose
+
+
+def consistent_label(task: str, class_names: Sequence[str], probs: np.ndarray, referral: dict[str, Any] | None) -> int:
+    """Index of the most probable class among those the referral level allows (the argmax without a referral).
+
+    With operating points below 0.5 (a screening threshold fitted for sensitivity), P(grade >= 2)
+    can be 0.3 while "No DR" is the single likeliest grade: the answer then says "refer" and
+    the likeliest referable grade, never "No DR" next to "Refer".
+    """
+    names = list(class_names)
+    allowed = _CONSISTENT.get((task, referral["level"])) if referral else None
+    if not allowed or not set(allowed) <= set(names):
+        return int(np.argmax(probs))
+    idx = [names.index(c) for c in allowed]
+    return idx[int(np.argmax(probs[idx]))]
 
 
 def ungradable_referral(reasons: Sequence[str]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The route gathers everything the page shows into a :class:`ReportInput` (image a
 saw it, CAM overlay, probabilities, referral, gate, the model's headline metrics) and calls
 :func:`build_report`. The builder does no I/O and no inference, so it is tested on its own.
 
-Layout, top to bottom: title, timestamp and request id; referral box coloured by level; the
+Layout, top to bottom: title, timestamp and request id; referral box coloured by level (with the
+served threshold and its operating point's validated sensitivity / specificity); the
 image and the CAM overlay side by side; probabilities (left) beside the model and its metrics
 (right); the image-check (gate) result; the input's SHA-256; the disclaimer boxed at the
 bottom. Everything is sized from the content first so the page never overflows: long texts
@@ -18,9 +19,10 @@ Output is deterministic for a given input (the PDF's creation date is ``created`
 from __future__ import annotations
 
 import io
+import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PureWindowsPath
 
@@ -28,7 +30,7 @@ from fpdf import FPDF
 from fpdf.enums import MethodReturnValue
 from PIL import Image
 
-__all__ = ["ReportInput", "build_report", "latin1", "referral_title"]
+__all__ = ["ReportInput", "build_report", "latin1", "operating_point_text", "referral_title"]
 
 RGB = tuple[int, int, int]
 
@@ -67,6 +69,17 @@ LEVELS: dict[str, tuple[str, tuple[RGB, RGB]]] = {
     "observation": ("Observation", _GREEN),
     "rescreen_12_months": ("Rescreen in 12 months", _GREEN),
     "ungradable": ("Ungradable image", _GREY),
+    "not_informative": ("No advice (model not informative)", _GREY),
+}
+# (task, referral level) -> the checkpoint operating point whose threshold decided that level
+# (backend/app/services/referral.py: a level below a threshold is decided by the same point).
+POINT_OF_LEVEL: dict[tuple[str, str], str] = {
+    ("fundus", "urgent"): "urgent",
+    ("fundus", "refer"): "refer",
+    ("fundus", "rescreen_12_months"): "refer",
+    ("oct", "urgent"): "urgent",
+    ("oct", "routine"): "routine",
+    ("oct", "observation"): "routine",
 }
 DERIVED_LABELS = {"referable": "Referable DR (grade >= 2)", "any": "Any DR (grade >= 1)"}
 CAM_NAMES = {
@@ -103,6 +116,10 @@ class ReportInput:
         created: when the result was made (UTC; a naive datetime is taken as UTC).
         filename: the upload's name; only its base name is printed, and only when given.
         disclaimer: the research-use disclaimer printed at the bottom.
+        operating_points: the checkpoint's referral operating points (``meta.extra["operating_points"]``):
+            ``{name: {"threshold", "fitted_on", "fit": {"sensitivity", "sensitivity_ci95", "specificity",
+            "specificity_ci95", "n", "n_positive"}, "checks": {set name: same as fit}}}``; the one behind
+            the referral's rule is printed under it with the served threshold (``referral["threshold"]``).
     """
 
     image_png: bytes
@@ -125,6 +142,7 @@ class ReportInput:
     created: datetime
     filename: str | None
     disclaimer: str
+    operating_points: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- text helpers
@@ -176,6 +194,66 @@ def latin1(text: object) -> str:
 def referral_title(level: str) -> str:
     """Headline of the referral box for ``level`` (unknown levels: the code made readable)."""
     return LEVELS.get(level, (level.replace("_", " ").capitalize(), _GREY))[0]
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rate(stats: object, name: str) -> str | None:
+    """``sensitivity 0.87 [0.80, 0.92]`` from an operating point's ``fit`` or check; None when absent."""
+    if not isinstance(stats, dict) or not _finite(stats.get(name)):
+        return None
+    ci = stats.get(f"{name}_ci95")
+    text = f"{name} {stats[name]:.2f}"
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(_finite(c) for c in ci):
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def _rates(stats: object) -> str:
+    """``sensitivity ... , specificity ... (n = 742, 163 positive)``; empty when there are no figures."""
+    parts = [r for r in (_rate(stats, "sensitivity"), _rate(stats, "specificity")) if r]
+    if not parts:
+        return ""
+    text = ", ".join(parts)
+    n, pos = (stats.get("n"), stats.get("n_positive")) if isinstance(stats, dict) else (None, None)
+    if _finite(n):
+        text += f" (n = {n:g}" + (f", {pos:g} positive)" if _finite(pos) else ")")
+    return text
+
+
+def operating_point_text(inp: ReportInput) -> str:
+    """The served threshold of the referral's rule and, when the checkpoint has that operating point, where
+    it was fitted, its sensitivity / specificity there and on its check sets; empty when no threshold
+    decided the referral (ungradable, not informative, no referral policy).
+
+    ``Operating point: threshold 0.230, fitted on <split>: sensitivity 0.87 [0.80, 0.92], specificity
+    0.55 [0.51, 0.59] (n = 742, 163 positive). At this threshold on idrid: sensitivity ...``
+    """
+    ref = inp.referral or {}
+    served = ref.get("threshold")
+    name = POINT_OF_LEVEL.get((inp.task, str(ref.get("level"))))
+    if not _finite(served) or name is None:
+        return ""
+    points = inp.operating_points if isinstance(inp.operating_points, dict) else {}
+    point = points.get(name)
+    if not isinstance(point, dict) or not _finite(point.get("threshold")):
+        return f"Threshold {served:.3f} (service default or setting; no validated operating point in the checkpoint)."
+    fitted = float(point["threshold"])
+    where = f" fitted on {point['fitted_on']}" if point.get("fitted_on") else ""
+    if abs(float(served) - fitted) > 1e-9:
+        text = f"Threshold {served:.3f} (service setting) overrides the operating point {fitted:.3f}{where}"
+        at = f"At {fitted:.3f}"
+    else:
+        text = f"Operating point: threshold {served:.3f}" + (f",{where}" if where else "")
+        at = "At this threshold"
+    if fit := _rates(point.get("fit")):
+        text += f": {fit}"
+    checks = [f"on {c}: {r}" for c, stats in (point.get("checks") or {}).items() if (r := _rates(stats))]
+    if checks:
+        text += f". {at} " + "; ".join(checks)
+    return text + "."
 
 
 def _timestamp(created: datetime) -> str:
@@ -239,14 +317,48 @@ class _Limits:
     gate: int
     gate_reasons: int
     disclaimer: int
+    point: int
 
 
 # The last one always fits: every block is then bounded (40 classes, 30 metrics and pages of text
 # still leave the images ~70 mm; see test_extreme_inputs_still_one_page).
 _LIMITS = (
-    _Limits(advice=5, reason=2, classes=16, metrics=8, metric_name=3, source=2, gate=2, gate_reasons=4, disclaimer=4),
-    _Limits(advice=3, reason=1, classes=14, metrics=6, metric_name=2, source=1, gate=2, gate_reasons=3, disclaimer=3),
-    _Limits(advice=2, reason=1, classes=12, metrics=4, metric_name=1, source=1, gate=1, gate_reasons=2, disclaimer=2),
+    _Limits(
+        advice=5,
+        reason=2,
+        classes=16,
+        metrics=8,
+        metric_name=3,
+        source=2,
+        gate=2,
+        gate_reasons=4,
+        disclaimer=4,
+        point=4,
+    ),
+    _Limits(
+        advice=3,
+        reason=1,
+        classes=14,
+        metrics=6,
+        metric_name=2,
+        source=1,
+        gate=2,
+        gate_reasons=3,
+        disclaimer=3,
+        point=3,
+    ),
+    _Limits(
+        advice=2,
+        reason=1,
+        classes=12,
+        metrics=4,
+        metric_name=1,
+        source=1,
+        gate=1,
+        gate_reasons=2,
+        disclaimer=2,
+        point=2,
+    ),
 )
 
 
@@ -308,7 +420,7 @@ HEADING_H = 8.0
 
 
 def _referral_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw: bool) -> float:
-    """Box tinted by referral level: title, advice, the rule that fired; returns its height."""
+    """Box tinted by referral level: title, advice, the rule that fired and its operating point; returns its height."""
     level = str(inp.referral.get("level", "unknown"))
     strong, tint = LEVELS.get(level, ("", _GREY))[1]
     pad, text_x, text_w = 4.0, MARGIN_X + 6.0, CONTENT_W - 9.0
@@ -317,7 +429,10 @@ def _referral_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw: b
     pg.font(8.5)
     reason_text = latin1(inp.referral.get("reason", ""))
     reason = pg.lines(f"Rule: {reason_text}", text_w, lim.reason) if reason_text else []
-    h = pad + 8.0 + 5.2 * len(advice) + (1.0 + 4.2 * len(reason) if reason else 0.0) + pad
+    point_text = latin1(operating_point_text(inp))
+    point = pg.lines(point_text, text_w, lim.point) if point_text else []
+    small = reason + point
+    h = pad + 8.0 + 5.2 * len(advice) + (1.0 + 4.2 * len(small) if small else 0.0) + pad
     if not draw:
         return h
     pg.fill(MARGIN_X, y, CONTENT_W, h, tint)
@@ -332,10 +447,10 @@ def _referral_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw: b
     for line in advice:
         pg.text(text_x, yy, text_w, 5.2, line)
         yy += 5.2
-    if reason:
+    if small:
         yy += 1.0
         pg.font(8.5, "", MUTED)
-        for line in reason:
+        for line in small:
             pg.text(text_x, yy, text_w, 4.2, line)
             yy += 4.2
     return h

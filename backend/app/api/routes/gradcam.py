@@ -31,7 +31,8 @@ from backend.app.api.routes.predict import (
 from backend.app.errors import ApiError, invalid_parameter
 from backend.app.schemas import ErrorResponse, GradcamResponse
 from backend.app.services.audit import audit_prediction
-from backend.app.services.explain import CamResult, compute_cam, png_bytes
+from backend.app.services.explain import CamResult, compute_cam_for, png_bytes
+from backend.app.services.referral import label_chooser
 from backend.app.services.runtime import run_in
 from retina.cam import METHODS
 
@@ -138,8 +139,9 @@ async def gradcam(
     out_size = prepared.original_size if size == "original" else None
 
     def render() -> tuple[CamResult, bytes, bytes | None]:
-        result = compute_cam(
-            served, prepared.pixels, target_idx, method, alpha, out_size, settings.scorecam_batch_size, metrics
+        choose = label_chooser(served.task, served.class_names, settings, served.meta)
+        result = compute_cam_for(
+            served, prepared.pixels, target_idx, choose, method, alpha, out_size, settings.scorecam_batch_size, metrics
         )
         heatmap_png = png_bytes(result.heatmap) if format == "json" else None
         return result, png_bytes(result.overlay), heatmap_png

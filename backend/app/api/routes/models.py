@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from backend.app.api.deps import StoreDep, require_api_key
+from backend.app.api.deps import SettingsDep, StoreDep, require_api_key
 from backend.app.schemas import ErrorResponse, ModelInfo
 from backend.app.services.model_store import json_safe
+from backend.app.services.referral import informative, operating_points, served_thresholds
 
 
 def calibration_summary(cal: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +34,7 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
     summary="Served models",
     responses={401: {"model": ErrorResponse, "description": "`unauthorized`"}},
 )
-def list_models(store: StoreDep) -> list[ModelInfo]:
+def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
     """Every loaded model (metrics and card from its checkpoint; NaN shown as null).
 
     A registered model that failed to load is listed too, with `loaded: false`, its
@@ -58,6 +59,9 @@ def list_models(store: StoreDep) -> list[ModelInfo]:
                 card=json_safe(meta.card) or {},
                 temperature=meta.temperature,
                 calibration=calibration_summary(meta.calibration),
+                operating_points=json_safe(operating_points(meta)) or {},
+                served_thresholds=served_thresholds(m.task, m.class_names, settings, meta),
+                informative=informative(meta),
                 cam_layer=m.cam_layer,
             )
         )

@@ -34,7 +34,7 @@ from backend.app.services.intake import (
 )
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore, ServedModel
-from backend.app.services.referral import referral_for, ungradable_referral
+from backend.app.services.referral import consistent_label, referral_for, ungradable_referral
 from backend.app.services.runtime import run_in
 from retina.gate import GateResult, ImageGate
 from retina.labels import DR_GRADES, derived_dr_probabilities
@@ -89,16 +89,19 @@ def require_gate(store: ModelStore, settings: Settings, model: str | ServedModel
 
 
 def not_retinal(verdict: GateResult) -> ApiError:
-    """422 ``not_retinal_image`` with the distances that decided it."""
-    near = ", ".join(f"{m} {d:.2f}" for m, d in verdict.distances.items())
+    """422 ``not_retinal_image`` with the gate probabilities that decided it."""
+    near = ", ".join(
+        f"{m} {p:.3f}" + (f" (accepted from {verdict.thresholds[m]:.3f})" if m in verdict.thresholds else "")
+        for m, p in verdict.probabilities.items()
+    )
     extra = [r for r in verdict.reasons if not r.startswith("it does not look like")]
     return ApiError(
         422,
         "not_retinal_image",
         "this does not look like an OCT B-scan or a colour fundus photo"
         + (f" ({'; '.join(extra)})" if extra else "")
-        + f"; distance to each kind in units of its acceptance limit (< 1 = accepted): {near}. Nothing was "
-        "predicted.",
+        + (f"; the image gate's probabilities: {near}" if near else "")
+        + ". Nothing was predicted.",
     )
 
 
@@ -170,10 +173,14 @@ def resolve_param(store: ModelStore, model: str) -> ServedModel | None:
     return None if model == AUTO else store.resolve(model)
 
 
-def prediction(served: ServedModel, probs: np.ndarray, inference_ms: float) -> dict[str, Any]:
-    """The core :class:`PredictResponse` fields for one image's probabilities ``(num_classes,)``."""
+def assessed(
+    served: ServedModel, prepared: PreparedImage, probs: np.ndarray, inference_ms: float, settings: Settings
+) -> dict[str, Any]:
+    """The :class:`PredictResponse` body of one graded image: probabilities ``(num_classes,)``, the
+    referral at the model's operating points, a label consistent with it, and the gate's verdict."""
     names = served.class_names
-    best = int(probs.argmax())
+    referral = referral_for(served.task, names, probs, settings, served.meta)
+    best = consistent_label(served.task, names, probs, referral)
     derived = None
     if served.task == "fundus" and tuple(names) == tuple(DR_GRADES):
         derived = derived_dr_probabilities(probs)
@@ -187,17 +194,9 @@ def prediction(served: ServedModel, probs: np.ndarray, inference_ms: float) -> d
         "probabilities": {name: float(p) for name, p in zip(names, probs, strict=True)},
         "inference_ms": round(inference_ms, 3),
         "derived": derived,
+        "referral": referral,
+        "gate": prepared.gate.to_dict() if prepared.gate is not None else None,
     }
-
-
-def assessed(
-    served: ServedModel, prepared: PreparedImage, probs: np.ndarray, inference_ms: float, settings: Settings
-) -> dict[str, Any]:
-    """:func:`prediction` plus the referral advice and the gate's verdict."""
-    body = prediction(served, probs, inference_ms)
-    body["referral"] = referral_for(served.task, served.class_names, probs, settings)
-    body["gate"] = prepared.gate.to_dict() if prepared.gate is not None else None
-    return body
 
 
 def ungradable_body(served: ServedModel, prepared: PreparedImage) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from backend.app.api.routes.predict import (
 )
 from backend.app.schemas import ErrorResponse
 from backend.app.services.audit import audit_prediction
-from backend.app.services.explain import compute_cam, png_bytes
+from backend.app.services.explain import compute_cam_for, png_bytes
 from backend.app.services.model_store import ServedModel
-from backend.app.services.referral import RESEARCH_NOTE
+from backend.app.services.referral import RESEARCH_NOTE, label_chooser
 from backend.app.services.report import ReportInput, build_report
 from backend.app.services.runtime import request_id_var, run_in
 from retina.cam import METHODS
@@ -126,8 +126,9 @@ async def report(
     else:
 
         def render() -> tuple[Any, bytes]:
-            result = compute_cam(
-                served, prepared.pixels, None, method, alpha, None, settings.scorecam_batch_size, metrics
+            choose = label_chooser(served.task, served.class_names, settings, served.meta)
+            result = compute_cam_for(
+                served, prepared.pixels, None, choose, method, alpha, None, settings.scorecam_batch_size, metrics
             )
             return result, png_bytes(result.overlay)
 
@@ -159,6 +160,7 @@ async def report(
         # Upload names often carry a patient's name; the SHA-256 identifies the image instead.
         filename=None,
         disclaimer=DISCLAIMER,
+        operating_points=(served.meta.extra or {}).get("operating_points") or {},
     )
     pdf = await run_in(cam, build_report, inp)  # PDF layout and image encoding stay off the event loop
     await audit_prediction(

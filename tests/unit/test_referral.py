@@ -1,0 +1,85 @@
+"""Referral advice: operating points from the checkpoint, setting overrides, not-informative models, labels
+that never contradict the advice."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from backend.app.core.config import Settings
+from backend.app.services.referral import (
+    consistent_label,
+    informative,
+    label_chooser,
+    referral_for,
+    served_thresholds,
+)
+from retina.labels import DR_GRADES, OCT_CLASSES
+from training.operating_point import sens_spec, threshold_for_sensitivity
+
+
+def meta(points: dict | None = None, ci: list[float] | None = None, k: int = 5) -> SimpleNamespace:
+    metrics = {"cv": {"balanced_accuracy_ci95": ci}} if ci else {}
+    return SimpleNamespace(
+        extra={"operating_points": points or {}},
+        metrics=metrics,
+        class_names=list(DR_GRADES if k == 5 else OCT_CLASSES),
+    )
+
+
+FUNDUS = meta({"refer": {"threshold": 0.2}})
+NO_DR_LIKELIEST = np.array([0.55, 0.2, 0.15, 0.06, 0.04])  # P(grade >= 2) = 0.25
+
+
+def test_the_checkpoint_operating_point_is_served() -> None:
+    r = referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, Settings(), FUNDUS)
+    assert r is not None and r["level"] == "refer" and r["threshold"] == pytest.approx(0.2)
+    assert "0.25 >= 0.20" in r["reason"]
+    assert served_thresholds("fundus", DR_GRADES, Settings(), FUNDUS) == {"refer": 0.2, "urgent": 0.5}
+
+
+def test_a_setting_overrides_the_operating_point() -> None:
+    r = referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, Settings(referral_fundus_refer=0.5), FUNDUS)
+    assert r is not None and r["level"] == "rescreen_12_months" and r["threshold"] == 0.5
+
+
+def test_without_an_operating_point_the_threshold_is_one_half() -> None:
+    r = referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, Settings(), meta())
+    assert r is not None and r["level"] == "rescreen_12_months" and r["threshold"] == 0.5
+
+
+def test_label_never_contradicts_the_referral() -> None:
+    r = referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, Settings(), FUNDUS)
+    idx = consistent_label("fundus", DR_GRADES, NO_DR_LIKELIEST, r)
+    assert DR_GRADES[idx] == "Moderate"  # the likeliest referable grade, not "No DR" next to "Refer"
+    low = np.array([0.3, 0.5, 0.1, 0.05, 0.05])  # P(>= 2) = 0.2 < 0.5: rescreen, label among grades 0-1
+    r2 = referral_for("fundus", DR_GRADES, low, Settings(), meta())
+    assert r2 is not None and DR_GRADES[consistent_label("fundus", DR_GRADES, low, r2)] == "Mild"
+    oct_p = np.array([0.3, 0.25, 0.05, 0.4])  # NORMAL likeliest, but P(CNV) + P(DME) = 0.55 >= 0.5: urgent
+    r3 = referral_for("oct", OCT_CLASSES, oct_p, Settings(), meta(k=4))
+    assert r3 is not None and r3["level"] == "urgent"
+    assert OCT_CLASSES[consistent_label("oct", OCT_CLASSES, oct_p, r3)] == "CNV"
+    assert label_chooser("oct", OCT_CLASSES, Settings(), meta(k=4))(oct_p) == 0
+
+
+def test_a_model_at_chance_gives_no_advice() -> None:
+    chance = meta(ci=[0.16, 0.51], k=4)
+    assert not informative(chance)
+    r = referral_for("oct", OCT_CLASSES, np.array([0.9, 0.05, 0.03, 0.02]), Settings(), chance)
+    assert r is not None and r["level"] == "not_informative" and r["threshold"] is None
+    assert informative(meta(ci=[0.80, 0.88], k=4))
+    assert informative(meta())  # no interval: as configured
+
+
+def test_threshold_for_sensitivity_keeps_the_target_on_the_fitting_set() -> None:
+    rng = np.random.default_rng(0)
+    pos = rng.random(400) < 0.3
+    score = np.where(pos, rng.beta(4, 2, 400), rng.beta(2, 4, 400))
+    t = threshold_for_sensitivity(score, pos, 0.87)
+    assert (score[pos] >= t).mean() >= 0.87
+    assert (score[pos] >= np.nextafter(t, 1)).mean() < 0.87  # the largest such threshold
+    r = sens_spec(score, pos, t, n_boot=200)
+    assert r["sensitivity"] >= 0.87 and r["sensitivity_ci95"][0] <= r["sensitivity"] <= r["sensitivity_ci95"][1]
+    assert 0 < r["specificity"] < 1 and r["n_positive"] == int(pos.sum())
