@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("machine: %d cores, load average before: %s", os.cpu_count() or 0, loadavg())
 
     # Offline first, while nothing else of ours runs.
-    targets = [(p.stem, p) for p in sorted(models_dir.glob("*.pt"))]
+    from retina.gate import GATE_FILE  # the gate is no /predict model
+
+    targets = [(p.stem, p) for p in sorted(models_dir.glob("*.pt")) if p.name != GATE_FILE]
     offline: dict[str, dict[int, float]] = {}
     for model_id, path in targets:
         meta = checkpoint.meta_from_dict(checkpoint.read(path))
