@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from retina import checkpoint
 from retina.cam import Explainer, overlay
 from retina.models import cam_layer_for
-from retina.preprocessing import denormalize, pil_to_uint8_tensor, prepare, tail
+from retina.preprocessing import denormalize, load_image, pil_to_uint8_tensor, prepare, tail
 from training.datasets import read_tables
 
 logger = logging.getLogger("training.cam_gallery")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for row, cls in enumerate(names):
             idx = np.flatnonzero(table.labels == row)[: args.per_class]
             for col, i in enumerate(idx):
-                pixels = pil_to_uint8_tensor(prepare(Image.open(table.paths[i]), spec))
+                pixels = pil_to_uint8_tensor(prepare(load_image(table.paths[i]), spec))  # decoded as uploads are
                 x = tail(spec)(pixels).unsqueeze(0)  # (1, C, S, S): the tensor /predict scores
                 with torch.no_grad():
                     pred = int(model(x).argmax())

@@ -221,21 +221,14 @@ class ModelStore:
         # A custom models dir may bring its own gate; otherwise the shipped one applies.
         beside = Path(self.settings.models_dir) / GATE_FILE
         path = Path(self.settings.gate_file or (beside if beside.is_file() else DEFAULT_MODELS_DIR / GATE_FILE))
+        if not path.is_file():
+            self.problems.append(f"image gate file {path} not found (train it with python -m training.gate)")
+            return
         try:
-            self.gate = ImageGate.load(path)
-        except FileNotFoundError:
-            self.problems.append(f"image gate file {path} not found (fit it with python -m training.gate)")
-        except CheckpointError as e:
-            missing = not path.is_file()
-            self.problems.append(
-                f"image gate file {path} not found (train it with python -m training.gate)"
-                if missing
-                else f"image gate file {path} is invalid: {e}"
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            self.gate = ImageGate.load(path)  # a checkpoint: loads onto the CPU, where the gate runs
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.problems.append(f"image gate file {path} is invalid: {type(e).__name__}: {e}")
         else:
-            self.gate.model.to("cpu")
             logger.info("image gate from %s (v%s, thresholds %s)", path, self.gate.version, self.gate.thresholds)
 
     def _fail_all(self, error: str) -> None:
