@@ -218,13 +218,20 @@ def _tv_model(
         model.classifier[-1] = _head(last.in_features, num_classes, head_hidden, dropout)
     if warm is not None:
         # Warm start from an earlier RetinaScope checkpoint of the same architecture: every
-        # backbone tensor must load; the head is new (it may have another number of classes).
-        backbone = {k: v for k, v in warm.items() if not k.startswith(head_attr + ".")}
+        # backbone tensor must load. The head is kept when it has the same shape (a fine-tune
+        # of the same task, e.g. on more data), else it is new (another number of classes).
+        own = model.state_dict()
+        head = {k: v for k, v in warm.items() if k.startswith(head_attr + ".")}
+        same_head = bool(head) and set(head) == {k for k in own if k.startswith(head_attr + ".")}
+        same_head = same_head and all(own[k].shape == v.shape for k, v in head.items())
+        backbone = {k: v for k, v in warm.items() if same_head or not k.startswith(head_attr + ".")}
         missing, unexpected = model.load_state_dict(backbone, strict=False)
         bad = [k for k in missing if not k.startswith(head_attr + ".")]
         if bad or unexpected:
             raise ValueError(f"{weights} does not fit {tv_name}: missing {bad[:5]}, unexpected {unexpected[:5]}")
-        logger.info("warm start: %s backbone from checkpoint %s (new head)", tv_name, weights)
+        logger.info(
+            "warm start: %s from checkpoint %s (%s)", tv_name, weights, "head kept" if same_head else "new head"
+        )
     if freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(head_attr)

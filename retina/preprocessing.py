@@ -491,11 +491,76 @@ class RandomGamma(torch.nn.Module):
         return v2.functional.adjust_gamma(x, g)
 
 
-def augmentations(spec: PreprocessSpec, strength: Literal["none", "light", "strong"] = "light") -> v2.Transform:
-    """Random ops on prepared ``uint8`` tensors ``(C, size, size)``; shape is preserved."""
+class ChannelGain(torch.nn.Module):
+    """Per-channel contrast and offset about mid-grey on a ``uint8 (C, H, W)`` prepared image.
+
+    Imitates what differs between fundus cameras and clinics after local-average colour
+    normalisation (which centres every photo on grey 128): a residual white balance (the
+    red, green and blue channels keep different contrasts) and a slight colour cast.
+    torchvision's ``ColorJitter`` changes all channels together; this draws one gain per channel.
+    """
+
+    def __init__(self, gain: float = 0.25, offset: float = 10.0) -> None:
+        super().__init__()
+        self.gain, self.offset = gain, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-3]
+        g = 1.0 + self.gain * (2 * torch.rand(c, 1, 1) - 1)
+        o = self.offset * (2 * torch.rand(c, 1, 1) - 1)
+        return (128.0 + (x.float() - 128.0) * g + o).clamp(0, 255).to(torch.uint8)
+
+
+class Vignette(torch.nn.Module):
+    """Radial loss of contrast towards a random point near the centre (uneven illumination).
+
+    ``x' = 128 + (x - 128) * (1 - a r^2)``, ``r`` the distance from the drawn centre over the
+    half-width, ``a`` uniform in ``[0, strength]``. Written by hand: torchvision has no
+    vignetting transform, and camera illumination fall-off is what raw photos differ by most.
+    """
+
+    def __init__(self, strength: float = 0.5) -> None:
+        super().__init__()
+        self.strength = strength
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        a = self.strength * float(torch.rand(()))
+        cy, cx = (0.5 + 0.2 * (torch.rand(2) - 0.5)).tolist()
+        yy = (torch.arange(h, dtype=torch.float32) / h - cy).view(-1, 1)
+        xx = (torch.arange(w, dtype=torch.float32) / w - cx).view(1, -1)
+        fall = (1.0 - a * 4.0 * (yy**2 + xx**2)).clamp(0.2, 1.0)
+        return (128.0 + (x.float() - 128.0) * fall).clamp(0, 255).to(torch.uint8)
+
+
+def augmentations(
+    spec: PreprocessSpec, strength: Literal["none", "light", "strong", "camera"] = "light"
+) -> v2.Transform:
+    """Random ops on prepared ``uint8`` tensors ``(C, size, size)``; shape is preserved.
+
+    ``camera`` (fundus): any rotation and flips, per-channel gain (white balance), gamma,
+    vignetting and defocus blur, so that photos from other cameras and clinics, and raw photos
+    next to publisher-normalised crops, look alike to the model.
+    """
     if strength == "none":
         return v2.Identity()
     interp = _TV_INTERP[spec.interpolation]
+    if strength == "camera":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    spec.size, scale=(0.8, 1.0), ratio=(0.9, 1.1), interpolation=interp, antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+                v2.RandomRotation(180, interpolation=interp),
+                v2.RandomApply([ChannelGain(0.25, 10.0)], p=0.8),
+                RandomGamma((0.75, 1.33)),
+                v2.ColorJitter(brightness=0.2, contrast=0.25, saturation=0.2),
+                v2.RandomApply([Vignette(0.5)], p=0.5),
+                v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.3),
+            ]
+        )
     strong = strength == "strong"
     ops: list[Any] = [
         v2.RandomResizedCrop(
@@ -529,7 +594,7 @@ def augmentations(spec: PreprocessSpec, strength: Literal["none", "light", "stro
 
 
 def train_transform(
-    spec: PreprocessSpec, strength: Literal["none", "light", "strong"] = "light"
+    spec: PreprocessSpec, strength: Literal["none", "light", "strong", "camera"] = "light"
 ) -> Callable[[Image.Image], torch.Tensor]:
     """``PIL -> float (C, size, size)``: prepare, random augmentation, then the eval tail."""
     return v2.Compose([Prepare(spec), v2.PILToTensor(), augmentations(spec, strength), tail(spec)])

@@ -59,7 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 64,
     "eval_batch_size": 256,
-    "augment": "none",  # none | light | strong (retina.preprocessing.augmentations)
+    "augment": "none",  # none | light | strong | camera (retina.preprocessing.augmentations)
+    "domain_balance": None,  # float p: draw each image domain (dataset x crop/raw photo) in proportion to n**p
+    "epoch_images": None,  # images drawn per training epoch; null = the training split's size
     "imbalance": "none",  # none | class_weights | weighted_sampler | smote
     "class_weight_power": 1.0,  # class_weights ** power; 0.5 tempers extreme imbalance
     "label_smoothing": 0.0,
@@ -237,7 +239,7 @@ def resolve(
 
 _CHOICES = {
     "scheduler": ("none", "cosine"),
-    "augment": ("none", "light", "strong"),
+    "augment": ("none", "light", "strong", "camera"),
     "imbalance": ("none", "class_weights", "weighted_sampler", "smote"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -254,6 +256,13 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg['optim']['name']!r}")
     if cfg["epochs"] < 0 or cfg["batch_size"] < 1:
         raise ConfigError("epochs must be >= 0 and batch_size >= 1")
+    db, ei = cfg["domain_balance"], cfg["epoch_images"]
+    if db is not None and not (isinstance(db, (int, float)) and 0 <= db <= 1):
+        raise ConfigError(f"domain_balance must be in [0, 1] or null, got {db!r}")
+    if ei is not None and not (isinstance(ei, int) and ei >= 1):
+        raise ConfigError(f"epoch_images must be a positive integer or null, got {ei!r}")
+    if (db is not None or ei is not None) and cfg["augment"] == "none":
+        raise ConfigError("domain_balance and epoch_images draw augmented batches: set augment")
     lf = cfg["label_fraction"]
     if lf is not None and not (isinstance(lf, (int, float)) and 0 < lf <= 1):
         raise ConfigError(f"label_fraction must be in (0, 1], got {lf!r}")

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,6 +65,8 @@ class ImageTable:
         source: one of :data:`FORMATS`.
         root: the dataset root.
         label_scheme: fundus scheme (``grade``...) or ``None`` for OCT.
+        parts: ``(N,)`` int index of the dataset each row came from when several were read
+            as one (:func:`read_tables`), else ``None``.
     """
 
     paths: list[str]
@@ -77,6 +80,7 @@ class ImageTable:
     source: str
     root: str
     label_scheme: str | None = None
+    parts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -91,6 +95,7 @@ class ImageTable:
             split=None if self.split is None else self.split[idx],
             images=None if self.images is None else self.images[idx],
             sizes=self.sizes[idx],
+            parts=None if self.parts is None else self.parts[idx],
         )
 
     def fingerprint(self) -> str:
@@ -206,6 +211,7 @@ def read_tables(
         source="+".join(sources),
         root=os.path.commonpath([t.root for t in tables]),
         label_scheme=first.label_scheme,
+        parts=np.concatenate([np.full(len(t), i, dtype=np.int64) for i, t in enumerate(tables)]),
     )
 
 
@@ -445,7 +451,30 @@ def split_indices(
 
     Splits the source defines (OCT2017 folders, MedMNIST npz) are kept; missing ones are
     carved out of ``train`` by patient. Raises :class:`DatasetError` on an empty split.
+
+    Several datasets read as one (``table.parts``) that share no patient are split one by
+    one with the same seed and fractions: each keeps the split it has alone, so adding a
+    dataset never moves an earlier one's test patients into training (a model warm-started
+    from a run on the first dataset stays honest on its test split), and every dataset has
+    its own held-out part. Datasets that share patients are split jointly.
     """
+    parts = table.parts
+    if parts is not None and len(np.unique(parts)) > 1:
+        owners: dict[str, set[int]] = defaultdict(set)
+        for g, p in zip(table.groups, parts, strict=True):
+            owners[str(g)].add(int(p))
+        if all(len(v) == 1 for v in owners.values()):
+            out = {s: [] for s in SPLITS}
+            for p in np.unique(parts):
+                rows = np.flatnonzero(parts == p)
+                sub = split_indices(
+                    replace(table.subset(rows), parts=None), val_frac=val_frac, test_frac=test_frac, seed=seed
+                )
+                for s in SPLITS:
+                    out[s].append(rows[sub[s]])
+            joined = {s: np.sort(np.concatenate(v)).astype(np.int64) for s, v in out.items()}
+            check_disjoint(table, joined)
+            return joined
     n = len(table)
     all_idx = np.arange(n)
     given = {s: all_idx[table.split == s] for s in SPLITS} if table.split is not None else {}

@@ -235,6 +235,31 @@ def smote_resample(images: torch.Tensor, labels: np.ndarray, seed: int = 0) -> t
     return torch.from_numpy(xr), np.asarray(yr, dtype=np.int64)
 
 
+def image_domains(table: ImageTable, idx: np.ndarray) -> np.ndarray:
+    """``(len(idx),)`` str: the dataset of each row and whether it is a small square crop or a photo.
+
+    EyePACS as shared here mixes 256x256 publisher-normalised crops with raw camera photos,
+    and users upload raw photos; a second dataset (IDRiD) is another camera again.
+    """
+    parts = table.parts[idx] if table.parts is not None else np.zeros(len(idx), dtype=np.int64)
+    w, h = table.sizes[idx, 0], table.sizes[idx, 1]
+    look = np.where((w == h) & (w <= 256), "crop", "photo")
+    return np.asarray([f"{p}:{k}" for p, k in zip(parts, look, strict=True)])
+
+
+def domain_sample_weights(domains: np.ndarray, power: float) -> torch.Tensor:
+    """Per-row draw weights giving each domain a share proportional to ``n_domain ** power``.
+
+    ``power`` 1 keeps the natural mix, 0 draws every domain equally; in between (0.5) the
+    few raw photos are seen far more often than their count alone would give, without
+    letting a 300-photo dataset be repeated as often as a 4,000-image one.
+    """
+    names, inverse, counts = np.unique(domains, return_inverse=True, return_counts=True)
+    share = counts.astype(np.float64) ** power
+    share /= share.sum()
+    return torch.as_tensor(share[inverse] / counts[inverse])
+
+
 def class_weights(labels: np.ndarray, k: int, power: float = 1.0) -> torch.Tensor:
     """``(N / (K * count_c)) ** power`` per class (sklearn's "balanced" at power 1); 0 for absent classes.
 
@@ -264,29 +289,32 @@ class AugmentedBatches:
         seed: int,
         weights: torch.Tensor | None = None,
         num_workers: int = 0,
+        num_samples: int | None = None,
     ) -> None:
         self.dataset = PreparedDataset(images, labels, transform=augmentations(spec, strength))
         self.batch_size = batch_size
         self.seed = seed
         self.weights = weights
         self.num_workers = num_workers
+        self.num_samples = num_samples or len(self.dataset)  # draws per epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = self.num_samples
         return n // self.batch_size if n % self.batch_size == 1 and n > 1 else math.ceil(n / self.batch_size)
 
     def __iter__(self):  # noqa: ANN204 - a generator of batches
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        sampler = (
-            torch.utils.data.WeightedRandomSampler(self.weights.double(), len(self.dataset), generator=g)
-            if self.weights is not None
-            else torch.utils.data.RandomSampler(self.dataset, generator=g)
-        )
-        n = len(self.dataset)
+        n = self.num_samples
+        if self.weights is not None:
+            sampler: Any = torch.utils.data.WeightedRandomSampler(self.weights.double(), n, generator=g)
+        elif n != len(self.dataset):
+            sampler = torch.utils.data.RandomSampler(self.dataset, num_samples=n, replacement=True, generator=g)
+        else:
+            sampler = torch.utils.data.RandomSampler(self.dataset, generator=g)
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -474,12 +502,32 @@ def fit(
     if imbalance == "weighted_sampler":
         counts = np.bincount(tr_y, minlength=k).astype(np.float64)
         sample_w = torch.as_tensor(1.0 / counts[tr_y])
+    if cfg["domain_balance"] is not None and imbalance != "smote":
+        domains = image_domains(table, train_idx)
+        dom_w = domain_sample_weights(domains, float(cfg["domain_balance"]))
+        sample_w = dom_w if sample_w is None else dom_w * sample_w
+        names, counts = np.unique(domains, return_counts=True)
+        share = {str(d): round(float(dom_w[domains == d].sum() / dom_w.sum()), 3) for d in names}
+        logger.info(
+            "domain_balance=%s: images %s, share of draws %s",
+            cfg["domain_balance"],
+            dict(zip(names.tolist(), counts.tolist(), strict=True)),
+            share,
+        )
     bs = cfg["batch_size"]
     if cfg["augment"] == "none":
         train_loader: Any = TensorBatches(tr_x, tr_y, bs, shuffle=True, seed=seed, weights=sample_w)
     else:
         train_loader = AugmentedBatches(
-            tr_x, tr_y, spec, cfg["augment"], bs, seed=seed, weights=sample_w, num_workers=cfg["num_workers"]
+            tr_x,
+            tr_y,
+            spec,
+            cfg["augment"],
+            bs,
+            seed=seed,
+            weights=sample_w,
+            num_workers=cfg["num_workers"],
+            num_samples=cfg["epoch_images"],
         )
     val_y = table.labels[val_idx]
     val_loader = TensorBatches(bundle.images[torch.as_tensor(val_idx)], val_y, cfg["eval_batch_size"])
