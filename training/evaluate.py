@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="also report raw photos only (long side > 300 px)",
     )
+    p.add_argument(
+        "--part",
+        type=int,
+        default=None,
+        help="with --data a,b: score only the rows of the K-th dataset (0-based) of the recomputed split",
+    )
     p.add_argument("--format", default=None, help="dataset format (default: the training one, else auto)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--device", default="auto")
@@ -241,6 +247,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if tuple(full.class_names) != tuple(meta.class_names):
         raise DatasetError(f"dataset classes {full.class_names} differ from the model's {meta.class_names}")
     table, idx, split, info = resolve_rows(meta, full, args.split)
+    if args.part is not None:
+        # A model trained on several datasets: its split recomputed on all of them (so the
+        # fingerprint matches), then one dataset's rows, e.g. IDRiD's held-out part.
+        if table.parts is None or args.part not in set(table.parts.tolist()):
+            raise DatasetError(f"--part {args.part}: --data {args.data} does not have that many datasets")
+        idx = idx[table.parts[idx] == args.part]
+        info["part"] = str(args.data).split(",")[args.part]
     spec = meta.preprocess
     cache = args.cache_dir if args.cache_dir is not None else d["cache_dir"]
     images = load_prepared(table, np.arange(len(table)), spec, cache_dir=Path(cache) if cache else None)
@@ -273,7 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     context = {
         "checkpoint": f"`{args.checkpoint}` ({meta.arch}, v{meta.version}, {meta.task})",
         "data": f"`{args.data}` ({table.source}, {len(full)} images)",
-        "split": f"{split} ({info.get('split_source', 'all images')})",
+        "split": f"{split} ({info.get('split_source', 'all images')})"
+        + (f", rows of {info['part']} only" if "part" in info else ""),
         "images / patients": f"{metrics['n']} / {metrics['n_patients']}",
         "preprocess": f"{spec.size}px, {spec.channels} ch, square={spec.square}",
         "temperature": f"{t:.3f}",

@@ -28,6 +28,7 @@ cropped copies of the dev images.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -66,7 +67,8 @@ from retina.preprocessing import load_image
 
 logger = logging.getLogger("training.gate")
 
-MODEL_ARGS: dict[str, Any] = {"in_channels": 3, "num_classes": 3, "width": 16, "dropout": 0.2}
+MODEL_ARGS: dict[str, Any] = {"in_channels": 3, "num_classes": 3, "width": 16, "dropout": 0.2, "stem_stride": 2}
+VERSION = "1.1.0"
 TARGET_FA = 0.01  # largest accepted share of non-retinal photographs (issue: at most 1 %)
 # Quality limits: the 0.5 % quantile of the real images, loosened by this factor (OCT gets more
 # slack: its scanners and exports differ more than the fundus cameras here).
@@ -364,16 +366,88 @@ def build_views(root: Path, n_generated: int = 60, seed: int = 0, workers: int =
     )
 
 
+def _views_key(root: Path, n_generated: int, seed: int, limit: int | None) -> str:
+    """Cache key of :func:`build_views`: the code that makes views, the input files, the arguments."""
+    import inspect
+
+    import retina.gate as core
+
+    h = hashlib.sha256(inspect.getsource(core).encode())
+    for fn in (
+        retinal_files, _retinal_job, build_views, hard_variants, realistic_variants, generated_negatives,
+        sample_photos, _in_disc, _disc_mask, _vignette, _red_cast, _jpeg, _font_text,
+    ):  # fmt: skip
+        h.update(inspect.getsource(fn).encode())
+    for _, _, _, path in retinal_files(root):
+        st = path.stat()
+        h.update(f"{path.relative_to(root)}:{st.st_size}".encode())
+    neg = root / "negatives" / "imagenet-sample"
+    h.update(str(sorted((p.name, p.stat().st_size) for p in neg.glob("*") if p.is_file())).encode())
+    h.update(f"{n_generated}:{seed}:{limit}".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_views(root: Path, cache_dir: Path | None, *, seed: int = 0, limit: int | None = None) -> Views:
+    """:func:`build_views`, kept in ``cache_dir`` (an ``.npz`` and JSON: no pickle) under a key of code and inputs."""
+    if cache_dir is None:
+        return build_views(root, seed=seed, limit=limit)
+    key = _views_key(root, 60, seed, limit)
+    path = cache_dir / f"gate-views-{key}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        logger.info("gate views from cache %s", path)
+        return Views(
+            x=torch.from_numpy(z["x"]),
+            y=z["y"],
+            group=z["group"],
+            kind=z["kind"],
+            source=z["source"],
+            name=z["name"],
+            quality=json.loads(str(z["quality"])),
+        )
+    v = build_views(root, seed=seed, limit=limit)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp, x=v.x.numpy(), y=v.y, group=v.group, kind=v.kind, source=v.source, name=v.name,
+        quality=np.asarray(json.dumps(v.quality)),
+    )  # fmt: skip
+    tmp.replace(path)
+    return v
+
+
 # ----------------------------------------------------------------------------- model
-def _augment() -> v2.Transform:
-    """Light, label-preserving changes of a ``uint8 (3, S, S)`` view (camera, exposure, framing)."""
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.85, 1.1)),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.25, hue=0.02),
-        ]
-    )
+def augment_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Light, label-preserving changes of gate views: ``uint8 (B, 3, S, S)`` -> ``float (B, 3, S, S)`` in [0, 1].
+
+    Per image: a horizontal flip, a small rotation / shift / zoom (camera framing), brightness,
+    contrast and saturation (exposure, camera colour). Written as batched tensor ops because
+    torchvision's v2 transforms draw one set of parameters per call, and calling them image
+    by image was most of the training time of this 0.1 M-parameter network.
+    """
+    b = x.shape[0]
+    out = x.float().div_(255)
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=g)
+
+    flip = torch.rand(b, generator=g) < 0.5
+    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+    ang = torch.deg2rad(u(-10, 10))
+    scale = 1.0 / u(0.85, 1.1)
+    cos, sin = torch.cos(ang) * scale, torch.sin(ang) * scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, u(-0.12, 0.12)], 1), torch.stack([sin, cos, u(-0.12, 0.12)], 1)], 1
+    )  # (B, 2, 3); translations in [-1, 1] units: 0.12 = 6 % of the side
+    grid = nn.functional.affine_grid(theta, list(out.shape), align_corners=False)
+    out = nn.functional.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out * u(0.7, 1.3).view(-1, 1, 1, 1)  # brightness
+    grey = out.mean(dim=1, keepdim=True)
+    mean = grey.mean(dim=(2, 3), keepdim=True)
+    out = mean + (out - mean) * u(0.7, 1.3).view(-1, 1, 1, 1)  # contrast
+    grey = out.mean(dim=1, keepdim=True)
+    out = grey + (out - grey) * u(0.75, 1.25).view(-1, 1, 1, 1)  # saturation
+    return out.clamp_(0, 1)
 
 
 def train_model(
@@ -394,7 +468,6 @@ def train_model(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     counts = np.bincount(y, minlength=len(GATE_CLASSES)).astype(np.float64)
     w = torch.as_tensor(1.0 / counts[y])
-    aug = _augment()
     norm = v2.Normalize(mean=list(GATE_SPEC.mean), std=list(GATE_SPEC.std))
     g = torch.Generator().manual_seed(seed)
     yt = torch.as_tensor(y)
@@ -406,7 +479,7 @@ def train_model(
             idx.split(64), desc=f"gate epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False
         )
         for b in bar:
-            xb = torch.stack([aug(x[i]) for i in b.tolist()]).float().div_(255)
+            xb = augment_batch(x[b], g)
             loss = nn.functional.cross_entropy(model(norm(xb)), yt[b], label_smoothing=0.02)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -434,32 +507,47 @@ def accepted(probs: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
 
 
 def choose_thresholds(probs: np.ndarray, v: Views, fit_mask: np.ndarray) -> dict[str, float]:
-    """Per modality, the smallest threshold with out-of-fold photo false acceptance <= :data:`TARGET_FA`.
+    """Acceptance thresholds with out-of-fold photo false acceptance <= :data:`TARGET_FA` for both modalities together.
 
-    Then lowered, if needed, so that no real dev image (``oct-dev``, ``fundus-dev``) is refused;
-    where the two collide the report shows it.
+    The budget of accepted photographs (1 % of them) is shared between OCT and fundus: every
+    split of it is tried, each modality's threshold set just above its allowed number of most
+    retina-like photos, and the split that refuses the fewest real retinal images (out of
+    fold) is kept. No threshold may exceed 0.98 x the lowest-scored real dev image (``oct-dev``
+    out of fold, ``fundus-dev`` by the fold models): those must pass. If no split satisfies
+    both, the dev constraint wins and the report shows the false acceptance above target.
     """
-    out = {}
     neg = fit_mask & (v.y == OTHER) & np.isin(v.source, ["imagenet", "samples"]) & (v.kind == "real")
+    budget = int(math.floor(TARGET_FA * int(neg.sum())))
+    caps, neg_sorted = {}, {}
     for m in MODALITIES:
         i = GATE_CLASSES.index(m)
-        neg_p = np.sort(probs[neg, i])[::-1]
-        k = int(math.floor(TARGET_FA * len(neg_p)))  # photos allowed through
-        # Just above the (k+1)-th most retina-like photo: at most k accepted.
-        thr_fa = float(min(1.0, neg_p[k] + 1e-4)) if len(neg_p) > k else 0.5
-        # The dev images: oct-dev scored out of fold, fundus-dev (never fitted) by the fold models.
         pos = np.isin(v.source, ["oct-dev", "fundus-dev"]) & (v.y == i) & (v.kind == "real")
-        lowest_real = float(probs[pos, i].min()) if pos.any() else 1.0
-        out[m] = float(max(1e-3, min(thr_fa, lowest_real * 0.98, 0.9)))
-        logger.info(
-            "%s: threshold for <=%.1f%% FA %.4f, lowest real positive %.4f -> %.4f",
-            m,
-            100 * TARGET_FA,
-            thr_fa,
-            lowest_real,
-            out[m],
-        )
-    return out
+        caps[m] = float(min(0.98 * probs[pos, i].min(), 0.9)) if pos.any() else 0.9
+        neg_sorted[m] = np.sort(probs[neg, i])[::-1]
+    real = fit_mask & (v.y != OTHER) & (v.kind == "real")
+    want = np.asarray(GATE_CLASSES)[v.y[real]]
+    best: tuple[int, int, dict[str, float]] | None = None
+    for k_oct in range(budget + 1):
+        allowed = {"oct": k_oct, "fundus": budget - k_oct}
+        thr = {}
+        for m in MODALITIES:
+            ns = neg_sorted[m]
+            thr[m] = float(min(1.0, ns[allowed[m]] + 1e-4)) if len(ns) > allowed[m] else 1e-3
+        if any(thr[m] > caps[m] for m in MODALITIES):
+            continue
+        fa = int((accepted(probs[neg], thr) != "other").sum())
+        fr = int((accepted(probs[real], thr) != want).sum())
+        if fa <= budget and (best is None or (fr, fa) < (best[0], best[1])):
+            best = (fr, fa, thr)
+    if best is None:
+        out = {m: max(1e-3, caps[m]) for m in MODALITIES}
+        logger.warning("no threshold pair meets <= %.1f%% FA with every dev image accepted: %s", 100 * TARGET_FA, out)
+    else:
+        out = best[2]
+        logger.info("thresholds %s: %d of %d photos accepted, %d real images refused (out of fold)", out, best[1],
+                    int(neg.sum()), best[0])  # fmt: skip
+    logger.info("caps from the lowest real dev image: %s", caps)
+    return {m: float(out[m]) for m in MODALITIES}
 
 
 def quality_limits(v: Views, mask: np.ndarray) -> dict[str, dict[str, float]]:
@@ -486,6 +574,25 @@ def quality_limits(v: Views, mask: np.ndarray) -> dict[str, dict[str, float]]:
                     q = float(np.quantile(vals, 1 - quantile))
                     per.append(float(min(1.0, q + (1 - q) * (1 - slack))))
             limits[m][name] = min(per) if QUALITY_DIRECTION[name] == "min" else max(per)
+        # As for the acceptance thresholds: no real dev image may be called ungradable, so a
+        # limit a dev image fails is loosened just past it (0.5 %: blurred copies of dev photos
+        # sit as close as 1 % above a hazy real one in sharpness; the report lists the limits).
+        dev = np.flatnonzero(
+            np.isin(v.source, ["oct-dev", "fundus-dev"]) & (v.y == GATE_CLASSES.index(m)) & (v.kind == "real")
+        )
+        for name in QUALITY_MEASURES[m]:
+            vals = np.asarray([v.quality[i][name] for i in dev])
+            if not len(vals):
+                continue
+            if QUALITY_DIRECTION[name] == "min" and vals.min() < limits[m][name]:
+                logger.info(
+                    "%s %s: limit %.4g loosened to %.4g for a dev image", m, name, limits[m][name], 0.995 * vals.min()
+                )
+                limits[m][name] = float(0.995 * vals.min())
+            elif QUALITY_DIRECTION[name] == "max" and vals.max() > limits[m][name]:
+                new = float(min(1.0, vals.max() + 0.005 * (1 - vals.max())))
+                logger.info("%s %s: limit %.4g loosened to %.4g for a dev image", m, name, limits[m][name], new)
+                limits[m][name] = new
     return limits
 
 
@@ -516,12 +623,21 @@ def _rate(mask: np.ndarray, outcome: np.ndarray, want: str | None = None) -> dic
 
 
 def run(
-    root: Path, out: Path, report_dir: Path, *, folds: int = 5, epochs: int = 8, seed: int = 0, limit: int | None = None
+    root: Path,
+    out: Path,
+    report_dir: Path,
+    *,
+    folds: int = 5,
+    epochs: int = 8,
+    seed: int = 0,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     report_dir.mkdir(parents=True, exist_ok=True)
-    v = build_views(root, seed=seed, limit=limit)
+    v = cached_views(root, cache_dir, seed=seed, limit=limit)
     fit_mask = v.source != "fundus-dev"
     oof = cross_validate(v, fit_mask, folds, epochs, seed)
+    np.savez(report_dir / "oof.npz", oof=oof, y=v.y, source=v.source, kind=v.kind, name=v.name, group=v.group)
     thresholds = choose_thresholds(oof, v, fit_mask)
     out_cv = accepted(np.nan_to_num(oof), thresholds)
     res: dict[str, Any] = {"thresholds": thresholds, "folds": folds, "epochs": epochs}
@@ -563,7 +679,7 @@ def run(
         "quality_limits": {m: f"{q} quantile x {k} per look" for m, (q, k) in QUALITY.items()},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    gate = ImageGate(model, GATE_SPEC, thresholds, limits, fitted_on, version="1.0.0")
+    gate = ImageGate(model, GATE_SPEC, thresholds, limits, fitted_on, version=VERSION)
     metrics = {k: res[k] for k in ("cv_false_acceptance_photos", "cv_false_rejection", "fundus_dev_false_rejection")}
     gate.save(out, MODEL_ARGS, metrics=metrics)
     gate = ImageGate.load(out)
@@ -645,6 +761,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many images per set (smoke runs)")
     p.add_argument("--per-epoch", type=int, default=6000, help="views drawn per epoch, classes evenly")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all)")
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="gate views cache ('' for none)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -659,6 +776,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         seed=args.seed,
         limit=args.limit,
+        cache_dir=args.cache_dir if str(args.cache_dir) else None,
     )
     logger.info("photos accepted (CV): %s", res["cv_false_acceptance_photos"])
     logger.info("fundus-dev refused: %s", res["fundus_dev_false_rejection"])

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from retina import checkpoint
 from retina.labels import DR_GRADES
+from training.evaluate import RAW_LONG_SIDE
 
 logger = logging.getLogger("training.operating_point")
 
@@ -44,13 +46,28 @@ POINTS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
 }
 
 
-def read_predictions(path: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(score (N,), positive (N,) bool)`` from a ``predictions.csv`` written by ``training.evaluate`` / ``cv``."""
+def _is_raw_photo(path: str) -> bool:
+    """A raw camera photo (long side > ``RAW_LONG_SIDE`` px), not a publisher's 256-px crop; header read only."""
+    with Image.open(path) as im:
+        return max(im.size) > RAW_LONG_SIDE
+
+
+def read_predictions(
+    path: Path | list[Path], classes: tuple[str, ...], *, raw_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(score (N,), positive (N,) bool)`` from ``predictions.csv`` files written by ``training.evaluate`` / ``cv``.
+
+    Several files are concatenated (e.g. two datasets' validation splits); ``raw_only`` keeps
+    raw camera photos only (what users upload), as ``training.evaluate --subset raw`` does.
+    """
     scores, pos = [], []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            scores.append(sum(float(row[f"p_{c}"]) for c in classes))
-            pos.append(row["label"] in classes)
+    for one in path if isinstance(path, list) else [path]:
+        with open(one, newline="") as f:
+            for row in csv.DictReader(f):
+                if raw_only and not _is_raw_photo(row["path"]):
+                    continue
+                scores.append(sum(float(row[f"p_{c}"]) for c in classes))
+                pos.append(row["label"] in classes)
     return np.asarray(scores), np.asarray(pos)
 
 
@@ -90,7 +107,10 @@ def sens_spec(score: np.ndarray, positive: np.ndarray, t: float, n_boot: int = 1
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.operating_point", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--fit", type=Path, required=True, help="predictions.csv of the validation / out-of-fold set")
+    p.add_argument(
+        "--fit", type=Path, action="append", required=True, help="predictions.csv of the validation / out-of-fold set"
+    )
+    p.add_argument("--raw-only", action="store_true", help="fit on raw camera photos only (long side > 300 px)")
     p.add_argument("--point", required=True, help="refer | urgent (fundus); urgent | routine (OCT)")
     p.add_argument("--sensitivity", type=float, required=True, help="target sensitivity on --fit")
     p.add_argument("--fitted-on", required=True, help="words for the card: which split the point was fitted on")
@@ -103,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("no operating point %r for task %r; known: %s", args.point, meta.task, sorted(POINTS))
         return 2
     classes, positive_means = POINTS[key]
-    score, pos = read_predictions(args.fit, classes)
+    score, pos = read_predictions(args.fit, classes, raw_only=args.raw_only)
     t = threshold_for_sensitivity(score, pos, args.sensitivity)
     point: dict[str, Any] = {
         "threshold": t,

@@ -249,3 +249,37 @@ def test_eyepacs_layout_without_eye_suffix_gives_one_group_per_image(tmp_path):
     (root / "trainLabels.csv").write_text("\n".join(lines) + "\n")
     t = read_table(root)
     assert sorted(set(t.groups)) == [f"IDRiD_{i:03d}" for i in range(6)]
+
+
+def test_datasets_read_as_one_keep_each_ones_own_split(tmp_path):
+    """Adding a dataset must not move the first one's test patients (a warm start stays honest)."""
+    from training.datasets import read_tables
+
+    a = make_eyepacs(tmp_path / "a", patients=20)
+    b = tmp_path / "b"
+    (b / "train").mkdir(parents=True)
+    lines = ["image,level"]
+    for i in range(20):
+        _img(b / "train" / f"IDRiD_{i:03d}.jpeg", "RGB", (64, 48), seed=100 + i)
+        lines.append(f"IDRiD_{i:03d},{i % 5}")
+    (b / "trainLabels.csv").write_text("\n".join(lines) + "\n")
+    alone = read_table(a)
+    both = read_tables([a, b])
+    assert both.parts is not None and set(both.parts.tolist()) == {0, 1}
+    s_alone = split_indices(alone, val_frac=0.2, test_frac=0.2, seed=0)
+    s_both = split_indices(both, val_frac=0.2, test_frac=0.2, seed=0)
+    for s in ("train", "val", "test"):
+        first = sorted(both.paths[i] for i in s_both[s] if both.parts[i] == 0)
+        assert first == sorted(alone.paths[i] for i in s_alone[s]), s
+        assert (both.parts[s_both[s]] == 1).any(), f"the second dataset has no {s} part"
+    assert sorted(np.concatenate(list(s_both.values())).tolist()) == list(range(len(both)))
+
+
+def test_datasets_sharing_patients_are_split_jointly(tmp_path):
+    from tests.training.synth import make_labels_csv
+    from training.datasets import read_tables
+
+    t = read_tables([make_labels_csv(tmp_path / "a", seed=0), make_labels_csv(tmp_path / "b", seed=1)], task="oct")
+    parts = split_indices(t, val_frac=0.25, test_frac=0.25, seed=0)
+    seen = [set(t.groups[v]) for v in parts.values()]
+    assert all(not (x & y) for i, x in enumerate(seen) for y in seen[i + 1 :])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from retina import checkpoint
-from retina.gate import GATE_CLASSES, GATE_FILE, ImageGate, gate_view, quality
+from retina.gate import GATE_CLASSES, GATE_FILE, GATE_SPEC, ImageGate, gate_view, quality
 from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import load_image
 
@@ -156,7 +156,9 @@ def test_batch_and_single_assessment_agree(gate: ImageGate) -> None:
 
 
 def test_gate_checkpoint_round_trips_and_refuses_other_files(gate: ImageGate, tmp_path: Path) -> None:
-    path = gate.save(tmp_path / "g.pt", {"in_channels": 3, "num_classes": 3, "width": 16, "dropout": 0.2})
+    from training.gate import MODEL_ARGS  # the shipped gate's architecture (stem stride 2)
+
+    path = gate.save(tmp_path / "g.pt", MODEL_ARGS)
     again = ImageGate.load(path)
     img = Image.fromarray(skimage_data.retina())
     assert again.assess(img).probabilities == pytest.approx(gate.assess(img).probabilities)
@@ -194,3 +196,44 @@ def test_quality_is_invariant_to_grey_vs_rgb_encoding() -> None:
     a = (np.random.default_rng(0).random((200, 300)) * 255).astype(np.uint8)
     for m in ("oct", "fundus"):
         assert quality(Image.fromarray(a), m) == pytest.approx(quality(Image.fromarray(a).convert("RGB"), m))
+
+
+def test_gate_thumb_is_one_small_copy_whatever_the_upload() -> None:
+    from retina.gate import THUMB, gate_thumb
+
+    big = Image.new("RGB", (3000, 2000), (120, 60, 30))
+    t = gate_thumb(big)
+    assert max(t.size) == THUMB and t.size == (THUMB, round(THUMB * 2000 / 3000)) and t.mode == "RGB"
+    assert gate_thumb(t) is t  # already small: returned as it is, so training and serving agree
+    grey16 = Image.fromarray(np.arange(200 * 300, dtype=np.int32).reshape(200, 300))  # mode "I"
+    assert gate_thumb(grey16).mode in ("L", "RGB")
+    # the view and the quality measures are the same from the upload or from its thumb
+    assert torch.equal(gate_view(big), gate_view(t))
+    assert quality(big, "fundus") == pytest.approx(quality(t, "fundus"))
+
+
+def test_fused_inference_copy_matches_the_saved_model() -> None:
+    from retina.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("gatenet", in_channels=3, num_classes=3, width=8, stem_stride=2)
+    for m in model.modules():  # non-trivial batch-norm statistics, so fusing has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    gate = ImageGate(model, GATE_SPEC, {"oct": 0.5, "fundus": 0.5}, {})
+    views = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        ref = torch.softmax(model.eval()(gate._tail(views)), dim=1).numpy()
+    assert np.allclose(gate.probabilities(views), ref, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in gate.model.modules())  # what is saved is unfused
+
+
+def test_batched_augmentation_keeps_views_in_range_and_differs_per_image() -> None:
+    from training.gate import augment_batch
+
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8).expand(8, -1, -1, -1).contiguous()
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 64, 64) and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not torch.allclose(out[0], out[1])  # parameters drawn per image, not per batch

@@ -83,3 +83,24 @@ def test_threshold_for_sensitivity_keeps_the_target_on_the_fitting_set() -> None
     r = sens_spec(score, pos, t, n_boot=200)
     assert r["sensitivity"] >= 0.87 and r["sensitivity_ci95"][0] <= r["sensitivity"] <= r["sensitivity_ci95"][1]
     assert 0 < r["specificity"] < 1 and r["n_positive"] == int(pos.sum())
+
+
+def test_operating_point_fits_on_several_files_and_raw_photos_only(tmp_path) -> None:
+    from PIL import Image
+
+    from training.operating_point import read_predictions
+
+    rows = []
+    for i, (size, label) in enumerate([((256, 256), "Moderate"), ((768, 512), "Moderate"), ((768, 512), "No DR")]):
+        p = tmp_path / f"{i}.jpeg"
+        Image.new("RGB", size).save(p)
+        rows.append(f"{p},{label},{label},0.5,0.1,{0.1 * (i + 1)},0.2,0.1")
+    head = "path,label,pred,p_No DR,p_Mild,p_Moderate,p_Severe,p_Proliferative"
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("\n".join([head, *rows[:2]]) + "\n")
+    b.write_text("\n".join([head, rows[2]]) + "\n")
+    classes = ("Moderate", "Severe", "Proliferative")
+    score, pos = read_predictions([a, b], classes)
+    assert len(score) == 3 and pos.tolist() == [True, True, False]
+    score, pos = read_predictions([a, b], classes, raw_only=True)  # the 256-px crop is left out
+    assert pos.tolist() == [True, False] and score == pytest.approx([0.5, 0.6])

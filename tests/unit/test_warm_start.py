@@ -32,3 +32,22 @@ def test_warm_start_refuses_another_architecture(tiny_models_dir: Path) -> None:
         build_model("resnet34", in_channels=3, num_classes=5, weights=str(path))
     with pytest.raises(ValueError, match="channels"):
         build_model("resnet18", in_channels=1, num_classes=5, weights=str(path))
+
+
+def test_warm_start_keeps_a_head_of_the_same_shape(tiny_models_dir: Path) -> None:
+    """A fine-tune of the same task (more data, other augmentation) starts from the trained head too."""
+    spec = default_for("fundus")
+    path = tiny_models_dir / spec.checkpoint
+    if spec.arch != "resnet18":
+        pytest.skip("the default fundus model is not a ResNet-18")
+    source, meta = checkpoint.load(path)
+    warm = build_model(
+        "resnet18",
+        in_channels=3,
+        num_classes=len(meta.class_names),
+        weights=str(path),
+        **{k: v for k, v in meta.model_args.items() if k not in ("in_channels", "num_classes")},
+    )
+    got = dict(warm.named_parameters())
+    for name, p in source.named_parameters():
+        assert torch.equal(p, got[name]), name
