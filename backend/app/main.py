@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import errors
@@ -133,7 +134,15 @@ class ProxyPrefixMiddleware:
             prefix = Headers(scope=scope).get("x-forwarded-prefix", "").rstrip("/")
             prefix = prefix if _PREFIX_OK.match(prefix) else self.root_path
             if prefix:
-                scope = {**scope, "root_path": prefix}
+                # As uvicorn's --root-path does (ASGI: path includes root_path): routing and mounts
+                # (the docs' static files) strip it again.
+                raw = scope.get("raw_path") or scope["path"].encode()
+                scope = {
+                    **scope,
+                    "root_path": prefix,
+                    "path": prefix + scope["path"],
+                    "raw_path": prefix.encode() + raw,
+                }
         await self.app(scope, receive, send)
 
 
@@ -154,7 +163,7 @@ class UploadLimitMiddleware:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        found = self.limit_for(scope.get("path", ""))
+        found = self.limit_for(get_route_path(scope))
         if found is None:
             await self.app(scope, receive, send)
             return
