@@ -160,6 +160,8 @@ class ReadyStatus:
 
     state: Literal["ready", "not_ready", "unreachable"]
     detail: str = ""
+    # The backend's per-file upload limit in MB (10^6 B), from its /ready body; None when it did not say.
+    max_upload_mb: float | None = None
 
     @property
     def text(self) -> str:
@@ -419,6 +421,15 @@ def _connection_reason(exc: BaseException, url: str) -> str:
     return f"cannot connect to {url}"
 
 
+def _upload_limit(resp: requests.Response) -> float | None:
+    """``limits.max_upload_mb`` of a /ready body; ``None`` from an older backend that does not state it."""
+    try:
+        value = float(resp.json()["limits"]["max_upload_mb"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if value > 0 else None
+
+
 def _content_type(filename: str) -> str:
     # The backend sniffs the bytes (DICOM included); the part's type is informative only.
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
@@ -502,12 +513,12 @@ class BackendClient:
     def ready(self) -> ReadyStatus:
         """``GET /ready``; never raises: every outcome maps to one of the three sidebar states."""
         try:
-            self._request("GET", "/ready", read_timeout=min(self.settings.timeout_s, READY_READ_TIMEOUT_S))
+            resp = self._request("GET", "/ready", read_timeout=min(self.settings.timeout_s, READY_READ_TIMEOUT_S))
         except BackendUnreachable as e:
             return ReadyStatus("unreachable", e.detail)
         except BackendError as e:
             return ReadyStatus("not_ready", e.detail)
-        return ReadyStatus("ready")
+        return ReadyStatus("ready", max_upload_mb=_upload_limit(resp))
 
     def models(self) -> list[ModelInfo]:
         """``GET /models``, in the backend's order."""

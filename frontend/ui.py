@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -488,6 +489,43 @@ class Upload:
         data = f.getvalue()
         # file_id is unique per upload, so two uploads of the same bytes get separate widgets.
         return cls(name=f.name, data=data, digest=cache.file_digest(data), key=str(getattr(f, "file_id", f.name)))
+
+
+def uploader_limit_mb(limit_mb: float | None) -> int | None:
+    """The file uploader's whole-MB limit for the backend's ``limit_mb`` (``None``: Streamlit's default).
+
+    Streamlit takes an int; rounding up keeps files the backend accepts, and :func:`screen_uploads`
+    refuses the few bytes between the two with the backend's own figure.
+    """
+    if limit_mb is None:
+        return None
+    return max(1, math.ceil(limit_mb))
+
+
+def screen_uploads(uploads: Sequence[Upload], limit_mb: float | None) -> tuple[list[Upload], list[str]]:
+    """Uploads to send, and a message for each one left out: a type the backend cannot read, over the
+    backend's size limit, or the same bytes as an earlier upload (which would be scored and audited twice).
+
+    The uploader accepts every type on purpose: its own type filter refuses a file silently (the reason
+    only in a tooltip), while these messages are shown on the page.
+    """
+    keep: list[Upload] = []
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    allowed = ", ".join(f".{t}" for t in UPLOAD_TYPES)
+    for up in uploads:
+        suffix = PurePath(up.name).suffix.lower().lstrip(".")
+        if suffix not in UPLOAD_TYPES:
+            problems.append(f"{up.name}: not an image this service reads ({allowed}); it was not sent.")
+        elif limit_mb is not None and len(up.data) > limit_mb * 1_000_000:
+            size = len(up.data) / 1e6
+            problems.append(f"{up.name} is {size:.1f} MB, over the limit of {limit_mb:g} MB per file; it was not sent.")
+        elif up.digest in seen:
+            problems.append(f"{up.name} is the same file as {seen[up.digest]}; it is shown once.")
+        else:
+            seen[up.digest] = up.name
+            keep.append(up)
+    return keep, problems
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

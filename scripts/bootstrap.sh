@@ -35,9 +35,19 @@ if [ "$groups" != "frontend" ]; then
   if ! "${pip[@]}" show -q torch >/dev/null 2>&1; then
     tv=$(grep -E '^torchvision==' requirements/constraints.txt)
     t=$(grep -E '^torch==' requirements/constraints.txt)
-    log "installing $t $tv (CPU wheel index, else PyPI)"
-    "${pip[@]}" install -q --timeout 20 --retries 1 --index-url https://download.pytorch.org/whl/cpu "$t" "$tv" \
-      || "${pip[@]}" install -q "$t" "$tv"
+    cpu_index=https://download.pytorch.org/whl/cpu
+    log "installing $t $tv from PyTorch's CPU wheel index ($cpu_index)"
+    # pip's own "ERROR: Could not find a version..." would read as a failure and then be followed by a
+    # silent 3 GB download: keep its output, and say what happens instead.
+    cpu_log="$(mktemp)"
+    if "${pip[@]}" install -q --timeout 20 --retries 1 --index-url "$cpu_index" "$t" "$tv" >"$cpu_log" 2>&1; then
+      rm -f "$cpu_log"
+    else
+      log "the CPU wheel index is unreachable or has no $t / $tv (pip said: $(grep -m1 -E 'ERROR|error' "$cpu_log" || tail -n1 "$cpu_log"))"
+      log "installing the PyPI build instead: it bundles the CUDA libraries (about 3 GB to download) and also runs on CPU"
+      rm -f "$cpu_log"
+      "${pip[@]}" install -q "$t" "$tv"
+    fi
   fi
 fi
 log "installing dependency groups: $groups"

@@ -13,13 +13,18 @@ import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import errors
@@ -36,6 +41,10 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Multipart framing around a file (boundaries, part headers, a filename): generous slack.
 _MULTIPART_SLACK = 64 * 1024
+# Swagger UI and ReDoc assets as installed by the fastapi-offline package: the docs work on a
+# network that cannot reach a CDN (FastAPI's default pages load them from jsdelivr).
+DOCS_STATIC_DIR = Path(fastapi_offline.__file__).parent / "static"
+DOCS_STATIC_URL = "/docs-static"
 
 DESCRIPTION = """
 Retinal OCT (CNV / DME / DRUSEN / NORMAL) and colour fundus (DR grade 0-4) classification
@@ -104,6 +113,39 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+_PREFIX_OK = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+
+
+class ProxyPrefixMiddleware:
+    """Set the ASGI ``root_path`` a path-stripping reverse proxy hides: ``X-Forwarded-Prefix`` or a fixed one.
+
+    Caddy's ``handle_path /api/*`` forwards ``/api/docs`` as ``/docs``; without the prefix the docs page
+    would fetch ``/openapi.json``, which the proxy sends to the UI. The header is honoured only when it is
+    a plain path (it is written into the docs HTML); a direct caller who sends one changes only the URLs
+    in its own docs page, so it needs no trust. ``RETINA_ROOT_PATH`` is for proxies that cannot set it.
+    """
+
+    def __init__(self, app: ASGIApp, root_path: str = "") -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            prefix = Headers(scope=scope).get("x-forwarded-prefix", "").rstrip("/")
+            prefix = prefix if _PREFIX_OK.match(prefix) else self.root_path
+            if prefix:
+                # As uvicorn's --root-path does (ASGI: path includes root_path): routing and mounts
+                # (the docs' static files) strip it again.
+                raw = scope.get("raw_path") or scope["path"].encode()
+                scope = {
+                    **scope,
+                    "root_path": prefix,
+                    "path": prefix + scope["path"],
+                    "raw_path": prefix.encode() + raw,
+                }
+        await self.app(scope, receive, send)
+
+
 class UploadLimitMiddleware:
     """Refuse oversized uploads before they are spooled: 413 ``file_too_large``.
 
@@ -113,7 +155,7 @@ class UploadLimitMiddleware:
     handler reads each file (``intake.read_upload``).
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int | None]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], tuple[int, str] | None]) -> None:
         self.app = app
         self.limit_for = limit_for
 
@@ -121,16 +163,16 @@ class UploadLimitMiddleware:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope.get("path", ""))
-        if limit is None:
+        found = self.limit_for(get_route_path(scope))
+        if found is None:
             await self.app(scope, receive, send)
             return
+        # The byte limit carries multipart slack; the words name the setting the user can act on.
+        limit, words = found
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = JSONResponse(
-                errors.error_body(
-                    "file_too_large", f"request body of {int(declared)} bytes is over the limit of {limit} bytes"
-                ),
+                errors.error_body("file_too_large", f"request body of {int(declared) / 1e6:.1f} MB is over {words}"),
                 status_code=413,
                 headers={"Connection": "close"},
             )
@@ -145,24 +187,68 @@ class UploadLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     # An HTTPException subclass: FastAPI's body parser re-raises it untouched.
-                    raise errors.ApiError(413, "file_too_large", f"request body is over the limit of {limit} bytes")
+                    raise errors.ApiError(413, "file_too_large", f"request body is over {words}")
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _body_limits(settings: Settings) -> Callable[[str], int | None]:
+def _body_limits(settings: Settings) -> Callable[[str], tuple[int, str] | None]:
+    """Route path -> (most body bytes, the limit in words): one file per upload route, N on batch."""
     per_file = settings.max_upload_bytes + _MULTIPART_SLACK
-    batch = settings.max_batch_files * per_file
+    mb = f"{settings.max_upload_mb:g} MB"
+    file_limit = (per_file, f"the upload limit of {mb} per file (RETINA_MAX_UPLOAD_MB)")
+    batch_limit = (
+        settings.max_batch_files * per_file,
+        f"the limit of {settings.max_batch_files} files of {mb} each (RETINA_MAX_UPLOAD_MB)",
+    )
+    other = (_MULTIPART_SLACK, f"the limit of {_MULTIPART_SLACK // 1024} KB for a request without a file")
 
-    def limit_for(path: str) -> int | None:
+    def limit_for(path: str) -> tuple[int, str] | None:
         if path.rstrip("/") == "/predict/batch":
-            return batch
+            return batch_limit
         if path.rstrip("/") in ("/predict", "/gradcam", "/report"):
-            return per_file
-        return _MULTIPART_SLACK  # no other route takes a body
+            return file_limit
+        return other  # no other route takes a body
 
     return limit_for
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` from locally served assets; no external host is referenced.
+
+    URLs are prefixed with the request's ``root_path`` (``RETINA_ROOT_PATH``, the proxy's ``/api``) so the
+    page loads its script and ``openapi.json`` through the proxy instead of from the UI behind ``/``.
+    """
+    app.mount(DOCS_STATIC_URL, StaticFiles(directory=DOCS_STATIC_DIR), name="docs-static")
+    oauth_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{oauth_redirect}",
+            swagger_js_url=f"{root}{DOCS_STATIC_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC_URL}/favicon.png",
+        )
+
+    @app.get(oauth_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_STATIC_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_STATIC_URL}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -205,7 +291,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Replaced by install_offline_docs: FastAPI's own pages load Swagger UI from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
@@ -236,6 +326,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(ProxyPrefixMiddleware, root_path=settings.root_path)
     return app
 
 

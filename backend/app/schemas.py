@@ -247,17 +247,26 @@ class ModelStatus(BaseModel):
     error: str | None = None
 
 
+class UploadLimits(BaseModel):
+    """The upload limits this service enforces; the UI shows and applies these, never its own."""
+
+    max_upload_mb: float = Field(description="Largest accepted file, in MB (10^6 bytes): RETINA_MAX_UPLOAD_MB.")
+    max_batch_files: int = Field(description="Most files in one /predict/batch call: RETINA_MAX_BATCH_FILES.")
+
+
 class HealthResponse(BaseModel):
     """Liveness: the process answers. Always 200 while it runs."""
 
     status: Literal["ok"] = "ok"
     ready: bool = Field(description="Same as GET /ready returning 200.")
     models: list[ModelStatus]
+    limits: UploadLimits
 
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     models: list[ModelStatus]
+    limits: UploadLimits
 
 
 class NotReadyResponse(ErrorResponse):

@@ -15,12 +15,15 @@ set -euo pipefail
 # ---------------------------------------------------------------------------- settings
 REPO_URL="https://github.com/YOUR-ORG/retinascope.git" # the repository to deploy (https, or a deploy-key ssh URL)
 REPO_REF="main"                                        # branch or tag
-SSM_API_KEY_PARAM="/retinascope/api-key"               # SecureString with the API key; "" = open API (not advised)
+SSM_API_KEY_PARAM="/retinascope/api-key"               # SecureString with the API key (required: the service is public)
 RETINA_DOMAIN=""                                       # DNS name for HTTPS (tls profile); "" = plain HTTP on 8000/8501
+RETINA_BASIC_AUTH_HASH=""                              # tls: bcrypt hash of the UI login (caddy hash-password); not a secret
 WEB_CONCURRENCY="1"                                    # uvicorn workers (each holds every model in memory)
 RETINA_TORCH_THREADS="2"                               # threads per worker; workers x threads <= vCPUs
-RETINA_BACKEND_CPUS="2"                                # CPU limit of the backend container (<= vCPUs)
-RETINA_BACKEND_MEMORY="3g"                             # memory limit of the backend container
+RETINA_BACKEND_CPUS="2"                                # CPU limit of the backend container (capped at the vCPUs below)
+# c7i.large has 4 GiB: backend 2560m + UI 768m + Caddy 256m = 3.5 GiB, the rest for the OS and Docker.
+RETINA_BACKEND_MEMORY="2560m"                          # memory limit of the backend container
+RETINA_FRONTEND_MEMORY="768m"                          # memory limit of the UI container
 # ----------------------------------------------------------------------------------------
 
 APP_DIR=/opt/retinascope
@@ -45,8 +48,24 @@ systemctl enable --now docker
 docker compose version
 
 # The AWS CLI reads the API key from SSM with the instance role's credentials.
+# Not a bare `snap install` under set -e: on a fresh instance snapd may still be seeding, the install
+# then fails and would end this script before the service is set up. Wait, retry, and go on either way
+# (retinascope-compose needs `aws` only at service start, and says so when it is missing).
 if [ -n "$SSM_API_KEY_PARAM" ] && ! command -v aws >/dev/null 2>&1; then
-  snap install aws-cli --classic
+  snap wait system seed.loaded || true
+  for attempt in 1 2 3 4 5; do
+    if snap install aws-cli --classic; then break; fi
+    echo "[user-data] snap install aws-cli failed (attempt $attempt of 5); retrying in 15 s"
+    sleep 15
+  done
+  command -v aws >/dev/null 2>&1 || [ -x /snap/bin/aws ] \
+    || echo "[user-data] WARNING: no AWS CLI; install it (snap install aws-cli --classic), then systemctl restart retinascope"
+fi
+# A CPU limit above the host's CPUs makes `docker compose up` fail (e.g. cpus: 2 on a 1-vCPU instance).
+ncpu="$(nproc)"
+if awk -v want="$RETINA_BACKEND_CPUS" -v have="$ncpu" 'BEGIN { exit !(want > have) }'; then
+  echo "[user-data] RETINA_BACKEND_CPUS=$RETINA_BACKEND_CPUS is over this host's $ncpu vCPUs: using $ncpu"
+  RETINA_BACKEND_CPUS="$ncpu"
 fi
 
 # The instance's region for the AWS CLI, from the metadata service (IMDSv2).
@@ -75,6 +94,10 @@ RETINA_TORCH_THREADS=$RETINA_TORCH_THREADS
 RETINA_DECODE_THREADS=$RETINA_TORCH_THREADS
 RETINA_BACKEND_CPUS=$RETINA_BACKEND_CPUS
 RETINA_BACKEND_MEMORY=$RETINA_BACKEND_MEMORY
+RETINA_FRONTEND_MEMORY=$RETINA_FRONTEND_MEMORY
+RETINA_FRONTEND_CPUS=1
+# Single quotes: the bcrypt hash holds $ signs, and this file is sourced by bash.
+RETINA_BASIC_AUTH_HASH='$RETINA_BASIC_AUTH_HASH'
 SSM_API_KEY_PARAM=$SSM_API_KEY_PARAM
 AWS_REGION=$aws_region
 EOF

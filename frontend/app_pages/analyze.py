@@ -25,12 +25,15 @@ if not model.loaded:
 kind = {"oct": "OCT B-scans", "fundus": "colour fundus photos", AUTO_MODEL: "OCT B-scans or colour fundus photos"}.get(
     model.task, "images"
 )
-# A fixed label keeps the widget (and the uploads) when the user switches task or model.
+limit_mb = ctx.status.max_upload_mb
+# A fixed label keeps the widget (and the uploads) when the user switches task or model. No type
+# filter and the backend's own size limit: ui.screen_uploads says on the page why a file is left out.
 files = st.file_uploader(
     "Upload scans",
-    help=f"One or more images: {', '.join(ui.UPLOAD_TYPES)}.",
-    type=ui.UPLOAD_TYPES,
+    help=f"One or more images: {', '.join(ui.UPLOAD_TYPES)}"
+    + (f", at most {limit_mb:g} MB each (the backend's limit)." if limit_mb is not None else "."),
     accept_multiple_files=True,
+    max_upload_size=ui.uploader_limit_mb(limit_mb),
     key="uploads",
 )
 method, alpha, size = ui.cam_controls()
@@ -44,7 +47,11 @@ if not files:
         )
     st.stop()
 
-uploads = [ui.Upload.from_uploaded(f) for f in files]
+uploads, problems = ui.screen_uploads([ui.Upload.from_uploaded(f) for f in files], limit_mb)
+for problem in problems:
+    st.error(problem, icon=":material/block:")
+if not uploads:
+    st.stop()
 with st.spinner(f"Classifying {len(uploads)} image(s) with {ui.model_label(model)}..."):
     results = ui.predict_all(ctx, model, uploads)
 

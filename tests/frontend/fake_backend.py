@@ -123,6 +123,7 @@ class FakeBackend:
     """
 
     ready: bool = True
+    max_upload_mb: float = 10.0
     not_ready_detail: str = "model oct-test: checkpoint missing"
     delay_s: float = 0.0
     errors: list[tuple[int, Any]] = field(default_factory=list)
@@ -244,7 +245,10 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
         def _route(self, method: str, path: str, query: dict[str, str], rec: Recorded) -> None:
             if path == "/ready":
                 if state.ready:
-                    self._send(200, {"status": "ready"})
+                    self._send(
+                        200,
+                        {"status": "ready", "limits": {"max_upload_mb": state.max_upload_mb, "max_batch_files": 16}},
+                    )
                 else:
                     self._send(503, {"error": "not_ready", "detail": state.not_ready_detail})
             elif path == "/models":

@@ -218,3 +218,21 @@ def test_models_page(monkeypatch: pytest.MonkeyPatch, backend_url: str, backend_
     assert len(headers) == len(backend_models)
     for m, h in zip(backend_models, headers, strict=True):
         assert h.startswith(f"{m['id']} (v{m['version']})")
+
+
+def test_upload_limit_is_the_backends_and_refusals_are_said_on_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        fake.max_upload_mb = 0.5
+        at = run_app(monkeypatch, fake.url)
+        # The uploader's own limit ("Limit 1MB per file") comes from the backend, never Streamlit's 200 MB.
+        assert at.file_uploader(key="uploads").proto.max_upload_size_mb == 1
+        big = ("big.png", png_bytes(32) + b"\0" * 700_000)
+        upload(at, big, ("notes.txt", b"not an image"), ("scan.png", png_bytes(32)), ("copy.png", png_bytes(32)))
+        errors = failures(at)
+        assert "big.png is 0.7 MB, over the limit of 0.5 MB per file; it was not sent." in errors
+        assert any(e.startswith("notes.txt: not an image this service reads (.jpg, .jpeg") for e in errors), errors
+        assert "copy.png is the same file as scan.png; it is shown once." in errors
+        # Only the one good, distinct file reached the backend.
+        sent = [r for r in fake.requests if r.path == "/predict"]
+        assert [f[0] for r in sent for f in r.fields.get("file", [])] == ["scan.png"]
+        assert metric(at, "Predicted class") == ["DRUSEN"]

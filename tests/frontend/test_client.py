@@ -78,7 +78,7 @@ def test_settings_reject_bad_timeouts(value: str) -> None:
 
 def test_ready_and_models(fake: FakeBackend) -> None:
     c = client_for(fake.url)
-    assert c.ready() == ReadyStatus("ready")
+    assert c.ready() == ReadyStatus("ready", max_upload_mb=10.0)  # the backend's limit, read for the uploader
     assert c.ready().text == "Backend ready"
     m, f = c.models()
     assert (m.id, m.task, m.classes, m.version, m.default) == ("oct-test", "oct", tuple(OCT), "1.2.3", True)

@@ -12,10 +12,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retina.paths import DEFAULT_MODELS_DIR
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _cpu_count() -> int:
@@ -128,6 +130,16 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the audit log (e.g. sqlite:////var/lib/retina/audit.sqlite or "
         "postgresql://...); default: SQLite file runs/audit.sqlite under the working directory.",
     )
+    bind_address: str | None = Field(
+        default=None,
+        description="Where the service is published (compose and scripts/run.sh pass RETINA_BIND_ADDRESS): "
+        "anything but a loopback address makes RETINA_API_KEY required, so a network never gets an open API.",
+    )
+    root_path: str = Field(
+        default="",
+        description="Path prefix a reverse proxy strips before forwarding (the tls profile's Caddy: /api); "
+        "/docs and the OpenAPI servers list use it, so the docs page fetches /api/openapi.json.",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where models run; auto = cuda if any.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -146,6 +158,23 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: object) -> object:
         # RETINA_API_KEY= (empty) in a compose file means "no key", not "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("root_path", mode="before")
+    @classmethod
+    def _no_trailing_slash(cls, value: object) -> object:
+        # "/api/" and "/api" are the same prefix; FastAPI joins it with "/openapi.json".
+        return value.strip().rstrip("/") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _key_when_published(self) -> Settings:
+        # Fail at startup, not at the first stranger's request: a service published beyond this
+        # machine without a key lets anyone who reaches it run (and read the audit of) predictions.
+        if self.api_key is None and self.bind_address and self.bind_address.strip() not in LOOPBACK:
+            raise ValueError(
+                f"RETINA_BIND_ADDRESS={self.bind_address} publishes the API beyond this machine: set RETINA_API_KEY "
+                '(e.g. python3 -c "import secrets; print(secrets.token_urlsafe(32))"), or bind 127.0.0.1'
+            )
+        return self
 
     @property
     def max_upload_bytes(self) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from backend.app.api.deps import StoreDep
+from backend.app.api.deps import SettingsDep, StoreDep
+from backend.app.core.config import Settings
 from backend.app.errors import error_body
-from backend.app.schemas import HealthResponse, ModelStatus, NotReadyResponse, ReadyResponse
+from backend.app.schemas import HealthResponse, ModelStatus, NotReadyResponse, ReadyResponse, UploadLimits
 from backend.app.services.model_store import ModelStore
 
 router = APIRouter(tags=["ops"])
@@ -20,11 +21,19 @@ def model_statuses(store: ModelStore) -> list[ModelStatus]:
     return rows
 
 
+def upload_limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(max_upload_mb=settings.max_upload_mb, max_batch_files=settings.max_batch_files)
+
+
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
-def health(store: StoreDep, request: Request) -> HealthResponse:
+def health(store: StoreDep, settings: SettingsDep, request: Request) -> HealthResponse:
     """Always 200 while the process answers (use /ready for traffic); lists each model's state."""
     audit = getattr(request.app.state, "audit", None)
-    return HealthResponse(ready=store.ready and (audit is None or audit.ready), models=model_statuses(store))
+    return HealthResponse(
+        ready=store.ready and (audit is None or audit.ready),
+        models=model_statuses(store),
+        limits=upload_limits(settings),
+    )
 
 
 @router.get(
@@ -33,7 +42,7 @@ def health(store: StoreDep, request: Request) -> HealthResponse:
     summary="Readiness",
     responses={503: {"model": NotReadyResponse, "description": "`not_ready`: which model failed and why"}},
 )
-def ready(store: StoreDep, request: Request) -> ReadyResponse | JSONResponse:
+def ready(store: StoreDep, settings: SettingsDep, request: Request) -> ReadyResponse | JSONResponse:
     """200 when every configured model, the image gate and the audit log are ready; 503 `not_ready` naming
     each failure otherwise (predictions are refused while the audit log cannot be written)."""
     reasons = [] if store.ready else store.not_ready_reasons()
@@ -41,7 +50,7 @@ def ready(store: StoreDep, request: Request) -> ReadyResponse | JSONResponse:
     if audit is not None and not audit.ready:
         reasons.append(f"audit log {audit.safe_url} unavailable: {audit.error or 'not started'}")
     if not reasons:
-        return ReadyResponse(models=model_statuses(store))
+        return ReadyResponse(models=model_statuses(store), limits=upload_limits(settings))
     body = error_body(
         "not_ready",
         "; ".join(reasons),
