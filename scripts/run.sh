@@ -137,7 +137,7 @@ backend_pid=$!
 export RETINA_BACKEND_URL="${RETINA_BACKEND_URL:-http://$host:$backend_port}"
 export STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 log "starting frontend on $bind:$frontend_port (backend: $RETINA_BACKEND_URL)"
-"$venv/bin/streamlit" run frontend/app.py --server.port "$frontend_port" --server.address "$bind" \
+"$venv/bin/streamlit" run frontend/app.py --server.port "$frontend_port" --server.address "$bind" --client.toolbarMode viewer \
   --server.headless true > >(prefix frontend) 2>&1 &
 frontend_pid=$!
 
