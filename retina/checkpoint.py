@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from retina import __version__
+from retina.errors import CheckpointError
 from retina.models import ARCHS, build_model
 from retina.preprocessing import PreprocessSpec
 
@@ -34,10 +35,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "retinascope-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "arch", "model_args", "task", "class_names", "preprocess", "state_dict")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match what it claims to be."""
 
 
 @dataclass
@@ -64,6 +61,13 @@ class CheckpointMeta:
     def temperature(self) -> float:
         """Softmax temperature fitted on validation (1.0 when uncalibrated)."""
         return float(self.calibration.get("temperature", 1.0))
+
+    @property
+    def ece_after(self) -> Any:
+        """ECE after temperature scaling: the cross-fitted figure when there is one (a prediction never
+        calibrates itself there), else the validation split's; None when not recorded."""
+        cal = self.calibration
+        return cal.get("ece_crossfit_after", cal.get("ece_val_after"))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
