@@ -15,7 +15,6 @@ from it alone. Anything that would need pickling of a class is refused at save t
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -285,11 +284,3 @@ def _output_classes(model: nn.Module, meta: CheckpointMeta) -> int:
     with torch.no_grad():
         x = torch.zeros(1, spec.channels, spec.size, spec.size)
         return int(model(x.to(next(model.parameters()).device)).shape[-1])
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

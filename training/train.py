@@ -39,7 +39,6 @@ from torch import nn
 
 from retina import checkpoint
 from retina.labels import DR_GRADES
-from retina.models import build_model
 from retina.preprocessing import PreprocessSpec, augmentations
 from training import config as config_mod
 from training.calibration import fit_temperature, nll
@@ -64,6 +63,7 @@ from training.engine import (
 )
 from training.metrics import compute_metrics, derived_binary, quiet_sklearn, to_plain
 from training.plots import training_curves_png
+from training.warm_start import build_model_warm
 
 logger = logging.getLogger("training.train")
 
@@ -349,7 +349,7 @@ def build_for_training(
     on_missing = args.pop("weights_missing", "error")
     init: dict[str, Any] = {"weights": args.get("weights"), "pretrained": bool(args.get("weights"))}
     try:
-        model = build_model(arch, **args)
+        model = build_model_warm(arch, **args)
     except FileNotFoundError as e:
         if on_missing != "scratch":
             raise
@@ -359,7 +359,7 @@ def build_for_training(
             logger.warning("freeze_backbone disabled: a frozen randomly initialised backbone cannot learn")
             args["freeze_backbone"] = False
         init.update(pretrained=False, fallback="scratch", reason=str(e))
-        model = build_model(arch, **args)
+        model = build_model_warm(arch, **args)
     saved = {k: v for k, v in args.items() if k != "weights"}
     return model, saved, init
 
