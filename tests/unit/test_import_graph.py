@@ -58,6 +58,12 @@ def test_retina_has_no_import_cycle() -> None:
     assert cycles(graph) == []
 
 
+def test_training_has_no_import_cycle() -> None:
+    graph = import_graph("training")
+    assert "training.fit" in graph["training.train"]
+    assert cycles(graph) == []
+
+
 def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
     for path in sorted((REPO_ROOT / "backend/app/services").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
