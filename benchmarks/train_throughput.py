@@ -29,7 +29,7 @@ from torch import nn
 from retina.models import build_model
 from retina.preprocessing import PreprocessSpec, get_preset
 from training.engine import TensorBatches, resolve_device, set_threads, to_model_input, train_one_epoch
-from training.train import keep_frozen_bn_eval
+from training.fit import keep_frozen_bn_eval
 
 logger = logging.getLogger("benchmarks.train_throughput")
 

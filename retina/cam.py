@@ -25,6 +25,8 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from retina.errors import UnknownCamMethod
+
 METHODS: dict[str, type] = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
@@ -34,10 +36,6 @@ METHODS: dict[str, type] = {
     "eigencam": EigenCAM,
     "scorecam": ScoreCAM,
 }
-
-
-class UnknownCamMethod(KeyError):
-    pass
 
 
 class Explainer:

@@ -15,7 +15,6 @@ from it alone. Anything that would need pickling of a class is refused at save t
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from retina import __version__
+from retina.errors import CheckpointError
 from retina.models import ARCHS, build_model
 from retina.preprocessing import PreprocessSpec
 
@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "retinascope-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "arch", "model_args", "task", "class_names", "preprocess", "state_dict")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match what it claims to be."""
 
 
 @dataclass
@@ -64,6 +60,13 @@ class CheckpointMeta:
     def temperature(self) -> float:
         """Softmax temperature fitted on validation (1.0 when uncalibrated)."""
         return float(self.calibration.get("temperature", 1.0))
+
+    @property
+    def ece_after(self) -> Any:
+        """ECE after temperature scaling: the cross-fitted figure when there is one (a prediction never
+        calibrates itself there), else the validation split's; None when not recorded."""
+        cal = self.calibration
+        return cal.get("ece_crossfit_after", cal.get("ece_val_after"))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -281,11 +284,3 @@ def _output_classes(model: nn.Module, meta: CheckpointMeta) -> int:
     with torch.no_grad():
         x = torch.zeros(1, spec.channels, spec.size, spec.size)
         return int(model(x.to(next(model.parameters()).device)).shape[-1])
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

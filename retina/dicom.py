@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from retina.preprocessing import DEFAULT_MAX_PIXELS, ImageDecodeError
+from retina.errors import ImageDecodeError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -121,6 +121,10 @@ _TAGS = [
     "FloatPixelData",
     "DoubleFloatPixelData",
 ]
+
+
+# The most pixels any decoder (this one, retina.decode's PIL path) accepts: a decompression-bomb guard.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 def is_dicom(data: bytes) -> bool:

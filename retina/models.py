@@ -6,8 +6,8 @@ serving rebuilds the exact network from them.
 
 ImageNet weights are never downloaded: ``weights="imagenet"`` reads torchvision's file
 from the torch hub cache (``$TORCH_HOME/hub/checkpoints``), ``weights=<path>`` reads a
-local state dict (or an earlier RetinaScope checkpoint of the same architecture: a warm start
-that keeps its backbone and builds a new head), and a missing file is a
+local state dict (a warm start from an earlier RetinaScope checkpoint is training's:
+``training/warm_start.py``), and a missing file is a
 :class:`FileNotFoundError`, not a silent random initialisation.
 """
 
@@ -212,14 +212,14 @@ def _tv_model(
     dropout: float,
 ) -> nn.Module:
     model = getattr(torchvision.models, tv_name)(weights=None)
-    warm: dict[str, torch.Tensor] | None = None
     if weights:
         state = torch.load(resolve_pretrained(tv_name, weights), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and "format" in state:
-            warm = _warm_start_state(state, tv_name, in_channels, weights)
-        else:
-            model.load_state_dict(state)
-            logger.info("loaded pretrained %s weights from %s", tv_name, weights)
+            raise ValueError(
+                f"{weights} is a RetinaScope checkpoint: warm starts are training.warm_start.build_model_warm's"
+            )
+        model.load_state_dict(state)
+        logger.info("loaded pretrained %s weights from %s", tv_name, weights)
     if tv_name.startswith("resnet"):
         model.conv1 = _adapt_first_conv(model.conv1, in_channels)
         head_attr, in_features = "fc", model.fc.in_features
@@ -229,37 +229,10 @@ def _tv_model(
         head_attr = "classifier"
         last = model.classifier[-1]
         model.classifier[-1] = _head(last.in_features, num_classes, head_hidden, dropout)
-    if warm is not None:
-        # Warm start from an earlier RetinaScope checkpoint of the same architecture: every
-        # backbone tensor must load. The head is kept when it has the same shape (a fine-tune
-        # of the same task, e.g. on more data), else it is new (another number of classes).
-        own = model.state_dict()
-        head = {k: v for k, v in warm.items() if k.startswith(head_attr + ".")}
-        same_head = bool(head) and set(head) == {k for k in own if k.startswith(head_attr + ".")}
-        same_head = same_head and all(own[k].shape == v.shape for k, v in head.items())
-        backbone = {k: v for k, v in warm.items() if same_head or not k.startswith(head_attr + ".")}
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
-        bad = [k for k in missing if not k.startswith(head_attr + ".")]
-        if bad or unexpected:
-            raise ValueError(f"{weights} does not fit {tv_name}: missing {bad[:5]}, unexpected {unexpected[:5]}")
-        logger.info(
-            "warm start: %s from checkpoint %s (%s)", tv_name, weights, "head kept" if same_head else "new head"
-        )
     if freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(head_attr)
     return model
-
-
-def _warm_start_state(ckpt: dict, tv_name: str, in_channels: int, path: str) -> dict[str, torch.Tensor]:
-    """A RetinaScope checkpoint's float32 weights, after checking it is the same network."""
-    from retina.checkpoint import FORMAT, dequantize_state  # late: checkpoint imports this module
-
-    if ckpt.get("format") != FORMAT or ckpt.get("arch") != tv_name:
-        raise ValueError(f"{path} is a {ckpt.get('arch')!r} checkpoint, not {tv_name!r}")
-    if int(ckpt.get("model_args", {}).get("in_channels", 3)) != in_channels:
-        raise ValueError(f"{path} takes {ckpt['model_args'].get('in_channels')} channels, not {in_channels}")
-    return dequantize_state(ckpt)
 
 
 def _register_tv(name: str, cam_layer: str, description: str) -> None:
@@ -287,11 +260,6 @@ _register_tv("resnet34", "layer4", "torchvision ResNet-34")
 _register_tv("resnet50", "layer4", "torchvision ResNet-50")
 _register_tv("mobilenet_v3_large", "features.16", "torchvision MobileNetV3-Large (compact)")
 _register_tv("efficientnet_b0", "features.8", "torchvision EfficientNet-B0 (compact)")
-
-
-def resnet_transfer(name: str = "resnet18", **kw: Any) -> nn.Module:
-    """Convenience alias used by configs: a torchvision ResNet with adapted stem/head."""
-    return build_model(name, **kw)
 
 
 # ----------------------------------------------------------------------------- SimCLR

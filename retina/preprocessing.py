@@ -18,23 +18,25 @@ Mean and std are never retyped elsewhere: they come from the spec.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
-logger = logging.getLogger(__name__)
+# Decoding has its own module; these names stay importable from here for modules written against
+# the old layout (training/gate.py, which another branch is editing, reads load_image from here).
+from retina.decode import decode_image, load_image, to_standard_mode
+from retina.errors import ImageDecodeError
 
-# Truncated files must fail loudly (422 at the API), never decode half an image silently.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+__all__ = ["ImageDecodeError", "decode_image", "load_image"]
+
+logger = logging.getLogger(__name__)
 
 Square = Literal["center_crop", "pad", "fundus_disc", "stretch", "oct_band"]
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
@@ -49,17 +51,6 @@ _TV_INTERP = {
     "bicubic": v2.InterpolationMode.BICUBIC,
     "nearest": v2.InterpolationMode.NEAREST,
 }
-
-DEFAULT_MAX_PIXELS = 50_000_000
-
-
-class ImageDecodeError(ValueError):
-    """The bytes are not a decodable image (empty, truncated, unknown format, bomb)."""
-
-    def __init__(self, detail: str, code: str = "invalid_image") -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -164,89 +155,6 @@ def get_preset(name: str) -> PreprocessSpec:
         return PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown preprocess preset {name!r}; known: {sorted(PRESETS)}") from None
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode untrusted bytes to a fully loaded PIL image in ``L`` or ``RGB`` mode.
-
-    Handles EXIF orientation, 16-bit, palette, alpha, CMYK and multi-frame files the same
-    way for training and serving; DICOM files go to :func:`retina.dicom.decode_dicom`.
-    Raises :class:`ImageDecodeError` for empty, truncated, unknown-format or oversized
-    (decompression bomb) input; never returns half an image.
-    """
-    if not data:
-        raise ImageDecodeError("the file is empty", code="empty_file")
-    # Imported here: retina.dicom imports this module (and pydicom only when it decodes).
-    from retina.dicom import decode_dicom, is_dicom
-
-    if is_dicom(data):
-        # DICOM has its own pixel pipeline (photometric interpretation, windowing); its
-        # 128-byte preamble may even carry another format's magic, so it is tested first.
-        return decode_dicom(data, max_pixels)
-    try:
-        with warnings.catch_warnings():
-            # PIL warns (rather than raises) between max_pixels and 2*max_pixels.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}",
-                    code="image_too_large",
-                )
-            img.load()
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"decompression bomb refused: {e}", code="image_too_large") from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageDecodeError("not a recognised image format", code="unsupported_image") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageDecodeError(f"image could not be decoded: {e}") from e
-    return to_standard_mode(img)
-
-
-def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read an image file with exactly the decoding that serving applies to uploads."""
-    with open(path, "rb") as f:
-        return decode_image(f.read(), max_pixels=max_pixels)
-
-
-def to_standard_mode(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> ``L`` (single channel sources) or ``RGB``, EXIF-upright.
-
-    * 16/32-bit integer and float images are rescaled by their own min/max range to 8 bit
-      (PIL's own ``convert`` clips 16-bit data, which whitens most OCT exports).
-    * Alpha is composited on black, the background of both modalities.
-    * CMYK, YCbCr, palette and LAB go through PIL's colour conversion to RGB.
-    """
-    img = ImageOps.exif_transpose(img)
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.min(arr)), float(np.max(arr))
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-    if mode == "1":
-        return img.convert("L")
-    if mode == "L":
-        return img
-    if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-        mode = img.mode
-    if mode in ("LA", "La", "RGBA", "RGBa", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba).convert("RGB")
-        return img
-    if mode != "RGB":
-        img = img.convert("RGB")
-    return img
 
 
 # ----------------------------------------------------------------------------- prepare

@@ -63,13 +63,6 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def get_model_spec(key: str) -> ModelSpec:
-    try:
-        return MODELS[key]
-    except KeyError:
-        raise KeyError(f"unknown model {key!r}; known: {sorted(MODELS)}") from None
-
-
 def default_for(task: str) -> ModelSpec:
     for m in MODELS.values():
         if m.task == task and m.default:

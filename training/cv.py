@@ -32,10 +32,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from retina import checkpoint
 from training import config as config_mod
 from training.config import ConfigError
+from training.data import prepare_data
 from training.datasets import DatasetError, ImageTable, grouped_folds
 from training.evaluate import write_evaluation
+from training.fit import fit, setup_logging
 from training.metrics import compute_metrics, quiet_sklearn, to_plain
-from training.train import fit, prepare_data, setup_logging
 
 logger = logging.getLogger("training.cv")
 

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from retina.preprocessing import PreprocessSpec, tail
-from training.datasets import check_prepared
+from retina.preprocessing import PreprocessSpec, augmentations, tail
+from training.datasets import PreparedDataset, check_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +239,57 @@ def evaluate(
     if logits.size == 0:
         return logits, labels
     return softmax(logits, temperature), labels
+
+
+class AugmentedBatches:
+    """Per-image random augmentation through a ``DataLoader``; reseeded every epoch.
+
+    Yields ``(x uint8 (B, C, S, S), y (B,))`` like :class:`training.engine.TensorBatches`.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: np.ndarray,
+        spec: PreprocessSpec,
+        strength: str,
+        batch_size: int,
+        *,
+        seed: int,
+        weights: torch.Tensor | None = None,
+        num_workers: int = 0,
+        num_samples: int | None = None,
+    ) -> None:
+        self.dataset = PreparedDataset(images, labels, transform=augmentations(spec, strength))
+        self.batch_size = batch_size
+        self.seed = seed
+        self.weights = weights
+        self.num_workers = num_workers
+        self.num_samples = num_samples or len(self.dataset)  # draws per epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if n % self.batch_size == 1 and n > 1 else math.ceil(n / self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of batches
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = self.num_samples
+        if self.weights is not None:
+            sampler: Any = torch.utils.data.WeightedRandomSampler(self.weights.double(), n, generator=g)
+        elif n != len(self.dataset):
+            sampler = torch.utils.data.RandomSampler(self.dataset, num_samples=n, replacement=True, generator=g)
+        else:
+            sampler = torch.utils.data.RandomSampler(self.dataset, generator=g)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            drop_last=n % self.batch_size == 1 and n > 1,  # a batch of 1 breaks BatchNorm
+            persistent_workers=False,
+        )
+        yield from loader

@@ -28,8 +28,10 @@ import torch
 from retina import checkpoint
 from retina.labels import DR_GRADES
 from training import config as config_mod
+from training.data import select_rows
 from training.datasets import DatasetError, ImageTable, load_prepared, read_tables, split_indices
 from training.engine import TensorBatches, evaluate, resolve_device, set_threads
+from training.fit import setup_logging
 from training.metrics import compute_metrics, to_plain
 from training.plots import confusion_matrix_png, roc_png
 
@@ -59,8 +61,6 @@ def resolve_rows(
     if split is None:
         split = "test" if same and not cv_model else "all"
     if same:
-        from training.train import select_rows
-
         table = select_rows({"data": d}, table)  # the same patient-level cap as training
     if split == "all":
         return table, np.arange(len(table)), split, info
@@ -318,7 +318,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging()

@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from retina.models import build_model
 from retina.preprocessing import PreprocessSpec
+from training.data import prepare_data
 from training.engine import resolve_device, seed_everything, set_threads, to_model_input
+from training.fit import fit
 from training.metrics import to_plain
 
 logger = logging.getLogger(__name__)
@@ -190,7 +192,6 @@ def load_backbone(path: str | Path, spec: PreprocessSpec, encoder: str) -> dict[
 
 def run(cfg: dict[str, Any], out: Path) -> list[Path]:
     """Pretrain (unless ``simclr.backbone`` is given), then fine-tune per label fraction."""
-    from training.train import fit, prepare_data
 
     sc = cfg["simclr"]
     bundle = prepare_data(cfg)

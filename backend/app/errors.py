@@ -1,7 +1,9 @@
 """One error body for every failure: ``{"error": CODE, "detail": TEXT}`` (FT's ``errors`` module).
 
-Domain errors are :class:`ApiError` (a FastAPI ``HTTPException`` carrying a machine code);
-FastAPI's own 404/405/422 and Starlette's HTTP errors are rewritten into the same shape.
+The services raise :class:`~backend.app.services.errors.ServiceError` (a machine code, a
+text and a status, no HTTP framework); the API layer's own failures (API key, the upload-size
+middleware) are :class:`ApiError`, a FastAPI ``HTTPException`` with a code. FastAPI's own
+404/405/422 and Starlette's HTTP errors are rewritten into the same shape.
 Unexpected exceptions never reach the client as a traceback: the request-id middleware in
 ``main.py`` logs them and answers 500 ``internal_error`` with the request id.
 
@@ -40,18 +42,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from retina.preprocessing import ImageDecodeError
+from backend.app.services.errors import ServiceError
 
 logger = logging.getLogger(__name__)
-
-# ImageDecodeError.code -> (status, API code). "Not an image" is a media-type problem (415);
-# an image we recognise but cannot decode, or a bomb, is an unprocessable entity (422).
-_DECODE_ERRORS: dict[str, tuple[int, str]] = {
-    "empty_file": (422, "empty_file"),
-    "unsupported_image": (415, "unsupported_media_type"),
-    "invalid_image": (422, "invalid_image"),
-    "image_too_large": (422, "image_too_large"),
-}
 
 _STATUS_CODES: dict[int, str] = {
     400: "bad_request",
@@ -80,27 +73,6 @@ class ApiError(HTTPException):
         self.code = code
 
 
-def unknown_model(name: str, known: list[str]) -> ApiError:
-    return ApiError(404, "unknown_model", f"unknown model {name!r}; served: {', '.join(known) or 'none'}")
-
-
-def not_ready(detail: str) -> ApiError:
-    return ApiError(503, "not_ready", detail, headers={"Retry-After": "30"})
-
-
-def invalid_parameter(detail: str) -> ApiError:
-    return ApiError(422, "invalid_parameter", detail)
-
-
-def file_too_large(limit_bytes: int, what: str = "upload") -> ApiError:
-    return ApiError(413, "file_too_large", f"{what} is over the limit of {limit_bytes / 1e6:g} MB")
-
-
-def from_decode_error(exc: ImageDecodeError) -> ApiError:
-    status, code = _DECODE_ERRORS.get(exc.code, (422, "invalid_image"))
-    return ApiError(status, code, exc.detail)
-
-
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail, **extra}
 
@@ -122,6 +94,11 @@ async def http_exception_handler(request: Request, exc: StarletteHTTPException) 
     return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
 
 
+async def service_error_handler(request: Request, exc: ServiceError) -> JSONResponse:
+    """A domain error raised below the routes -> the one error body, with its status."""
+    return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
 async def validation_exception_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's request validation (query, form fields) -> 422 ``invalid_parameter``."""
     return JSONResponse(error_body("invalid_parameter", _format_validation(exc)), status_code=422)
@@ -130,4 +107,5 @@ async def validation_exception_handler(request: Request, exc: RequestValidationE
 def install(app: Any) -> None:
     """Register the handlers on a FastAPI app."""
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)

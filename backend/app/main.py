@@ -33,6 +33,7 @@ from backend.app.core.config import Settings, get_settings
 from backend.app.services.audit import AuditLog
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore
+from backend.app.services.pipeline import Pipeline
 from backend.app.services.runtime import configure_logging, request_id_var
 from retina import __version__
 
@@ -270,10 +271,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.load()
         store.start()
         app.state.store = store
-        app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="retina-decode")
+        decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="retina-decode")
         # CAM itself is serialised per model (a lock around its hooks); a second thread lets
         # the PNG rendering of one request overlap the CAM of the next.
-        app.state.cam_pool = ThreadPoolExecutor(max(2, settings.decode_threads), thread_name_prefix="retina-cam")
+        cam_pool = ThreadPoolExecutor(max(2, settings.decode_threads), thread_name_prefix="retina-cam")
+        app.state.pipeline = Pipeline(store, settings, metrics, audit_log, decode_pool, cam_pool)
         if store.ready:
             logger.info("ready: %s", ", ".join(f"{t}={k}" for t, k in store.defaults.items()))
         else:
@@ -282,8 +284,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             store.stop()
-            app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
-            app.state.cam_pool.shutdown(wait=False, cancel_futures=True)
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+            cam_pool.shutdown(wait=False, cancel_futures=True)
             audit_log.stop()  # last: commits whatever is still queued
 
     app = FastAPI(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import base64
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from backend.app.services.pipeline import BatchOutcome, Explanation
+    from retina.assessment import Assessment
 
 Task = Literal["oct", "fundus"]
 
@@ -93,6 +99,10 @@ class PredictResponse(BaseModel):
     )
     gate: GateInfo | None = Field(default=None, description="Image gate result (null when the gate is disabled).")
 
+    @classmethod
+    def of(cls, result: Assessment, **extra: Any) -> PredictResponse:
+        return cls(**result.to_dict(), **extra)
+
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
@@ -130,6 +140,16 @@ class BatchResponse(BaseModel):
     """Results in upload order."""
 
     results: list[BatchItem | BatchError]
+
+    @classmethod
+    def of(cls, outcomes: list[BatchOutcome]) -> BatchResponse:
+        results: list[BatchItem | BatchError] = []
+        for o in outcomes:
+            if isinstance(o.result, Exception):
+                results.append(BatchError(filename=o.filename, error=o.result.code, detail=o.result.detail))
+            else:
+                results.append(BatchItem.of(o.result, filename=o.filename))
+        return cls(results=results)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -173,6 +193,26 @@ class GradcamResponse(BaseModel):
     gate: GateInfo | None = None
 
     model_config = ConfigDict(protected_namespaces=())
+
+    @classmethod
+    def of(cls, explained: Explanation) -> GradcamResponse:
+        body, drawing = explained.assessment.to_dict(), explained.drawing
+        assert drawing.heatmap_png is not None
+        return cls(
+            model=body["model"],
+            model_version=body["model_version"],
+            label=body["label"],
+            confidence=body["confidence"],
+            probabilities=body["probabilities"],
+            target=drawing.target,
+            method=drawing.method,
+            width=drawing.width,
+            height=drawing.height,
+            overlay_png=base64.b64encode(drawing.overlay_png).decode("ascii"),
+            heatmap_png=base64.b64encode(drawing.heatmap_png).decode("ascii"),
+            referral=body["referral"],
+            gate=body["gate"],
+        )
 
 
 class ModelInfo(BaseModel):
@@ -273,3 +313,33 @@ class NotReadyResponse(ErrorResponse):
     """503 body of /ready: the error shape plus each model's status."""
 
     models: list[ModelStatus]
+
+
+class AuditEntry(BaseModel):
+    """One audited answer (never pixels, filenames or patient identifiers)."""
+
+    id: int
+    ts: datetime = Field(description="When the answer was logged (UTC, ISO 8601).")
+    request_id: str = Field(description="The response's X-Request-ID.")
+    endpoint: str = Field(description="`predict`, `predict_batch`, `gradcam` or `report`.")
+    model_id: str
+    model_version: str
+    task: str
+    input_sha256: str = Field(description="SHA-256 (hex) of the uploaded bytes.")
+    outcome: str = Field(description="`ok`, `ungradable`, or the refusal code.")
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    referral: str | None = Field(default=None, description="Referral level of the answer, when it had one.")
+    modality: str | None = Field(default=None, description="Modality seen by the image gate, when it ran.")
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class AuditResponse(BaseModel):
+    """A page of the audit log, oldest first."""
+
+    entries: list[AuditEntry]
+    next_since: datetime | None = Field(
+        description="Pass as `since` (with the same `until`/`model`) for the next page; null on the last page."
+    )

@@ -20,9 +20,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
 from backend.app.api.routes.audit import parse_time
-from backend.app.errors import ApiError
 from backend.app.main import create_app
 from backend.app.services.audit import COLUMNS, AuditLog, AuditRecord, audit_prediction, audit_table
+from backend.app.services.errors import ServiceError
 from retina.registry import default_for
 from tests.api.helpers import SMALL_ID, base_settings
 
@@ -348,7 +348,7 @@ def test_records_queued_at_stop_are_committed_and_later_ones_refused(tmp_path: P
         assert len(reopened.query(limit=1000)) == 50
     finally:
         reopened.stop()
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(ServiceError) as e:
         asyncio.run(log.record(_rec(99)))
     assert e.value.status_code == 503 and e.value.code == "audit_unavailable"
 

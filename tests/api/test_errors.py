@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app.api.routes import predict as predict_route
 from backend.app.main import create_app
+from backend.app.services import pipeline as pipeline_module
 from retina.registry import MODELS
 from tests.api.helpers import SMALL_ID, base_settings
 
@@ -94,7 +94,7 @@ def test_unexpected_exception_is_500_without_traceback(
     def boom(*_a, **_k):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(predict_route, "assessed", boom)
+    monkeypatch.setattr(pipeline_module, "grade", boom)
     r = client.post("/predict", files={"file": oct_image.read_bytes()})
     body = _error(r, 500, "internal_error")
     assert "secret" not in r.text and "Traceback" not in r.text

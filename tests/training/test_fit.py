@@ -1,4 +1,4 @@
-"""``training.train.fit`` directly: checkpoint round-trip, SMOTE isolation, label fractions."""
+"""``training.fit.fit`` directly: checkpoint round-trip, SMOTE isolation, label fractions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from retina import checkpoint
 from training import config as C
-from training import train as T
+from training import data as D
+from training import fit as T
 from training.engine import TensorBatches, predict_logits
 
 from . import synth
@@ -24,7 +25,7 @@ def bundle_cfg(tmp_path):
         {"data.path": str(data), "epochs": 2, "out": str(tmp_path / "run")},
     )
     cfg["data"]["cache_dir"] = None
-    return cfg, T.prepare_data(cfg)
+    return cfg, D.prepare_data(cfg)
 
 
 def test_checkpoint_round_trip_gives_identical_logits(bundle_cfg, tmp_path):

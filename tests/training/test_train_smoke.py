@@ -179,7 +179,7 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
 
 
 def test_smote_resample_keeps_originals_and_balances():
-    from training.train import smote_resample
+    from training.data import smote_resample
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (14, 1, 8, 8), dtype=torch.uint8, generator=g)
@@ -194,8 +194,8 @@ def test_smote_resample_keeps_originals_and_balances():
 
 
 def test_cap_by_patients_keeps_whole_patients_and_every_class(tmp_path):
+    from training.data import cap_by_patients
     from training.datasets import read_table
-    from training.train import cap_by_patients
 
     table = read_table(synth.make_labels_csv(tmp_path / "d"))
     idx = cap_by_patients(table, 16, seed=0)
@@ -208,7 +208,7 @@ def test_cap_by_patients_keeps_whole_patients_and_every_class(tmp_path):
 
 
 def test_label_fraction_is_stratified_seeded_and_nonempty():
-    from training.train import label_fraction_indices
+    from training.data import label_fraction_indices
 
     y = np.array([0] * 200 + [1] * 50 + [2] * 3)
     idx = label_fraction_indices(y, 0.1, seed=0)
@@ -220,8 +220,8 @@ def test_label_fraction_is_stratified_seeded_and_nonempty():
 
 
 def test_cap_keeps_every_source_split(tmp_path):
+    from training.data import cap_by_patients
     from training.datasets import read_table, split_indices
-    from training.train import cap_by_patients
 
     table = read_table(synth.make_oct2017(tmp_path / "d", test=True))
     idx = cap_by_patients(table, 24, seed=0)

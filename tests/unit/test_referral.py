@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from backend.app.core.config import Settings
-from backend.app.services.referral import (
+from retina.labels import DR_GRADES, OCT_CLASSES
+from retina.referral import (
     consistent_label,
     informative,
     label_chooser,
     referral_for,
     served_thresholds,
 )
-from retina.labels import DR_GRADES, OCT_CLASSES
 from training.operating_point import sens_spec, threshold_for_sensitivity
 
 

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the model store, thread pools, audit log, API-key check (FT's ``deps``).
+"""FastAPI dependencies: settings, the model store, the pipeline, audit log, API-key check (FT's ``deps``).
 
 All are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in
 its thread pool, which for these attribute look-ups cost more than the work (measured: about
@@ -8,17 +8,17 @@ its thread pool, which for these attribute look-ups cost more than the work (mea
 from __future__ import annotations
 
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from backend.app.core.config import Settings
-from backend.app.errors import ApiError, not_ready
-from backend.app.services.audit import AuditLog, audit_unavailable
-from backend.app.services.metrics import ServiceMetrics
+from backend.app.errors import ApiError
+from backend.app.services.audit import AuditLog
+from backend.app.services.errors import audit_unavailable, not_ready
 from backend.app.services.model_store import ModelStore
+from backend.app.services.pipeline import Pipeline
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when RETINA_API_KEY is set.")
 
@@ -35,16 +35,11 @@ async def model_store(request: Request) -> ModelStore:
     return store
 
 
-async def service_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
-
-
-async def decode_pool(request: Request) -> ThreadPoolExecutor:
-    return request.app.state.decode_pool
-
-
-async def cam_pool(request: Request) -> ThreadPoolExecutor:
-    return request.app.state.cam_pool
+async def pipeline(request: Request) -> Pipeline:
+    built = getattr(request.app.state, "pipeline", None)
+    if built is None:  # only before lifespan ran (app mounted without lifespan)
+        raise not_ready("models are not loaded yet")
+    return built
 
 
 async def audit_log(request: Request) -> AuditLog:
@@ -68,7 +63,5 @@ async def require_api_key(
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 StoreDep = Annotated[ModelStore, Depends(model_store)]
-MetricsDep = Annotated[ServiceMetrics, Depends(service_metrics)]
-DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(decode_pool)]
-CamPoolDep = Annotated[ThreadPoolExecutor, Depends(cam_pool)]
+PipelineDep = Annotated[Pipeline, Depends(pipeline)]
 AuditDep = Annotated[AuditLog, Depends(audit_log)]

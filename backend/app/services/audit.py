@@ -55,7 +55,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from backend.app.errors import ApiError
+from backend.app.services.errors import audit_unavailable
 from backend.app.services.runtime import request_id_var
 
 if TYPE_CHECKING:
@@ -157,10 +157,6 @@ class AuditRecord:
 
 class AuditUnavailable(RuntimeError):
     """The record could not be committed (database down, disk full, log stopped)."""
-
-
-def audit_unavailable(reason: str) -> ApiError:
-    return ApiError(503, "audit_unavailable", f"the audit log cannot be written ({reason}); nothing was answered")
 
 
 def resolve_url(url: str | None) -> str:

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.app.services.errors import ServiceError, invalid_parameter
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ServedModel
-from retina.cam import Explainer, heatmap_rgb, overlay
+from retina.cam import METHODS, Explainer, heatmap_rgb, overlay
 from retina.preprocessing import denormalize
 
 
@@ -129,3 +130,28 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def parse_target(target: str | None, class_names: list[str]) -> int | None:
+    """``?target=`` as a class name (case-insensitive) or index; ``None`` = predicted class."""
+    if target is None or target == "":
+        return None
+    if target.strip().lstrip("-").isdigit():
+        idx = int(target)
+        if 0 <= idx < len(class_names):
+            return idx
+        raise invalid_parameter(f"target index {idx} is out of range 0..{len(class_names) - 1}")
+    lowered = [c.lower() for c in class_names]
+    if target.lower() in lowered:
+        return lowered.index(target.lower())
+    raise invalid_parameter(f"unknown target {target!r}; classes: {class_names}")
+
+
+def parse_method(method: str) -> str:
+    """``?method=`` -> a key of ``retina.cam.METHODS``; 404 ``unknown_method`` otherwise."""
+    # An unencoded `method=gradcam++` arrives as "gradcam  " ('+' means space in a query).
+    plus = method.replace(" ", "+").lower()
+    method = plus if plus in METHODS else method.strip().lower()
+    if method not in METHODS:
+        raise ServiceError(404, "unknown_method", f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    return method

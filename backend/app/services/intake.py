@@ -1,4 +1,4 @@
-"""Untrusted upload -> prepared model input, with every failure mapped to an API error.
+"""Untrusted upload -> prepared model input, with every failure a :class:`ServiceError` of its own code.
 
 Steps, each with its own error code:
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-from fastapi import UploadFile
 from PIL import Image
 
-from backend.app.errors import ApiError, file_too_large, from_decode_error
+from backend.app.services.errors import ServiceError, file_too_large, from_decode_error
 from retina.dicom import is_dicom
 from retina.gate import GateResult, ImageGate
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
@@ -51,6 +51,14 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 ACCEPTED_FORMATS = ("DICOM", "JPEG", "PNG", "BMP", "TIFF", "WebP", "GIF")
 
 
+class Upload(Protocol):
+    """An uploaded file being received (Starlette's ``UploadFile`` is one)."""
+
+    filename: str | None
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """An upload ready for the model.
@@ -70,7 +78,7 @@ class PreparedImage:
     gate: GateResult | None = None
 
 
-async def read_upload(upload: UploadFile, limit: int) -> bytes:
+async def read_upload(upload: Upload, limit: int) -> bytes:
     """The upload's bytes, refusing (413) as soon as more than ``limit`` bytes were read."""
     parts: list[bytes] = []
     total = 0
@@ -89,7 +97,7 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 def sniff(data: bytes) -> str:
     """Container format from the magic bytes; raises 422 ``empty_file`` / 415 ``unsupported_media_type``."""
     if not data:
-        raise ApiError(422, "empty_file", "the file is empty")
+        raise ServiceError(422, "empty_file", "the file is empty")
     if is_dicom(data):
         return "DICOM"
     for magic, fmt in _SIGNATURES:
@@ -97,7 +105,7 @@ def sniff(data: bytes) -> str:
             return fmt
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
-    raise ApiError(
+    raise ServiceError(
         415,
         "unsupported_media_type",
         f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})",
@@ -131,5 +139,5 @@ def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImag
     try:
         prepared = prepare(img, spec)
     except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
-        raise ApiError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
+        raise ServiceError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
     return PreparedImage(pil_to_uint8_tensor(prepared), img.size, decoded.format, decoded.sha256, decoded.gate)

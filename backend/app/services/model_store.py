@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from backend.app.core.config import Settings
-from backend.app.errors import not_ready, unknown_model
 from backend.app.services.batcher import MicroBatcher
+from backend.app.services.errors import not_ready, unknown_model
 from backend.app.services.metrics import ServiceMetrics
 from retina import checkpoint, registry
 from retina.checkpoint import CheckpointError, CheckpointMeta

@@ -25,12 +25,24 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PureWindowsPath
+from typing import Any
 
 from fpdf import FPDF
 from fpdf.enums import MethodReturnValue
 from PIL import Image
 
-__all__ = ["ReportInput", "build_report", "latin1", "operating_point_text", "referral_title"]
+from retina.checkpoint import CheckpointMeta
+from retina.referral import RESEARCH_NOTE
+
+__all__ = [
+    "DISCLAIMER",
+    "ReportInput",
+    "build_report",
+    "latin1",
+    "operating_point_text",
+    "referral_title",
+    "report_metrics",
+]
 
 RGB = tuple[int, int, int]
 
@@ -72,7 +84,7 @@ LEVELS: dict[str, tuple[str, tuple[RGB, RGB]]] = {
     "not_informative": ("No advice (model not informative)", _GREY),
 }
 # (task, referral level) -> the checkpoint operating point whose threshold decided that level
-# (backend/app/services/referral.py: a level below a threshold is decided by the same point).
+# (retina/referral.py: a level below a threshold is decided by the same point).
 POINT_OF_LEVEL: dict[tuple[str, str], str] = {
     ("fundus", "urgent"): "urgent",
     ("fundus", "refer"): "refer",
@@ -711,3 +723,56 @@ def build_report(inp: ReportInput) -> bytes:
     if pdf.pages_count != 1:  # auto page break is off; a regression must not ship a 2-page report
         raise RuntimeError(f"report layout produced {pdf.pages_count} pages")
     return bytes(pdf.output())
+
+
+DISCLAIMER = (
+    "RetinaScope is a research tool, not a medical device. This report is not a diagnosis: the model was trained "
+    "on small public datasets and validated only as stated above. A qualified clinician must review the image and "
+    "decide on any referral. " + RESEARCH_NOTE
+)
+
+_METRIC_NAMES = (
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("macro_f1", "Macro F1"),
+    ("referable_roc_auc", "Referable-DR ROC AUC"),
+    ("referable_sensitivity_at_90_specificity", "Referable-DR sensitivity at 90% specificity"),
+    ("ece", "Expected calibration error"),
+)
+
+
+def _num(value: Any) -> str:
+    """``0.123`` for a finite number, ``n/a`` for anything else (hand-edited or older checkpoints)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _ci(ev: dict[str, Any], key: str) -> str:
+    value = ev.get(key)
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    ci = ev.get(f"{key}_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{value:.3f}"
+
+
+def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str]:
+    """Headline validation figures from the model card (95% bootstrap CIs) and where they come from."""
+    evaluations = (meta.card or {}).get("evaluations") or {}
+    if not isinstance(evaluations, dict) or not evaluations:
+        return [], "no evaluation recorded in the checkpoint"
+    rows: list[tuple[str, str]] = []
+    sources = []
+    for i, ev in enumerate(evaluations.values()):
+        if not isinstance(ev, dict):
+            continue
+        tag = "" if i == 0 else f" ({ev.get('n')} raw photos)" if meta.task == "fundus" else f" (set {i + 1})"
+        keys = _METRIC_NAMES if i == 0 else [k for k in _METRIC_NAMES if k[0] == "referable_roc_auc"]
+        for key, name in keys:
+            if key in ev and ev[key] is not None:
+                rows.append((name + tag, _ci(ev, key)))
+        sources.append(str(ev.get("title", "")))
+    if "ece_val_before" in meta.calibration:
+        before, after = _num(meta.calibration["ece_val_before"]), _num(meta.ece_after)
+        rows.append(("ECE before -> after temperature scaling", f"{before} -> {after}"))
+    return rows, "; ".join(s for s in sources if s)

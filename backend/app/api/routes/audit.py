@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
 
 from backend.app.api.deps import AuditDep, SettingsDep, require_api_key
-from backend.app.errors import ApiError, invalid_parameter
-from backend.app.schemas import ErrorResponse
+from backend.app.errors import ApiError
+from backend.app.schemas import AuditResponse, ErrorResponse
+from backend.app.services.errors import invalid_parameter
 
 MAX_LIMIT = 1000
 
@@ -31,36 +31,6 @@ async def require_operator_key(settings: SettingsDep) -> None:
 
 # require_api_key first: with a key configured, a missing or wrong one is a 401.
 router = APIRouter(tags=["ops"], dependencies=[Depends(require_api_key), Depends(require_operator_key)])
-
-
-class AuditEntry(BaseModel):
-    """One audited answer (never pixels, filenames or patient identifiers)."""
-
-    id: int
-    ts: datetime = Field(description="When the answer was logged (UTC, ISO 8601).")
-    request_id: str = Field(description="The response's X-Request-ID.")
-    endpoint: str = Field(description="`predict`, `predict_batch`, `gradcam` or `report`.")
-    model_id: str
-    model_version: str
-    task: str
-    input_sha256: str = Field(description="SHA-256 (hex) of the uploaded bytes.")
-    outcome: str = Field(description="`ok`, `ungradable`, or the refusal code.")
-    label: str | None = None
-    confidence: float | None = None
-    probabilities: dict[str, float] | None = None
-    referral: str | None = Field(default=None, description="Referral level of the answer, when it had one.")
-    modality: str | None = Field(default=None, description="Modality seen by the image gate, when it ran.")
-
-    model_config = ConfigDict(protected_namespaces=())
-
-
-class AuditResponse(BaseModel):
-    """A page of the audit log, oldest first."""
-
-    entries: list[AuditEntry]
-    next_since: datetime | None = Field(
-        description="Pass as `since` (with the same `until`/`model`) for the next page; null on the last page."
-    )
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:

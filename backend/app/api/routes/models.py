@@ -9,19 +9,18 @@ from fastapi import APIRouter, Depends
 from backend.app.api.deps import SettingsDep, StoreDep, require_api_key
 from backend.app.schemas import ErrorResponse, ModelInfo
 from backend.app.services.model_store import json_safe
-from backend.app.services.referral import informative, operating_points, served_thresholds
+from retina.checkpoint import CheckpointMeta
+from retina.referral import informative, operating_points, served_thresholds
 
 
-def calibration_summary(cal: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's calibration block with uniform ``ece_before`` / ``ece_after`` keys.
-
-    ``ece_after`` is the cross-fitted figure when there is one (models calibrated on
-    cross-validation predictions), since it does not let a prediction calibrate itself.
-    """
+def calibration_summary(meta: CheckpointMeta) -> dict[str, Any]:
+    """The checkpoint's calibration block with uniform ``ece_before`` / ``ece_after`` keys
+    (``ece_after``: see :attr:`CheckpointMeta.ece_after`)."""
+    cal = meta.calibration
     out = json_safe(dict(cal)) or {}
     if "ece_val_before" in cal:
         out["ece_before"] = json_safe(cal["ece_val_before"])
-        out["ece_after"] = json_safe(cal.get("ece_crossfit_after", cal.get("ece_val_after")))
+        out["ece_after"] = json_safe(meta.ece_after)
     return out
 
 
@@ -58,7 +57,7 @@ def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
                 description=m.description,
                 card=json_safe(meta.card) or {},
                 temperature=meta.temperature,
-                calibration=calibration_summary(meta.calibration),
+                calibration=calibration_summary(meta),
                 operating_points=json_safe(operating_points(meta)) or {},
                 served_thresholds=served_thresholds(m.task, m.class_names, settings, meta),
                 informative=informative(meta),

@@ -2,7 +2,7 @@
 
 Thresholds: the operating points stored in the checkpoint (``meta.extra["operating_points"]``,
 chosen on validation or out-of-fold predictions, with the sensitivity and specificity measured
-there), overridden by the ``RETINA_REFERRAL_*`` settings when those are set, else 0.5.
+there), overridden by the ``RETINA_REFERRAL_*`` settings (any :class:`Thresholds`) when those are set, else 0.5.
 A model whose validated balanced accuracy interval includes chance gives ``not_informative``
 advice, never a referral (:func:`informative`).
 
@@ -23,12 +23,21 @@ Models with other class sets get no referral (``None``): the service does not gu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from backend.app.core.config import Settings
 from retina.labels import DR_GRADES, OCT_CLASSES
+
+
+class Thresholds(Protocol):
+    """Operator overrides of the referral thresholds (the service's ``Settings`` is one); None = the checkpoint's."""
+
+    referral_oct_urgent: float | None
+    referral_oct_routine: float | None
+    referral_fundus_refer: float | None
+    referral_fundus_urgent: float | None
+
 
 RESEARCH_NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
 
@@ -58,7 +67,7 @@ def operating_points(meta: Any) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in points.items() if isinstance(v, dict) and "threshold" in v}
 
 
-def threshold_for(setting: str, settings: Settings, meta: Any) -> float:
+def threshold_for(setting: str, settings: Thresholds, meta: Any) -> float:
     """The served threshold: the setting when set, else the checkpoint's operating point, else 0.5."""
     value = getattr(settings, setting)
     if value is not None:
@@ -67,7 +76,7 @@ def threshold_for(setting: str, settings: Settings, meta: Any) -> float:
     return float(point["threshold"]) if point else 0.5
 
 
-def served_thresholds(task: str, class_names: Sequence[str], settings: Settings, meta: Any) -> dict[str, float]:
+def served_thresholds(task: str, class_names: Sequence[str], settings: Thresholds, meta: Any) -> dict[str, float]:
     """The referral thresholds applied to a model: ``{point: threshold}`` (empty: no referral policy)."""
     names = list(class_names)
     if task == "oct" and sorted(names) == sorted(OCT_CLASSES):
@@ -95,7 +104,7 @@ def _sum(probs: np.ndarray, names: Sequence[str], wanted: Sequence[str]) -> floa
 
 
 def referral_for(
-    task: str, class_names: Sequence[str], probs: np.ndarray, settings: Settings, meta: Any = None
+    task: str, class_names: Sequence[str], probs: np.ndarray, settings: Thresholds, meta: Any = None
 ) -> dict[str, Any] | None:
     """``{level, advice, reason, probability, threshold, note}`` for one image's ``probs (K,)``; None if no policy.
 
@@ -145,7 +154,9 @@ _CONSISTENT: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
-def label_chooser(task: str, class_names: Sequence[str], settings: Settings, meta: Any) -> Callable[[np.ndarray], int]:
+def label_chooser(
+    task: str, class_names: Sequence[str], settings: Thresholds, meta: Any
+) -> Callable[[np.ndarray], int]:
     """``probs -> class index`` shown as the label (what /gradcam explains by default)."""
 
     def choose(probs: np.ndarray) -> int:

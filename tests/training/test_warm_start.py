@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from retina import checkpoint
-from retina.models import build_model
 from retina.registry import default_for
+from training.warm_start import build_model_warm as build_model
 
 
 def test_warm_start_copies_the_backbone_and_builds_a_new_head(tiny_models_dir: Path) -> None:

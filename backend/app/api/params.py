@@ -1,0 +1,56 @@
+"""What the image routes share: their query and file parameters, their OpenAPI error tables, header values."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import File, Query, UploadFile
+
+from backend.app.schemas import ErrorResponse
+from retina.cam import METHODS
+
+ModelParam = Annotated[
+    str,
+    Query(
+        description="Model id (see GET /models), task alias `oct` / `fundus` (that task's default model), or "
+        "`auto` (the image gate detects OCT vs fundus and picks that task's default model).",
+        examples=["oct", "fundus", "auto"],
+    ),
+]
+FileParam = Annotated[UploadFile, File(description="The image (DICOM, JPEG, PNG, BMP, TIFF, WebP or GIF).")]
+FilesParam = Annotated[list[UploadFile], File(description="Images, repeated `files` fields (up to max_batch_files).")]
+MethodParam = Annotated[str, Query(description=f"CAM method: {', '.join(METHODS)}.")]
+AlphaParam = Annotated[float, Query(ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")]
+
+IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "`unauthorized`: API key configured and missing or wrong"},
+    404: {"model": ErrorResponse, "description": "`unknown_model`"},
+    413: {"model": ErrorResponse, "description": "`file_too_large` (or `too_many_files` for /predict/batch)"},
+    415: {
+        "model": ErrorResponse,
+        "description": "`unsupported_media_type`: not a DICOM/JPEG/PNG/BMP/TIFF/WebP/GIF (or a DICOM codec other "
+        "than uncompressed, JPEG baseline, RLE)",
+    },
+    422: {
+        "model": ErrorResponse,
+        "description": "`not_retinal_image` (the image gate saw neither an OCT B-scan nor a fundus photo), "
+        "`wrong_modality` (e.g. a fundus photo sent to an OCT model; the detail names the right model), "
+        "`ungradable_image` (/gradcam only), `empty_file`, `invalid_image` (truncated/undecodable, multi-frame "
+        "DICOM), `image_too_large` (decompression bomb), `invalid_parameter`",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "`not_ready`: the model failed to load (see GET /ready); "
+        "`audit_unavailable`: the answer could not be written to the audit log",
+    },
+}
+CAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    **IMAGE_ERRORS,
+    404: {"model": ErrorResponse, "description": "`unknown_model` or `unknown_method`"},
+}
+
+
+def header_value(value: str) -> str:
+    # Header values must be latin-1; class names of extra models might not be.
+    return value if value.isascii() else quote(value)

@@ -1,0 +1,197 @@
+"""One image's assessment: the gate's verdict, then calibrated probabilities -> referral -> label.
+
+The domain step of the service, without HTTP, threads or audit. The API's pipeline
+(``backend/app/services/pipeline.py``) splits it across its pools and micro-batcher; a batch
+scorer calls :func:`assess_image`. Both go through :func:`refusal` and :func:`grade` (or
+:func:`ungradable`), so the label, the referral and the derived figures are computed in one
+place and every reader (the JSON answer, the PDF, the audit row) reads the same frozen result:
+
+* :class:`Refusal`: the gate saw no retinal image, or the other modality than the model reads;
+* :class:`Assessment` with ``gradable`` False: the right kind of image, unusable (no diagnosis);
+* :class:`Assessment` with ``gradable`` True: probabilities, label and referral advice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from retina.checkpoint import CheckpointMeta
+from retina.gate import GateResult, ImageGate
+from retina.labels import DR_GRADES, derived_dr_probabilities
+from retina.preprocessing import eval_transform
+from retina.referral import Thresholds, consistent_label, referral_for, ungradable_referral
+
+_KIND = {"oct": "an OCT B-scan", "fundus": "a colour fundus photo"}
+_READS = {"oct": "OCT B-scans", "fundus": "colour fundus photos"}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The gate turned the image away: ``code`` is ``not_retinal_image`` or ``wrong_modality``."""
+
+    code: str
+    detail: str
+    gate: GateResult
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What one model made of one gradable (or ungradable) image.
+
+    Attributes:
+        model, model_version, task: the model that answered (aliases resolved).
+        gradable: False: no diagnosis; ``referral.level`` is ``ungradable`` and ``gate.reasons`` say why.
+        label, confidence: the likeliest class consistent with the referral and its probability in [0, 1].
+        probabilities: class name -> calibrated probability in [0, 1], in model order.
+        inference_ms: time of the forward pass that produced the probabilities.
+        derived: 5-grade DR models: ``{"referable": P(grade >= 2), "any": P(grade >= 1)}``.
+        referral: ``{level, advice, reason, probability, threshold, note}``; None without a policy.
+        gate: the image gate's verdict; None when the gate is off.
+    """
+
+    model: str
+    model_version: str
+    task: str
+    gradable: bool
+    label: str | None
+    confidence: float | None
+    probabilities: Mapping[str, float] | None
+    inference_ms: float
+    derived: Mapping[str, float] | None
+    referral: Mapping[str, Any] | None
+    gate: GateResult | None
+
+    @property
+    def label_index(self) -> int | None:
+        return None if self.label is None or self.probabilities is None else list(self.probabilities).index(self.label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types: the ``PredictResponse`` body, and what the audit row reads."""
+        return {
+            "model": self.model,
+            "model_version": self.model_version,
+            "task": self.task,
+            "gradable": self.gradable,
+            "label": self.label,
+            "confidence": self.confidence,
+            "probabilities": None if self.probabilities is None else dict(self.probabilities),
+            "inference_ms": self.inference_ms,
+            "derived": None if self.derived is None else dict(self.derived),
+            "referral": None if self.referral is None else dict(self.referral),
+            "gate": self.gate.to_dict() if self.gate is not None else None,
+        }
+
+
+def not_retinal(verdict: GateResult) -> Refusal:
+    """``not_retinal_image`` with the gate probabilities that decided it."""
+    near = ", ".join(
+        f"{m} {p:.3f}" + (f" (accepted from {verdict.thresholds[m]:.3f})" if m in verdict.thresholds else "")
+        for m, p in verdict.probabilities.items()
+    )
+    extra = [r for r in verdict.reasons if not r.startswith("it does not look like")]
+    return Refusal(
+        "not_retinal_image",
+        "this does not look like an OCT B-scan or a colour fundus photo"
+        + (f" ({'; '.join(extra)})" if extra else "")
+        + (f"; the image gate's probabilities: {near}" if near else "")
+        + ". Nothing was predicted.",
+        verdict,
+    )
+
+
+def refusal(verdict: GateResult | None, model_id: str, task: str, right: str | None = None) -> Refusal | None:
+    """Why the gate turns the image away from model ``model_id`` (reading ``task``), or None to go on.
+
+    ``right``: the id of the model that reads what the gate saw, named in ``wrong_modality``.
+    """
+    if verdict is None:
+        return None
+    if verdict.modality == "other":
+        return not_retinal(verdict)
+    if verdict.modality != task:
+        return Refusal(
+            "wrong_modality",
+            f"this looks like {_KIND[verdict.modality]}, but model {model_id!r} reads {_READS[task]}: "
+            f"send it with model={verdict.modality}" + (f" (model {right})" if right else "") + " or model=auto",
+            verdict,
+        )
+    return None
+
+
+def grade(
+    model_id: str,
+    meta: CheckpointMeta,
+    probs: np.ndarray,
+    inference_ms: float,
+    thresholds: Thresholds,
+    gate: GateResult | None = None,
+) -> Assessment:
+    """Calibrated probabilities ``(num_classes,)`` -> the referral at the model's operating points and a
+    label consistent with it (see ``retina.referral``)."""
+    names = list(meta.class_names)
+    referral = referral_for(meta.task, names, probs, thresholds, meta)
+    best = consistent_label(meta.task, names, probs, referral)
+    derived = derived_dr_probabilities(probs) if meta.task == "fundus" and tuple(names) == tuple(DR_GRADES) else None
+    return Assessment(
+        model=model_id,
+        model_version=meta.version,
+        task=meta.task,
+        gradable=True,
+        label=names[best],
+        confidence=float(probs[best]),
+        probabilities={name: float(p) for name, p in zip(names, probs, strict=True)},
+        inference_ms=round(inference_ms, 3),
+        derived=derived,
+        referral=referral,
+        gate=gate,
+    )
+
+
+def ungradable(model_id: str, meta: CheckpointMeta, gate: GateResult) -> Assessment:
+    """The assessment of an image the gate found ungradable: the reasons, no diagnosis."""
+    return Assessment(
+        model=model_id,
+        model_version=meta.version,
+        task=meta.task,
+        gradable=False,
+        label=None,
+        confidence=None,
+        probabilities=None,
+        inference_ms=0.0,
+        derived=None,
+        referral=ungradable_referral(gate.reasons),
+        gate=gate,
+    )
+
+
+@torch.inference_mode()
+def assess_image(
+    img: Image.Image,
+    model: nn.Module,
+    meta: CheckpointMeta,
+    gate: ImageGate | None,
+    thresholds: Thresholds,
+    model_id: str = "model",
+) -> Assessment | Refusal:
+    """The whole domain step for one decoded image, in the caller's thread (a batch scorer's loop).
+
+    ``model`` in eval mode on the CPU; the input is ``eval_transform(meta.preprocess)``, the
+    same prepare + tail the service applies.
+    """
+    verdict = gate.assess(img) if gate is not None else None
+    refused = refusal(verdict, model_id, meta.task)
+    if refused is not None:
+        return refused
+    if verdict is not None and not verdict.gradable:
+        return ungradable(model_id, meta, verdict)
+    x = eval_transform(meta.preprocess)(img).unsqueeze(0)
+    logits = model(x)[0].double()
+    probs = torch.softmax(logits / meta.temperature, dim=0).numpy()
+    return grade(model_id, meta, probs, 0.0, thresholds, verdict)

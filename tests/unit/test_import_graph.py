@@ -1,0 +1,76 @@
+"""The core has no import cycle and the service's layers import in one direction (read from the source)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from retina.paths import REPO_ROOT
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """``module -> modules of the same package it imports``, counting imports inside functions too."""
+    files = {_module(p): p for p in sorted((REPO_ROOT / package).rglob("*.py"))}
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # ``from retina import checkpoint`` imports the submodule; ``from retina.x import y`` module x.
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names
+                ]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in files and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every elementary cycle found by depth-first search (each reported once, from its smallest module)."""
+    found: set[tuple[str, ...]] = set()
+
+    def visit(start: str, node: str, path: list[str]) -> None:
+        for nxt in graph[node]:
+            if nxt == start:
+                found.add(tuple(path))
+            elif nxt > start and nxt not in path:
+                visit(start, nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        visit(start, start, [start])
+    return [list(c) for c in sorted(found)]
+
+
+def test_import_graph_finds_a_cycle_when_there_is_one() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_retina_has_no_import_cycle() -> None:
+    graph = import_graph("retina")
+    assert "retina.dicom" in graph["retina.decode"]  # the graph is really read
+    assert cycles(graph) == []
+
+
+def test_training_has_no_import_cycle() -> None:
+    graph = import_graph("training")
+    assert "training.fit" in graph["training.train"]
+    assert cycles(graph) == []
+
+
+def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
+    for path in sorted((REPO_ROOT / "backend/app/services").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in names if m.split(".")[0] in ("fastapi", "starlette")}, path.name
+    routes = import_graph("backend")
+    for name, deps in routes.items():
+        if name.startswith("backend.app.api.routes."):
+            assert not {d for d in deps if d.startswith("backend.app.api.routes.")}, name

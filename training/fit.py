@@ -1,0 +1,544 @@
+"""One supervised training run: :func:`fit` trains with early stopping on the validation split, keeps the
+best epoch, fits a temperature on the validation logits, scores val and test, and writes
+
+    OUT/best.pt       the best epoch (retina.checkpoint format; fp16 when ``half``)
+    OUT/last.pt       the last epoch plus optimizer/scheduler state for ``--resume``
+    OUT/config.yaml   the resolved config (also inside both checkpoints)
+    OUT/history.csv   one row per epoch, and OUT/training_curves.png
+    OUT/train.log
+
+``training.train`` (the CLI), ``training.cv`` and ``training.simclr`` call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+
+from retina import checkpoint
+from retina.labels import DR_GRADES
+from retina.preprocessing import PreprocessSpec
+from training import config as config_mod
+from training.calibration import fit_temperature, nll
+from training.config import ConfigError
+from training.data import (
+    DataBundle,
+    class_weights,
+    domain_sample_weights,
+    image_domains,
+    label_fraction_indices,
+    smote_resample,
+)
+from training.engine import (
+    AugmentedBatches,
+    TensorBatches,
+    predict_logits,
+    resolve_device,
+    seed_everything,
+    set_threads,
+    softmax,
+    train_one_epoch,
+)
+from training.metrics import compute_metrics, derived_binary, quiet_sklearn, to_plain
+from training.plots import training_curves_png
+from training.warm_start import build_model_warm
+
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_referable_auc",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+
+
+logger = logging.getLogger("training.train")
+
+# ----------------------------------------------------------------------------- model
+
+
+def model_args_for(cfg: dict[str, Any], spec: PreprocessSpec, num_classes: int) -> dict[str, Any]:
+    return {"in_channels": spec.channels, "num_classes": num_classes, **copy.deepcopy(cfg["model"]["args"])}
+
+
+def build_for_training(
+    cfg: dict[str, Any], spec: PreprocessSpec, num_classes: int
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Build ``model.arch``; returns ``(model, model_args to save, init info)``.
+
+    ``weights`` (ImageNet/local init) is dropped from the saved ``model_args``: the checkpoint
+    holds the trained weights, and serving must rebuild it without the pretrained file.
+    A missing pretrained file raises, unless ``model.args.weights_missing: scratch`` asks for
+    random initialisation; that is logged as a warning and recorded in the checkpoint, and
+    the backbone is then trained (a frozen random backbone would be meaningless).
+    """
+    arch = cfg["model"]["arch"]
+    args = model_args_for(cfg, spec, num_classes)
+    on_missing = args.pop("weights_missing", "error")
+    init: dict[str, Any] = {"weights": args.get("weights"), "pretrained": bool(args.get("weights"))}
+    try:
+        model = build_model_warm(arch, **args)
+    except FileNotFoundError as e:
+        if on_missing != "scratch":
+            raise
+        logger.warning("PRETRAINED WEIGHTS MISSING, training %s from scratch (weights_missing=scratch): %s", arch, e)
+        args["weights"] = None
+        if args.get("freeze_backbone"):
+            logger.warning("freeze_backbone disabled: a frozen randomly initialised backbone cannot learn")
+            args["freeze_backbone"] = False
+        init.update(pretrained=False, fallback="scratch", reason=str(e))
+        model = build_model_warm(arch, **args)
+    saved = {k: v for k, v in args.items() if k != "weights"}
+    return model, saved, init
+
+
+def make_optimizer(cfg: dict[str, Any], model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+    o = cfg["optim"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = o["lr"] if lr is None else lr
+    if o["name"] == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=o["weight_decay"])
+    if o["name"] == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=o["weight_decay"])
+    return torch.optim.SGD(params, lr=lr, momentum=o["momentum"], weight_decay=o["weight_decay"], nesterov=True)
+
+
+def freeze_module(module: nn.Module) -> None:
+    """No gradients, and BatchNorm running statistics kept (see :func:`keep_frozen_bn_eval`)."""
+    for p in module.parameters():
+        p.requires_grad = False
+
+
+def keep_frozen_bn_eval(model: nn.Module) -> None:
+    """Put BatchNorm layers whose parameters are all frozen in eval mode.
+
+    A frozen (pretrained) backbone must keep its running statistics: in train mode they
+    would drift towards the small training batches and change the features it was frozen for.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` produced; probabilities are temperature-scaled."""
+
+    model: nn.Module
+    best_path: Path | None
+    best_epoch: int
+    calibration: dict[str, Any]
+    metrics: dict[str, Any]
+    val_probs: np.ndarray
+    test_probs: np.ndarray | None
+    history: list[dict[str, Any]]
+    model_args: dict[str, Any]
+
+
+def referable_auc(logits: np.ndarray, y: np.ndarray, class_names: tuple[str, ...]) -> float:
+    """Validation ROC AUC of P(grade >= 2) for 5-grade DR models; logits ``(N, 5)``, labels ``(N,)``.
+
+    The shipped fundus model is judged on referable DR, so early stopping can select on it;
+    5-grade balanced accuracy is much noisier on a few hundred validation images. The score
+    is the one ``training.metrics`` reports (NaN when the split lacks either class).
+    """
+    if tuple(class_names) != DR_GRADES:
+        raise ConfigError("early_stopping.metric val_referable_auc needs a 5-grade DR model (label_scheme: grade)")
+    p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
+    return float(derived_binary(p, np.asarray(y), 2, None, n_boot=0, seed=0)["roc_auc"])
+
+
+def _better(metric: str, score: float, loss: float, best: tuple[float, float] | None) -> bool:
+    if best is None or metric == "last":
+        # "last": a fixed schedule; on tiny validation sets (a handful of images) picking an
+        # epoch by its score selects noise, so the final epoch is kept instead.
+        return True
+    b_score, b_loss = best
+    if metric == "val_loss":
+        return loss < b_loss - 1e-12
+    # Ties are common on small validation sets: break them by the lower loss.
+    return score > b_score + 1e-12 or (abs(score - b_score) <= 1e-12 and loss < b_loss - 1e-12)
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def fit(
+    cfg: dict[str, Any],
+    bundle: DataBundle,
+    out_dir: str | Path,
+    *,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray | None = None,
+    resume: dict[str, Any] | None = None,
+    init_backbone: dict[str, torch.Tensor] | None = None,
+    freeze_backbone: bool = False,
+    data_extra: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+    keep_last: bool = True,
+) -> FitResult:
+    """Train on ``train_idx``, early-stop on ``val_idx``, score ``test_idx``; write checkpoints.
+
+    Args:
+        cfg: resolved config (:func:`training.config.resolve`).
+        bundle: prepared data; the index arrays index ``bundle.images``/``bundle.table``.
+        out_dir: where ``best.pt``, ``last.pt``, ``config.yaml``, ``history.csv`` go.
+        resume: a ``last.pt`` dict (``retina.checkpoint.read``) to continue from.
+        init_backbone: state dict for ``model.backbone`` (SimCLR fine-tuning).
+        freeze_backbone: train only the head (linear probe); frozen BatchNorm stays in eval.
+        data_extra: merged into the checkpoint's ``data`` block.
+        extra_metrics: merged into the checkpoint's ``metrics`` block (e.g. ``cv``).
+        keep_last: also write ``last.pt`` (resume state) every epoch.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = bundle.spec
+    table = bundle.table
+    k = len(table.class_names)
+    seed = cfg["seed"]
+    seed_everything(seed)
+    threads = set_threads(cfg["threads"])
+    device = resolve_device(cfg["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    logger.info("device %s, %d CPU threads", device, threads)
+
+    # ---- training split: label fraction, then imbalance handling (train rows only)
+    train_idx = np.asarray(train_idx)
+    if cfg["label_fraction"] is not None and cfg["label_fraction"] < 1:
+        keep = label_fraction_indices(table.labels[train_idx], cfg["label_fraction"], seed=cfg["data"]["seed"])
+        logger.info("label_fraction=%g: %d of %d training images", cfg["label_fraction"], len(keep), len(train_idx))
+        train_idx = train_idx[keep]
+    tr_x = bundle.images[torch.as_tensor(train_idx)]
+    tr_y = table.labels[train_idx]
+    imbalance = cfg["imbalance"]
+    if imbalance == "smote":
+        tr_x, tr_y = smote_resample(tr_x, tr_y, seed=seed)
+    weights = class_weights(tr_y, k, cfg["class_weight_power"]) if imbalance == "class_weights" else None
+    sample_w = None
+    if imbalance == "weighted_sampler":
+        counts = np.bincount(tr_y, minlength=k).astype(np.float64)
+        sample_w = torch.as_tensor(1.0 / counts[tr_y])
+    if cfg["domain_balance"] is not None and imbalance != "smote":
+        domains = image_domains(table, train_idx)
+        dom_w = domain_sample_weights(domains, float(cfg["domain_balance"]))
+        sample_w = dom_w if sample_w is None else dom_w * sample_w
+        names, counts = np.unique(domains, return_counts=True)
+        share = {str(d): round(float(dom_w[domains == d].sum() / dom_w.sum()), 3) for d in names}
+        logger.info(
+            "domain_balance=%s: images %s, share of draws %s",
+            cfg["domain_balance"],
+            dict(zip(names.tolist(), counts.tolist(), strict=True)),
+            share,
+        )
+    bs = cfg["batch_size"]
+    if cfg["augment"] == "none":
+        train_loader: Any = TensorBatches(tr_x, tr_y, bs, shuffle=True, seed=seed, weights=sample_w)
+    else:
+        train_loader = AugmentedBatches(
+            tr_x,
+            tr_y,
+            spec,
+            cfg["augment"],
+            bs,
+            seed=seed,
+            weights=sample_w,
+            num_workers=cfg["num_workers"],
+            num_samples=cfg["epoch_images"],
+        )
+    val_y = table.labels[val_idx]
+    val_loader = TensorBatches(bundle.images[torch.as_tensor(val_idx)], val_y, cfg["eval_batch_size"])
+
+    # ---- model, optimiser, schedule
+    model, model_args, init = build_for_training(cfg, spec, k)
+    if init_backbone is not None:
+        model.backbone.load_state_dict(init_backbone)
+        init["backbone"] = "simclr"
+    if freeze_backbone:
+        freeze_module(model.backbone)
+    model.to(device)
+    channels_last = bool(cfg["channels_last"])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg["epochs"]))
+        if cfg["scheduler"] == "cosine"
+        else None
+    )
+    criterion = nn.CrossEntropyLoss(
+        weight=weights.to(device) if weights is not None else None, label_smoothing=cfg["label_smoothing"]
+    )
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "%s: %d parameters (%d trainable), %d training images, batch %d, %d epochs",
+        cfg["model"]["arch"],
+        sum(p.numel() for p in model.parameters()),
+        n_trainable,
+        len(tr_y),
+        bs,
+        cfg["epochs"],
+    )
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best, best_epoch, bad_epochs = 1, None, 0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        st = resume["extra"]["resume"]
+        optimizer.load_state_dict(st["optimizer"])
+        if scheduler is not None and st.get("scheduler"):
+            scheduler.load_state_dict(st["scheduler"])
+        start_epoch = int(st["epoch"]) + 1
+        best = tuple(st["best"]) if st.get("best") else None
+        best_epoch, bad_epochs = int(st["best_epoch"]), int(st["bad_epochs"])
+        history = list(st["history"])
+        best_path = out / "best.pt"
+        if best_path.is_file():
+            best_state = checkpoint.dequantize_state(checkpoint.read(best_path))
+        logger.info("resumed from epoch %d (best epoch %d)", start_epoch - 1, best_epoch)
+
+    es = cfg["early_stopping"]
+    base_meta = _base_meta(cfg, bundle, model_args, init, data_extra)
+    for epoch in range(start_epoch, cfg["epochs"] + 1):
+        torch.manual_seed(seed + epoch)  # augmentation/dropout RNG: same stream after a resume
+        lr = optimizer.param_groups[0]["lr"]
+        stats = _train_epoch(model, train_loader, optimizer, criterion, device, spec, epoch, cfg, channels_last)
+        if scheduler is not None:
+            scheduler.step()
+        logits, _ = predict_logits(model, val_loader, device, spec, amp=cfg["amp"], channels_last=channels_last)
+        v_loss = nll(logits, val_y)
+        v_pred = logits.argmax(1)
+        with quiet_sklearn():  # tiny val sets miss classes the model predicts
+            v_bal = float(balanced_accuracy_score(val_y, v_pred))
+        row = {
+            "epoch": epoch,
+            "train_loss": stats["loss"],
+            "train_acc": stats["acc"],
+            "val_loss": v_loss,
+            "val_accuracy": float((v_pred == val_y).mean()),
+            "val_balanced_accuracy": v_bal,
+            "lr": lr,
+            "seconds": stats["seconds"],
+            "images_per_s": stats["images_per_s"],
+        }
+        history.append(row)
+        v_score = v_bal
+        if es["metric"] == "val_referable_auc":
+            v_score = referable_auc(logits, val_y, table.class_names)
+            row["val_referable_auc"] = v_score
+        improved = _better(es["metric"], v_score, v_loss, best)
+        if improved:
+            best, best_epoch, bad_epochs = (v_score, v_loss), epoch, 0
+            best_state = {k_: v.detach().clone() for k_, v in _plain_state(model).items()}
+            checkpoint.save(
+                out / "best.pt",
+                model,
+                **base_meta,
+                metrics={"val": {"loss": v_loss, "balanced_accuracy": v_bal}, "best_epoch": epoch, "final": False},
+            )
+        else:
+            bad_epochs += 1
+        logger.info(
+            "epoch %d/%d train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f | %.0f img/s %.1fs%s",
+            epoch,
+            cfg["epochs"],
+            stats["loss"],
+            stats["acc"],
+            v_loss,
+            row["val_accuracy"],
+            v_bal,
+            stats["images_per_s"],
+            stats["seconds"],
+            " *" if improved else "",
+        )
+        if keep_last:
+            resume_state = {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "best": list(best) if best else None,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "history": to_plain(history),
+            }
+            checkpoint.save(
+                out / "last.pt", model, **base_meta, metrics={"epoch": epoch}, extra={"resume": resume_state}
+            )
+        _write_history(out / "history.csv", history)
+        if es["patience"] and bad_epochs >= es["patience"]:
+            logger.info("early stopping: no improvement of %s for %d epochs", es["metric"], bad_epochs)
+            break
+
+    # ---- best epoch: calibrate on val, score val and test, final checkpoint
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    val_logits, _ = predict_logits(model, val_loader, device, spec, amp=cfg["amp"], channels_last=channels_last)
+    calibration = fit_temperature(val_logits, val_y) if cfg["calibrate"] else {"temperature": 1.0, "method": "none"}
+    t = float(calibration["temperature"])
+    groups = table.groups
+    n_boot = cfg["n_bootstrap"]
+    val_probs = softmax(val_logits, t)
+    metrics: dict[str, Any] = {
+        "val": compute_metrics(val_probs, val_y, table.class_names, groups=groups[val_idx], n_bootstrap=n_boot),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "early_stopping_metric": es["metric"],
+    }
+    test_probs = None
+    if test_idx is not None and len(test_idx):
+        test_loader = TensorBatches(
+            bundle.images[torch.as_tensor(test_idx)], table.labels[test_idx], cfg["eval_batch_size"]
+        )
+        test_logits, test_y = predict_logits(
+            model, test_loader, device, spec, amp=cfg["amp"], channels_last=channels_last
+        )
+        test_probs = softmax(test_logits, t)
+        metrics["test"] = compute_metrics(
+            test_probs, test_y, table.class_names, groups=groups[test_idx], n_bootstrap=n_boot
+        )
+    metrics.update(extra_metrics or {})
+    for part in ("val", "test"):
+        if part in metrics:
+            m = metrics[part]
+            logger.info(
+                "%s: accuracy %.3f %s, balanced accuracy %.3f, macro F1 %.3f, n=%d (%d patients)",
+                part,
+                m["accuracy"],
+                m.get("accuracy_ci95"),
+                m["balanced_accuracy"],
+                m["macro_f1"],
+                m["n"],
+                m["n_patients"] or 0,
+            )
+    best_path = checkpoint.save(
+        out / "best.pt",
+        model,
+        **base_meta,
+        metrics=to_plain(metrics),
+        calibration=to_plain(calibration),
+        half=cfg["half"],
+    )
+    config_mod.save_config(cfg, out / "config.yaml")
+    if history:
+        _write_history(out / "history.csv", history)
+        training_curves_png(history, out / "training_curves.png")
+    logger.info("saved %s (best epoch %d, T=%.3f)", best_path, best_epoch, t)
+    return FitResult(
+        model=model,
+        best_path=best_path,
+        best_epoch=best_epoch,
+        calibration=calibration,
+        metrics=metrics,
+        val_probs=val_probs,
+        test_probs=test_probs,
+        history=history,
+        model_args=model_args,
+    )
+
+
+def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return getattr(model, "_orig_mod", model).state_dict()
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    device: torch.device,
+    spec: PreprocessSpec,
+    epoch: int,
+    cfg: dict[str, Any],
+    channels_last: bool,
+) -> dict[str, float]:
+    # train_one_epoch calls model.train(); re-freeze BN of frozen layers right after via a hook.
+    handle = model.register_forward_pre_hook(lambda m, _: keep_frozen_bn_eval(m))
+    try:
+        return train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            criterion,
+            device,
+            spec,
+            epoch=epoch,
+            amp=cfg["amp"],
+            channels_last=channels_last,
+            progress=cfg["progress"],
+        )
+    finally:
+        handle.remove()
+
+
+def _base_meta(
+    cfg: dict[str, Any],
+    bundle: DataBundle,
+    model_args: dict[str, Any],
+    init: dict[str, Any],
+    data_extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    table = bundle.table
+    data = {**bundle.meta, **(data_extra or {}), "init": init, "label_fraction": cfg["label_fraction"]}
+    data.setdefault("evaluation", "held-out patient-disjoint test split")
+    return {
+        "arch": cfg["model"]["arch"],
+        "model_args": model_args,
+        "task": table.task,
+        "class_names": list(table.class_names),
+        "preprocess": bundle.spec,
+        "label_scheme": table.label_scheme,
+        "config": to_plain(cfg),
+        "data": to_plain(data),
+        "version": cfg["version"],
+    }
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def setup_logging(out: Path | None = None) -> None:
+    """INFO to stderr (and ``out/train.log``); idempotent across calls in one process."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_retina", False) for h in root.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h._retina = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for h in list(root.handlers):
+            if getattr(h, "_retina_file", False):
+                root.removeHandler(h)
+                h.close()
+        fh = logging.FileHandler(out / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh._retina_file = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
