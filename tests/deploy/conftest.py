@@ -24,6 +24,13 @@ from tests.deploy.parsing import Instruction, load_compose, parse_dockerfile
 VENV_BIN = Path(sys.executable).parent
 
 
+def caddy_password_hash(caddy: str, password: str) -> str:
+    """The bcrypt hash ``caddy hash-password`` makes of ``password`` (what RETINA_BASIC_AUTH_HASH holds)."""
+    return subprocess.run(
+        [caddy, "hash-password", "--plaintext", password], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def backend_dockerfile() -> list[Instruction]:
     return parse_dockerfile(REPO_ROOT / "Dockerfile.backend")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 
 from retina.labels import OCT_CLASSES
 from retina.paths import REPO_ROOT
-from tests.deploy.conftest import Spawner, free_port
+from tests.deploy.conftest import Spawner, caddy_password_hash, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +74,7 @@ def proxy(spawn_module: Spawner, tmp_path_factory: pytest.TempPathFactory) -> It
             "RETINA_AUDIT_DB": f"sqlite:///{tmp}/audit.sqlite",
         },
     )
-    hashed = subprocess.run(
-        [caddy, "hash-password", "--plaintext", PASSWORD], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.strip()
+    hashed = caddy_password_hash(caddy, PASSWORD)
     proxy = spawn_module(
         "caddy",
         [caddy, "run", "--config", str(REPO_ROOT / "deploy" / "Caddyfile"), "--adapter", "caddyfile"],

