@@ -23,7 +23,7 @@ otherwise come back "referable DR". Two steps:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from scipy import ndimage
 from torch import nn
 
 from retina import checkpoint
+from retina.engine import load_engine
 from retina.preprocessing import PreprocessSpec, pil_to_uint8_tensor, prepare, tail
 
 Modality = Literal["oct", "fundus", "other"]
@@ -288,12 +289,28 @@ class ImageGate:
         self.version = version
         self._tail = tail(spec)
         self._fast = _fused(self.model)
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self._fast
+        self.engine = "torch"
+
+    def use_engine(self, name: str, path: str | Path, cache_dir: str | Path | None = None) -> str:
+        """Run the CNN on ``retina.engine``'s ``name`` (``auto``: ONNX Runtime fp32 when it passes parity).
+
+        The network is a few hundred microseconds of arithmetic, so torch's per-op dispatch is
+        most of its cost: ONNX Runtime runs the same fused graph in about a third of the time
+        (measured in ``benchmarks/serve_benchmark.py``'s stage table). Int8 is not offered for the
+        gate: its thresholds were chosen on fp32 probabilities. Returns the engine's name.
+        """
+        name = "onnxruntime" if name in ("auto", "onnxruntime-int8") else name
+        meta = checkpoint.meta_from_dict(checkpoint.read(path))
+        engine, info = load_engine(name, self._fast, meta, path, threads=1, cache_dir=cache_dir)
+        self._forward, self.engine = engine, info.name
+        return info.name
 
     # ------------------------------------------------------------------ scoring
     def probabilities(self, views: torch.Tensor) -> np.ndarray:
         """``uint8 (N, 3, S, S)`` gate views -> softmax ``float (N, 3)`` over :data:`GATE_CLASSES`."""
         with torch.inference_mode():
-            logits = self._fast(self._tail(views))
+            logits = self._forward(self._tail(views))
         return torch.softmax(logits.float(), dim=1).numpy()
 
     def decide(self, probs: np.ndarray) -> str:

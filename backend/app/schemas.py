@@ -251,6 +251,12 @@ class ModelInfo(BaseModel):
         "carry `referral.level: not_informative`.",
     )
     cam_layer: str | None = None
+    engine: dict[str, Any] | None = Field(
+        default=None,
+        description="What runs the forward pass (`RETINA_ENGINE`): `name` (torch, onnxruntime, onnxruntime-int8, "
+        "openvino), `requested`, `detail` (precision, parity / re-measured metrics) and `fallbacks` (engines "
+        "that were tried and why they were not used). Grad-CAM always runs on torch.",
+    )
     loaded: bool = True
     error: str | None = None
 

@@ -270,11 +270,17 @@ class Pipeline:
         """CAM of ``prepared`` for ``target`` (None = the label the answer shows), rendered (CAM pool)."""
         choose = label_chooser(served.task, served.class_names, self.settings, served.meta)
         batch = self.settings.scorecam_batch_size
+        probs = None
+        if served.engine_info.name != "torch":
+            # The answer's probabilities come from the served engine, exactly as /predict's do (int8
+            # can move a near-tie); torch, which CAM needs for gradients, only draws that label's map.
+            probs = served.batcher.submit(prepared.pixels).result().probabilities
+            target = choose(probs) if target is None else target
         cam = compute_cam_for(served, prepared.pixels, target, choose, method, alpha, out_size, batch, self.metrics)
         height, width = cam.overlay.shape[:2]
         heatmap_png = png_bytes(cam.heatmap) if options.heatmap else None
         drawing = Drawing(served.class_names[cam.target], method, png_bytes(cam.overlay), heatmap_png, width, height)
-        return Scored(cam.probabilities, cam.cam_ms, drawing)
+        return Scored(cam.probabilities if probs is None else probs, cam.cam_ms, drawing)
 
     async def _audit(self, endpoint: str, served: ServedModel, result: Assessment, sha256: str) -> None:
         outcome = "ok" if result.gradable else "ungradable"

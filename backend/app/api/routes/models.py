@@ -62,6 +62,7 @@ def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
                 served_thresholds=served_thresholds(m.task, m.class_names, settings, meta),
                 informative=informative(meta),
                 cam_layer=m.cam_layer,
+                engine=m.engine_info.to_dict(),
             )
         )
     for f in store.failed.values():
