@@ -209,9 +209,7 @@ def oct_band_curve(grey: np.ndarray) -> np.ndarray:
         grey: ``uint8 (H, W)`` B-scan.
     """
     h, w = grey.shape
-    a = grey.astype(np.float32)
-    a[a >= 250] = 0.0  # registration fill, never tissue
-    img = Image.fromarray(a.astype(np.uint8))
+    img = Image.fromarray(np.where(grey >= 250, 0, grey).astype(np.uint8))  # registration fill, never tissue
     small_w = min(w, _BAND_WORK_WIDTH)
     small_h = max(8, round(h * small_w / w))
     small = img.resize((small_w, small_h), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(3))
@@ -241,16 +239,20 @@ def _oct_band(img: Image.Image) -> Image.Image:
     """Flatten the retina band and keep ``_BAND_ABOVE + _BAND_BELOW`` of the height around it.
 
     Returns an ``L`` image of the full width; the caller resizes it to the model's square.
-    Columns are shifted by whole pixels (an integer gather: exact, and a few ms at 1536 px).
+    Columns are shifted by whole pixels: an integer gather, done by OpenCV's nearest-neighbour
+    ``remap`` at integer coordinates (exact; rows outside the scan read 0), which costs a fifth of
+    numpy's clip + take_along_axis + where at 1536 px.
     """
     grey = np.asarray(img.convert("L"))
     h, w = grey.shape
     centre = oct_band_curve(grey)
     above, below = round(_BAND_ABOVE * h), round(_BAND_BELOW * h)
-    rows = np.arange(-above, below)[:, None] + np.round(centre).astype(np.int64)[None, :]
-    inside = (rows >= 0) & (rows < h)
-    out = np.take_along_axis(grey, np.clip(rows, 0, h - 1), axis=0)
-    out = np.where(inside, out, 0).astype(np.uint8)
+    shift = np.round(centre).astype(np.int64)
+    rows = (np.arange(-above, below)[:, None] + shift[None, :]).astype(np.float32)
+    cols = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], rows.shape)
+    out = cv2.remap(
+        grey, np.ascontiguousarray(cols), rows, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     return Image.fromarray(out, mode="L")
 
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from retina.preprocessing import decode_image, get_preset, prepare
-from tests.unit.legacy_preprocessing import prepare_fundus
+from tests.unit.legacy_preprocessing import prepare_fundus, prepare_oct_band
 
 
 def _photos(root: Path, pattern: str, n: int) -> list[Path]:
@@ -61,3 +61,14 @@ def test_fast_fundus_prepare_equals_the_trained_one_on_synthetic_edge_cases() ->
     for a in cases:
         img = Image.fromarray(a)
         np.testing.assert_array_equal(np.asarray(prepare(img, spec)), np.asarray(prepare_fundus(img, spec)))
+
+
+@pytest.mark.data
+def test_faster_oct_band_equals_the_trained_one(oct_dev: Path) -> None:
+    """OpenCV's integer remap instead of numpy's gather: the same bytes on every oct-dev scan."""
+    spec = get_preset("oct_band_128")
+    files = sorted(oct_dev.glob("**/*.jpeg"))
+    assert files
+    for f in files:
+        img = decode_image(f.read_bytes())
+        np.testing.assert_array_equal(np.asarray(prepare(img, spec)), np.asarray(prepare_oct_band(img)), err_msg=f.name)
