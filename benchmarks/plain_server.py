@@ -22,18 +22,21 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from PIL import Image
 
 from retina import checkpoint, registry
+from retina.gate import GATE_FILE
 from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import eval_transform
 
 MODELS_DIR = Path(os.environ.get("RETINA_MODELS_DIR", str(DEFAULT_MODELS_DIR)))
 _LOADED: dict[str, tuple[torch.nn.Module, Any, Any]] = {}
-for _spec in registry.MODELS.values():
-    _path = MODELS_DIR / _spec.checkpoint
-    if _path.is_file():
-        _model, _meta = checkpoint.load(_path)
-        _entry = (_model.eval(), _meta, eval_transform(_meta.preprocess))
-        _LOADED[_spec.key] = _entry
-        _LOADED.setdefault(_spec.task, _entry)
+for _path in sorted(MODELS_DIR.glob("*.pt")):
+    if _path.name == GATE_FILE:
+        continue
+    _model, _meta = checkpoint.load(_path)
+    _entry = (_model.eval(), _meta, eval_transform(_meta.preprocess))
+    _LOADED[_path.stem] = _entry
+for _spec in registry.MODELS.values():  # ?model=oct / fundus: the registry's defaults, as in the service
+    if _spec.key in _LOADED:
+        _LOADED.setdefault(_spec.task, _LOADED[_spec.key])
 
 app = FastAPI(title="plain baseline (benchmarks only)")
 
