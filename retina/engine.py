@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ class TorchEngine:
 
 
 class OnnxRuntimeEngine:
-    """An ONNX file on ONNX Runtime's CPU execution provider."""
+    """An ONNX file on ONNX Runtime's CPU execution provider (``InferenceSession.run`` is thread-safe)."""
 
     def __init__(self, path: Path, threads: int, name: str) -> None:
         import onnxruntime as ort
@@ -127,14 +128,19 @@ class OpenVinoEngine:
             "INFERENCE_PRECISION_HINT": "f32",
         }
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        # An InferRequest is not thread-safe, and the gate is called from every decode thread:
+        # one request per calling thread.
+        self._local = threading.local()
 
     def eval(self) -> OpenVinoEngine:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        out = self.request.infer({0: arr})
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({0: arr})
         return torch.from_numpy(np.array(out[self.compiled.output(0)], dtype=np.float32))
 
 

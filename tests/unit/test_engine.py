@@ -148,3 +148,24 @@ def test_stale_or_missing_calibration_falls_back_to_torch(tmp_path: Path, make_c
     x = probe_batch(meta)
     with torch.inference_mode():
         np.testing.assert_allclose(engine(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["onnxruntime", "openvino"])
+def test_engines_are_safe_to_call_from_several_threads(engine_name: str, tmp_path: Path) -> None:
+    """The gate's engine is called from every decode thread at once: each call gets its own answer."""
+    if engine_name == "openvino":
+        pytest.importorskip("openvino")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retina.gate import GATE_FILE, ImageGate
+
+    path = DEFAULT_MODELS_DIR / GATE_FILE
+    gate = ImageGate.load(path)
+    assert gate.use_engine(engine_name, path, tmp_path) == engine_name
+    views = torch.randint(0, 255, (24, 3, gate.spec.size, gate.spec.size), dtype=torch.uint8)
+    alone = [gate.probabilities(v[None]) for v in views]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda v: gate.probabilities(v[None]), views))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
