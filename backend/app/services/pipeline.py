@@ -319,7 +319,7 @@ def _report_pdf(
     # The image as the model saw it (cropped, resized, normalised): the overlay has the same geometry.
     view = prepared.pixels.permute(1, 2, 0).numpy()
     view = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
-    rows, source = report_metrics(served.meta)
+    rows, heading, source = report_metrics(served.meta)
     body = result.to_dict()
     inp = ReportInput(
         image_png=png_bytes(np.ascontiguousarray(view)),
@@ -337,6 +337,7 @@ def _report_pdf(
         gate=body["gate"],
         metrics=rows,
         metrics_source=source,
+        metrics_heading=heading,
         request_id=request_id,
         input_sha256=prepared.sha256,
         created=datetime.now(UTC),
