@@ -196,10 +196,12 @@ def assess_volume(
     ``probs`` must hold exactly the frames whose :func:`frame_status` is ``graded``.
     """
     n = len(verdicts)
+    statuses = [frame_status(v, meta.task) for v in verdicts]
+    if set(probs) != {i for i, s in enumerate(statuses) if s == "graded"}:
+        raise ValueError("probabilities must be given for exactly the graded frames")
     frames: list[FrameResult] = []
     graded_idx: list[int] = []
-    for i, verdict in enumerate(verdicts):
-        status = frame_status(verdict, meta.task)
+    for i, (verdict, status) in enumerate(zip(verdicts, statuses, strict=True)):
         if status == "graded":
             one = grade(model_id, meta, probs[i], 0.0, thresholds, verdict)
             frames.append(FrameResult(i, status, one.label, one.probabilities))
@@ -208,8 +210,6 @@ def assess_volume(
             assert verdict is not None
             why = verdict.reasons if status == "ungradable" else (f"the image gate saw {verdict.modality}, not OCT",)
             frames.append(FrameResult(i, status, None, None, tuple(why)))
-    if set(probs) != set(graded_idx):
-        raise ValueError("probabilities must be given for exactly the graded frames")
     counts = {s: sum(f.status == s for f in frames) for s in ("graded", "ungradable", "not_oct")}
     need = needed_gradable(n, min_frames, min_fraction)
     common: dict[str, Any] = {"rule": rule, "n_frames": n, "n_graded": counts["graded"]}

@@ -37,7 +37,7 @@ def frames(oct_dev: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def opt_volume(frames: list[np.ndarray]) -> bytes:
     """Ophthalmic Tomography, per-frame windows in the functional groups (full range: pixels unchanged)."""
-    return make_volume(frames, "opt", windows=[(127.5, 256.0)] * len(frames))
+    return make_volume(frames, "opt", windows=[(128.0, 256.0)] * len(frames))
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_multiframe_secondary_capture_16_bit_with_a_window_equals_the_8_bit_volu
 def test_per_frame_windowing_is_applied_frame_by_frame(client: TestClient, frames: list[np.ndarray]) -> None:
     # Frame 1 stored at half contrast with a window that restores it: same answer as the plain frame.
     halved = [frames[0], (frames[1] // 2).astype(np.uint8), frames[2]]
-    vol = make_volume(halved, "opt", windows=[(127.5, 256.0), (63.75, 128.0), (127.5, 256.0)])
+    vol = make_volume(halved, "opt", windows=[(128.0, 256.0), (64.0, 128.0), (128.0, 256.0)])
     plain = make_volume(frames, "opt")
     a, b = _post(client, "/predict/volume", vol).json(), _post(client, "/predict/volume", plain).json()
     assert_probabilities_close(a["frames"][1]["probabilities"], b["frames"][1]["probabilities"], atol=2e-2)
