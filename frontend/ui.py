@@ -837,7 +837,12 @@ def volume_strip_chart(vol: VolumeResult, classes: Sequence[str], shown: int) ->
         alt.Chart(pd.DataFrame(rows, columns=["B-scan", "class", "probability"]))
         .mark_line(point=True)
         .encode(
-            x=alt.X("B-scan:Q", scale=alt.Scale(domain=[-0.5, vol.n_frames - 0.5]), axis=alt.Axis(tickMinStep=1)),
+            x=alt.X(
+                "B-scan:Q",
+                scale=alt.Scale(domain=[-0.5, vol.n_frames - 0.5]),
+                # Integer ticks only; a 128-B-scan volume gets about 16 of them.
+                axis=alt.Axis(values=list(range(0, vol.n_frames, max(1, vol.n_frames // 16))), format="d"),
+            ),
             y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
             color=alt.Color("class:N", sort=list(classes)),
             tooltip=["B-scan", "class", alt.Tooltip("probability:Q", format=".1%")],

@@ -66,7 +66,10 @@ def test_volume_answer_first_then_strip_chart_and_b_scan_slider(
     assert slider.value == first
     assert any(c.startswith(f"B-scan {first}: gradcam for") for img in at.image for c in img.captions)
     # Volume probabilities, the strip chart along the volume and the shown B-scan's probabilities.
-    assert len(at.get("arrow_vega_lite_chart")) >= 3
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 3
+    strip = [c for c in charts if '"B-scan"' in c.proto.spec]
+    assert len(strip) == 1, "strip chart of per-B-scan probabilities missing"
     # Another B-scan: its own label and its CAM.
     other = next(i for i in range(expected["n_frames"]) if i != first)
     slider.set_value(other).run()
