@@ -200,6 +200,8 @@ def test_frame_of_a_single_image(client: TestClient, frames: list[np.ndarray]) -
     assert ok.status_code == 200, ok.text
     bad = client.post("/gradcam?model=oct&frame=1", files={"file": ("b.png", png)})
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_parameter"
+    pdf = client.post("/report?model=oct&frame=0", files={"file": ("b.png", png)})
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
 
 
 def test_report_frame_shows_the_volume_and_its_deciding_b_scans(

@@ -53,6 +53,7 @@ from backend.app.services.model_store import ModelStore, ServedModel
 from backend.app.services.report import DISCLAIMER, ReportInput, VolumeSummary, build_report, report_metrics
 from backend.app.services.runtime import request_id_var, run_in
 from retina.assessment import Assessment, grade, not_retinal, refusal, ungradable
+from retina.dicom import is_dicom
 from retina.referral import label_chooser
 from retina.volume import RULE_TEXT, VolumeAssessment, assess_volume
 
@@ -217,7 +218,7 @@ class Pipeline:
         upload, data = await self._buffered(upload, frame)
         served, prepared, result, drawing = await self._serve("report", upload, requested, draw, frame=frame)
         volume = None
-        if data is not None and frame is not None:
+        if data is not None and is_dicom(data):  # frame= of a volume; a single image has no volume block
             scored = await self._score_volume(served, data)
             if scored.assessment.n_frames > 1:
                 volume = _volume_summary(scored, frame)
