@@ -27,7 +27,7 @@ from tests.dicom_helpers import leaked, make_volume
 
 @pytest.fixture(scope="module")
 def frames(oct_dev: Path) -> list[np.ndarray]:
-    """Three real B-scans of one oct-dev patient and class, resized to one size: ``uint8 (496, 512)``."""
+    """Three real CNV B-scans (two of oct-dev patient 9333524, one of 9890872), resized to ``uint8 (496, 512)``."""
     paths = sorted((oct_dev / "train" / "CNV").glob("CNV-9333524-*.jpeg"))
     paths += sorted((oct_dev / "train" / "CNV").glob("CNV-9890872-*.jpeg"))[:1]
     assert len(paths) == 3
