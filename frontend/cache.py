@@ -14,7 +14,7 @@ from typing import Literal
 
 import streamlit as st
 
-from frontend.client import BackendClient, CamResult, ClientSettings, ModelInfo, Prediction
+from frontend.client import BackendClient, CamResult, ClientSettings, ModelInfo, Prediction, VolumeResult
 
 # Uploads are a few MB at most; a few hundred results cover a long session without growing unbounded.
 _MAX_ENTRIES = 512
@@ -58,6 +58,20 @@ def predict(
     return _client.predict(_data, _filename, model)
 
 
+@st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
+def predict_volume(
+    digest: str,
+    model: str,
+    model_version: str,
+    backend_url: str,
+    _data: bytes,
+    _filename: str,
+    _client: BackendClient,
+) -> VolumeResult:
+    """Cached ``/predict/volume`` (an OCT volume is scored once per model, not on every slider move)."""
+    return _client.predict_volume(_data, _filename, model)
+
+
 @st.cache_data(ttl=_TTL_S, max_entries=_MAX_ENTRIES, show_spinner=False)
 def gradcam(
     digest: str,
@@ -71,9 +85,10 @@ def gradcam(
     _data: bytes,
     _filename: str,
     _client: BackendClient,
+    frame: int | None = None,
 ) -> CamResult:
-    """Cached ``/gradcam`` (JSON form); one entry per image, model, method, target, opacity and size."""
-    return _client.gradcam(_data, _filename, model, method=method, target=target, alpha=alpha, size=size)
+    """Cached ``/gradcam`` (JSON form); one entry per image, model, method, target, opacity, size and frame."""
+    return _client.gradcam(_data, _filename, model, method=method, target=target, alpha=alpha, size=size, frame=frame)
 
 
 @st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
@@ -86,9 +101,10 @@ def report(
     backend_url: str,
     _data: bytes,
     _client: BackendClient,
+    frame: int | None = None,
 ) -> bytes:
-    """Cached ``/report`` (PDF bytes); one entry per image, model, CAM method and file name.
+    """Cached ``/report`` (PDF bytes); one entry per image, model, CAM method, file name and frame.
 
     Unlike ``predict``, the file name is part of the key: the report prints it.
     """
-    return _client.report(_data, filename, model, method=method)
+    return _client.report(_data, filename, model, method=method, frame=frame)

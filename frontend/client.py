@@ -372,6 +372,73 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class VolumeFrame:
+    """One B-scan of a ``/predict/volume`` answer: ``graded`` (own label and probabilities) or skipped."""
+
+    index: int
+    status: str
+    label: str | None
+    probabilities: dict[str, float] | None
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    """``POST /predict/volume`` result: the volume's answer as a :class:`Prediction`, then every B-scan.
+
+    ``deciding_frames``: 0-based indices of the B-scans that drove the volume label, highest first.
+    """
+
+    prediction: Prediction
+    rule: str
+    rule_text: str
+    n_frames: int
+    n_graded: int
+    n_ungradable: int
+    n_not_oct: int
+    needed_graded: int
+    deciding_frames: tuple[int, ...]
+    frames: tuple[VolumeFrame, ...]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> VolumeResult:
+        frames = tuple(
+            VolumeFrame(
+                index=int(f["index"]),
+                status=str(f["status"]),
+                label=None if f.get("label") is None else str(f["label"]),
+                probabilities=None
+                if f.get("probabilities") is None
+                else {str(k): float(v) for k, v in f["probabilities"].items()},
+                reasons=tuple(str(r) for r in f.get("reasons") or ()),
+            )
+            for f in d["frames"]
+        )
+        if [f.index for f in frames] != list(range(int(d["n_frames"]))):
+            raise ValueError("the volume's frames are not 0..n_frames-1 in order")
+        return cls(
+            prediction=Prediction.from_json(d),
+            rule=str(d.get("rule") or ""),
+            rule_text=str(d.get("rule_text") or ""),
+            n_frames=int(d["n_frames"]),
+            n_graded=int(d["n_graded"]),
+            n_ungradable=int(d.get("n_ungradable") or 0),
+            n_not_oct=int(d.get("n_not_oct") or 0),
+            needed_graded=int(d.get("needed_graded") or 0),
+            deciding_frames=tuple(int(i) for i in d.get("deciding_frames") or ()),
+            frames=frames,
+        )
+
+
+def is_volume_refusal(err: BackendError) -> bool:
+    """True when a single-image endpoint refused a multi-frame file (an OCT volume): send it to /predict/volume.
+
+    The backend's contract: 422 ``invalid_image`` whose detail names ``/predict/volume``.
+    """
+    return err.code == "invalid_image" and "/predict/volume" in err.detail
+
+
+@dataclass(frozen=True)
 class CamResult:
     """``POST /gradcam?format=json`` result with decoded PNG bytes.
 
@@ -547,6 +614,15 @@ class BackendClient:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BackendError("bad_response", f"unexpected prediction from the backend: {e}") from None
 
+    def predict_volume(self, data: bytes, filename: str, model: str) -> VolumeResult:
+        """``POST /predict/volume?model=model`` with a multi-frame DICOM (an OCT volume)."""
+        files = {"file": (filename, data, _content_type(filename))}
+        body = self._json(self._request("POST", "/predict/volume", params={"model": model}, files=files))
+        try:
+            return VolumeResult.from_json(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BackendError("bad_response", f"unexpected volume answer from the backend: {e}") from None
+
     def gradcam(
         self,
         data: bytes,
@@ -557,14 +633,17 @@ class BackendClient:
         target: str | None = None,
         alpha: float = 0.5,
         size: Literal["input", "original"] = "input",
+        frame: int | None = None,
     ) -> CamResult:
         """``POST /gradcam?format=json``; ``target=None`` explains the predicted class.
 
-        ``alpha`` in [0, 1] is the heatmap's opacity in the overlay.
+        ``alpha`` in [0, 1] is the heatmap's opacity in the overlay; ``frame``: a volume's B-scan (0-based).
         """
         params: dict[str, Any] = {"model": model, "method": method, "alpha": alpha, "size": size, "format": "json"}
         if target is not None:
             params["target"] = target
+        if frame is not None:
+            params["frame"] = frame
         files = {"file": (filename, data, _content_type(filename))}
         body = self._json(self._request("POST", "/gradcam", params=params, files=files))
         try:
@@ -572,14 +651,20 @@ class BackendClient:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BackendError("bad_response", f"unexpected CAM answer from the backend: {e}") from None
 
-    def report(self, data: bytes, filename: str, model: str, *, method: str = CAM_METHODS[0]) -> bytes:
-        """``POST /report?model=model&method=method``: the one-page PDF report of one upload.
+    def report(
+        self, data: bytes, filename: str, model: str, *, method: str = CAM_METHODS[0], frame: int | None = None
+    ) -> bytes:
+        """``POST /report?model=model&method=method``: the one-page PDF report of one upload (``frame``: of
+        that B-scan of a volume, headed by the volume's answer).
 
         Returns the PDF's bytes; raises :class:`BackendError` (``bad_response``) when the answer is
         not ``application/pdf`` (a proxy's HTML page, say), so a broken file is never offered.
         """
         files = {"file": (filename, data, _content_type(filename))}
-        resp = self._request("POST", "/report", params={"model": model, "method": method}, files=files)
+        params: dict[str, Any] = {"model": model, "method": method}
+        if frame is not None:
+            params["frame"] = frame
+        resp = self._request("POST", "/report", params=params, files=files)
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/pdf":
             raise BackendError("bad_response", f"the backend sent {ctype or 'no content type'}, not a PDF report")

@@ -34,6 +34,8 @@ from frontend.client import (
     ModelInfo,
     Prediction,
     ReadyStatus,
+    VolumeResult,
+    is_volume_refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -723,16 +725,29 @@ def render_ungradable(pred: Prediction) -> None:
 
 
 def render_cam(
-    ctx: AppContext, model: ModelInfo, up: Upload, pred: Prediction, method: str, alpha: float, size: CamSize
+    ctx: AppContext,
+    model: ModelInfo,
+    up: Upload,
+    pred: Prediction,
+    method: str,
+    alpha: float,
+    size: CamSize,
+    *,
+    frame: int | None = None,
+    label: str | None = None,
 ) -> None:
-    """Target-class picker (default: the predicted class), the CAM overlay and its PNG download."""
-    classes = list(model.classes) or list(pred.probabilities)
+    """Target-class picker (default: the predicted class), the CAM overlay and its PNG download.
+
+    ``frame``: a volume's B-scan, whose own ``label`` is the default target.
+    """
+    classes = list(model.classes) or list(pred.probabilities or ())
+    shown_label = label if frame is not None else pred.label
     target = st.selectbox(
         "Explain class",
         classes,
-        index=classes.index(pred.label) if pred.label in classes else 0,
-        format_func=lambda c: f"{c} (predicted)" if c == pred.label else c,
-        key=f"target-{up.key}-{model.id}",
+        index=classes.index(shown_label) if shown_label in classes else 0,
+        format_func=lambda c: f"{c} (predicted)" if c == shown_label else c,
+        key=f"target-{up.key}-{model.id}" + (f"-{frame}" if frame is not None else ""),
     )
     try:
         with st.spinner(f"Computing {method}..."):
@@ -748,29 +763,31 @@ def render_cam(
                 up.data,
                 up.name,
                 ctx.client,
+                frame,
             )
     except BackendError as e:
         (st.warning if e.code in GATE_ERRORS else st.error)(f"CAM unavailable: {e.message}")
         return
+    where = f"B-scan {frame}: " if frame is not None else ""
     st.image(
         cam.overlay_png,
-        caption=f"{method} for {cam.target} (opacity {alpha:.2f}), "
+        caption=f"{where}{method} for {cam.target} (opacity {alpha:.2f}), "
         + ("upsampled to the upload" if size == "original" else "as the model sees the image"),
         width="stretch",
-        alt=f"CAM overlay ({method}, {cam.target}) for {up.name}",
+        alt=f"CAM overlay ({method}, {cam.target}) for {up.name}" + (f" B-scan {frame}" if frame is not None else ""),
     )
-    stem = PurePath(up.name).stem
+    stem = PurePath(up.name).stem + (f"_bscan{frame}" if frame is not None else "")
     st.download_button(
         "Download overlay PNG",
         cam.overlay_png,
         file_name=f"{stem}_{model.id}_{method}_{cam.target}_{size}.png",
         mime="image/png",
-        key=f"dl-{up.key}-{model.id}",
+        key=f"dl-{up.key}-{model.id}" + (f"-{frame}" if frame is not None else ""),
         icon=":material/download:",
     )
 
 
-def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str) -> None:
+def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str, frame: int | None = None) -> None:
     """The "Download PDF report" button of one image; the PDF is made only when asked for.
 
     Why on demand: a report costs the backend a forward pass, a CAM and a page render, and a
@@ -781,7 +798,7 @@ def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str) ->
     model, version, CAM method and file name) and the request is remembered in the session, so
     later reruns show the download button at once and re-send nothing.
     """
-    asked = f"pdf-{up.key}-{model.id}-{method}"
+    asked = f"pdf-{up.key}-{model.id}-{method}" + (f"-{frame}" if frame is not None else "")
     if not st.session_state.get(asked):
         if not st.button(
             "Create PDF report",
@@ -794,7 +811,15 @@ def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str) ->
     try:
         with st.spinner("Creating the PDF report..."):
             pdf = cache.report(
-                up.digest, model.id, model.version, method, up.name, ctx.settings.backend_url, up.data, ctx.client
+                up.digest,
+                model.id,
+                model.version,
+                method,
+                up.name,
+                ctx.settings.backend_url,
+                up.data,
+                ctx.client,
+                frame,
             )
     except BackendError as e:
         st.session_state[asked] = False  # the "Create" button comes back, to try again
@@ -803,7 +828,7 @@ def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str) ->
     st.download_button(
         "Download PDF report",
         pdf,
-        file_name=f"{PurePath(up.name).stem}_{model.id}_report.pdf",
+        file_name=f"{PurePath(up.name).stem}{f'_bscan{frame}' if frame is not None else ''}_{model.id}_report.pdf",
         mime="application/pdf",
         key=f"dl-{asked}",
         icon=":material/picture_as_pdf:",
@@ -826,16 +851,20 @@ def render_result(
     ctx: AppContext,
     model: ModelInfo,
     up: Upload,
-    result: Prediction | BackendError,
+    result: Prediction | VolumeResult | BackendError,
     method: str,
     alpha: float,
     size: CamSize,
 ) -> None:
     """The card of one image: referral on top, then preview, CAM overlay and prediction (or the error).
+    An OCT volume gets :func:`render_volume` instead.
 
     ``model`` is the sidebar's choice (possibly ``auto``); CAM and report go to the model that
     actually answered, so they explain the very prediction shown.
     """
+    if isinstance(result, VolumeResult):
+        render_volume(ctx, model, up, result, method, alpha, size)
+        return
     if isinstance(result, Prediction):
         # Keyed so the browser test can tell an urgent referral (st.error style) from a failure.
         with st.container(key=f"referral-{up.key}"):
@@ -865,9 +894,104 @@ def render_result(
             st.caption("No CAM: there is no prediction to explain.")
 
 
-def result_summary(result: Prediction | BackendError, model: ModelInfo | None = None) -> str:
+def volume_strip_chart(vol: VolumeResult, classes: Sequence[str], shown: int) -> alt.LayerChart:
+    """Per-B-scan probability of each class along the volume (graded B-scans), the shown B-scan marked by a
+    dashed rule and the deciding B-scans by grey bands."""
+    rows = [
+        {"B-scan": f.index, "class": c, "probability": (f.probabilities or {}).get(c, 0.0)}
+        for f in vol.frames
+        if f.status == "graded"
+        for c in classes
+    ]
+    lines = (
+        alt.Chart(pd.DataFrame(rows, columns=["B-scan", "class", "probability"]))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "B-scan:Q",
+                scale=alt.Scale(domain=[-0.5, vol.n_frames - 0.5]),
+                # Integer ticks only; a 128-B-scan volume gets about 16 of them.
+                axis=alt.Axis(values=list(range(0, vol.n_frames, max(1, vol.n_frames // 16))), format="d"),
+            ),
+            y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
+            color=alt.Color("class:N", sort=list(classes)),
+            tooltip=["B-scan", "class", alt.Tooltip("probability:Q", format=".1%")],
+        )
+    )
+    deciding = pd.DataFrame({"B-scan": list(vol.deciding_frames)})
+    bands = alt.Chart(deciding).mark_rule(color="#bbbbbb", strokeWidth=10, opacity=0.5).encode(x="B-scan:Q")
+    here = alt.Chart(pd.DataFrame({"B-scan": [shown]})).mark_rule(strokeDash=[4, 3], color="black").encode(x="B-scan:Q")
+    return alt.layer(bands, lines, here).properties(height=200)
+
+
+def frame_options(vol: VolumeResult) -> tuple[list[int], int]:
+    """The slider's B-scans (every frame) and where it starts: the first deciding B-scan (else 0)."""
+    return list(range(vol.n_frames)), (vol.deciding_frames[0] if vol.deciding_frames else 0)
+
+
+def render_volume(
+    ctx: AppContext, model: ModelInfo, up: Upload, vol: VolumeResult, method: str, alpha: float, size: CamSize
+) -> None:
+    """The card of an OCT volume: the volume's answer first, then the per-B-scan strip chart and a B-scan
+    slider with the shown B-scan's own answer and CAM; the PDF report is of the shown B-scan."""
+    pred = vol.prediction
+    served = served_model(ctx, model, pred)
+    with st.container(key=f"referral-{up.key}"):
+        render_referral(pred)
+    skipped = vol.n_ungradable + vol.n_not_oct
+    deciding = ", ".join(str(i) for i in vol.deciding_frames) or "none"
+    st.markdown(
+        f"**OCT volume**: {vol.n_frames} B-scans, {vol.n_graded} graded"
+        + (f", {skipped} skipped (ungradable or not OCT)" if skipped else "")
+        + f". Deciding B-scans: {deciding}."
+    )
+    st.caption(f"Volume probabilities: {vol.rule_text} (rule `{vol.rule}`).")
+    classes = list(served.classes) or list(pred.probabilities or ())
+    options, start = frame_options(vol)
+    left, right = st.columns([1, 1.4], gap="medium")
+    with left:
+        if pred.gradable:
+            a, b = st.columns(2)
+            a.metric("Volume class", pred.label)
+            b.metric("Volume confidence", f"{pred.confidence or 0.0:.1%}")
+            st.altair_chart(probability_chart(served, pred), width="stretch")
+        else:
+            st.markdown(
+                f"**No diagnosis**: only {vol.n_graded} of {vol.n_frames} B-scans are gradable "
+                f"({vol.needed_graded} needed)."
+            )
+    shown = (
+        st.select_slider("B-scan", options=options, value=start, key=f"frame-{up.key}")
+        if len(options) > 1
+        else options[0]
+    )
+    with right:
+        st.altair_chart(volume_strip_chart(vol, classes, int(shown)), width="stretch")
+        st.caption("Per-B-scan probabilities along the volume; grey bands: deciding B-scans; dashed: shown B-scan.")
+    frame = vol.frames[int(shown)]
+    col_cam, col_frame = st.columns([1, 1.2], gap="medium")
+    with col_frame:
+        if frame.status == "graded" and frame.probabilities is not None:
+            one = Prediction(pred.model, pred.model_version, pred.task, frame.label, None, frame.probabilities)
+            p = frame.probabilities.get(frame.label or "", 0.0)
+            st.markdown(f"**B-scan {frame.index}**: {frame.label} ({p:.1%})")
+            st.altair_chart(probability_chart(served, one), width="stretch")
+        else:
+            why = "; ".join(frame.reasons) or frame.status
+            st.markdown(f"**B-scan {frame.index}** was skipped ({frame.status}): {why}")
+        render_report(ctx, served, up, method, frame=frame.index)
+    with col_cam:
+        if frame.status == "graded":
+            render_cam(ctx, served, up, pred, method, alpha, size, frame=frame.index, label=frame.label)
+        else:
+            st.caption("No CAM: this B-scan was not graded.")
+
+
+def result_summary(result: Prediction | VolumeResult | BackendError, model: ModelInfo | None = None) -> str:
     """One line per image for the collapsed cards: label and confidence, referral, or why it was refused
     (:func:`refusal_text` for the chosen ``model``)."""
+    if isinstance(result, VolumeResult):
+        return f"volume of {result.n_frames} B-scans: " + result_summary(result.prediction, model)
     if isinstance(result, BackendError):
         title = GATE_TITLES.get(result.code, ("",))[0]
         text = refusal_text(result, model)[0]
@@ -878,23 +1002,34 @@ def result_summary(result: Prediction | BackendError, model: ModelInfo | None = 
     return text + (f" · {referral_title(result.referral.level)}" if result.referral else "")
 
 
-def predict_all(ctx: AppContext, model: ModelInfo, uploads: Sequence[Upload]) -> list[Prediction | BackendError]:
-    """Cached ``/predict`` of every upload, in order; a failure stays with its own image."""
-    results: list[Prediction | BackendError] = []
+def predict_all(
+    ctx: AppContext, model: ModelInfo, uploads: Sequence[Upload]
+) -> list[Prediction | VolumeResult | BackendError]:
+    """Cached ``/predict`` of every upload, in order; a failure stays with its own image.
+
+    A multi-frame DICOM (the backend refuses it on ``/predict``, naming ``/predict/volume``) goes to
+    ``/predict/volume``: the UI does not parse DICOM itself, the backend decides what a volume is.
+    """
+    results: list[Prediction | VolumeResult | BackendError] = []
+    args = (ctx.settings.backend_url,)
     for up in uploads:
         try:
-            results.append(
-                cache.predict(
-                    up.digest, model.id, model.version, ctx.settings.backend_url, up.data, up.name, ctx.client
-                )
-            )
+            results.append(cache.predict(up.digest, model.id, model.version, *args, up.data, up.name, ctx.client))
         except BackendError as e:
-            results.append(e)
+            if not is_volume_refusal(e):
+                results.append(e)
+                continue
+            try:
+                results.append(
+                    cache.predict_volume(up.digest, model.id, model.version, *args, up.data, up.name, ctx.client)
+                )
+            except BackendError as e2:
+                results.append(e2)
     return results
 
 
 def results_table(
-    model: ModelInfo, uploads: Sequence[Upload], results: Sequence[Prediction | BackendError]
+    model: ModelInfo, uploads: Sequence[Upload], results: Sequence[Prediction | VolumeResult | BackendError]
 ) -> pd.DataFrame:
     """One row per upload.
 
@@ -910,6 +1045,8 @@ def results_table(
     rows = []
     for up, res in zip(uploads, results, strict=True):
         row: dict[str, Any] = dict.fromkeys(head) | {"filename": up.name, "error": None}
+        if isinstance(res, VolumeResult):
+            res = res.prediction  # the volume's own answer
         if isinstance(res, BackendError):
             # Not scored: say so in the referral column and why in the error column (plain words), rather
             # than leave every cell empty ("None").

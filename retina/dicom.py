@@ -1,8 +1,17 @@
-"""DICOM input: one frame of a DICOM file -> an 8-bit PIL image, without leaking patient data.
+"""DICOM input: frames of a DICOM file -> 8-bit PIL images, without leaking patient data.
 
 Ophthalmic devices export fundus photos as *Ophthalmic Photography* and OCT B-scans as
 *Ophthalmic Tomography* or *Secondary Capture* objects; PACS viewers export screenshots as
-Secondary Capture. Any SOP class with a single-frame Image Pixel module is accepted here.
+Secondary Capture. Any SOP class with an Image Pixel module is accepted here:
+
+* :func:`decode_dicom`: a single-frame file -> one image (a multi-frame file is refused with
+  :class:`MultiFrameError`, which says how many frames it holds);
+* :func:`open_frames`: any file -> :class:`DicomFrames`, whose :meth:`~DicomFrames.frame`
+  decodes one frame when asked (an OCT volume of 128 B-scans is never expanded at once).
+  Ophthalmic Tomography Image Storage is an enhanced multi-frame IOD: its windowing and
+  rescale live in the Shared / Per-frame Functional Groups (Frame VOI LUT, Pixel Value
+  Transformation), and each frame is windowed with its own values, exactly as a single
+  frame is. Multi-frame Secondary Capture carries them at the top level, for every frame.
 
 Pixel pipeline (DICOM PS3.3 C.7.6.3, C.11; all maths is pydicom's ``pydicom.pixels``):
 
@@ -23,7 +32,8 @@ Deflated files are refused before anything is inflated (zip bomb); other codecs 
 
 Untrusted input: ``Rows * Columns * NumberOfFrames`` is checked against ``max_pixels`` before
 any pixel data is decoded, a JPEG frame's own size must match the header, and RLE segments are
-measured before pydicom expands them. Multi-frame files are refused (send one frame).
+measured before pydicom expands them. :func:`open_frames` also bounds ``NumberOfFrames``
+(``max_frames``, code ``too_many_frames``) before any frame is decoded.
 
 Privacy: only the image-pixel, modality-LUT and VOI elements are parsed (``specific_tags``),
 so identifying elements (PatientName, PatientID, ...) are skipped unread. Error messages
@@ -90,6 +100,10 @@ _KNOWN_PHOTOMETRIC = (
 # is skipped unread by pydicom (Specific Character Set is always added by pydicom).
 _TAGS = [
     "SOPClassUID",
+    # Enhanced multi-frame IODs (Ophthalmic Tomography): per-frame windowing and rescale.
+    # Their items hold frame geometry and pixel-value transforms, no patient module.
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
     "SamplesPerPixel",
     "PhotometricInterpretation",
     "PlanarConfiguration",
@@ -183,13 +197,66 @@ def _silenced() -> Iterator[None]:
 # ----------------------------------------------------------------------------- decoding
 
 
+class MultiFrameError(ImageDecodeError):
+    """A multi-frame file sent where one image is expected; ``frames`` says how many it holds."""
+
+    def __init__(self, detail: str, frames: int) -> None:
+        super().__init__(detail, code="invalid_image")
+        self.frames = frames
+
+
 def decode_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """DICOM bytes -> fully loaded PIL image, mode ``L`` (monochrome) or ``RGB``, 8 bit.
 
     Raises :class:`ImageDecodeError` with code ``invalid_image`` (truncated, corrupt,
-    multi-frame, no pixel data), ``image_too_large`` (over ``max_pixels`` before decoding)
-    or ``unsupported_image`` (codec or pixel format not handled). Messages never contain
-    element values other than technical ones.
+    no pixel data; :class:`MultiFrameError` for multi-frame), ``image_too_large`` (over
+    ``max_pixels`` before decoding) or ``unsupported_image`` (codec or pixel format not
+    handled). Messages never contain element values other than technical ones.
+    """
+    frames = open_frames(data, max_pixels)
+    if frames.n_frames > 1:
+        raise MultiFrameError(
+            f"multi-frame DICOM ({frames.n_frames} frames) is not supported here; send a single frame "
+            "(one B-scan or photo)",
+            frames.n_frames,
+        )
+    return frames.frame(0)
+
+
+class DicomFrames:
+    """A parsed, header-checked DICOM file whose frames are decoded one at a time, on request.
+
+    Only ``_TAGS`` were read. ``n_frames`` frames of ``rows x cols``; :meth:`frame` returns frame
+    ``i`` as an 8-bit ``L`` or ``RGB`` image, windowed with that frame's own VOI / rescale.
+    """
+
+    def __init__(self, ds: Dataset, rows: int, cols: int, n_frames: int, photometric: str) -> None:
+        self._ds = ds
+        self.rows, self.cols, self.n_frames = rows, cols, n_frames
+        self._photometric = photometric
+
+    def frame(self, index: int) -> Image.Image:
+        """Frame ``index`` (0-based) -> PIL ``L``/``RGB``; raises ``ImageDecodeError`` as :func:`decode_dicom`."""
+        if not 0 <= index < self.n_frames:
+            raise ImageDecodeError(f"frame {index} does not exist: the file has frames 0-{self.n_frames - 1}")
+        with _silenced():
+            arr, photometric = _decode_frame(self._ds, self.rows, self.cols, self._photometric, index, self.n_frames)
+            out = _to_8bit(arr, _frame_view(self._ds, index), photometric)
+        return Image.fromarray(np.ascontiguousarray(out), mode="L" if out.ndim == 2 else "RGB")
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        """Frames in order, each decoded only when the loop reaches it."""
+        return (self.frame(i) for i in range(self.n_frames))
+
+
+def open_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None) -> DicomFrames:
+    """Parse and check a DICOM file (single- or multi-frame) without decoding any pixel data.
+
+    ``Rows * Columns * NumberOfFrames`` over ``max_pixels`` -> ``image_too_large``; more than
+    ``max_frames`` frames -> ``too_many_frames``; otherwise as :func:`decode_dicom`.
     """
     try:
         import pydicom  # noqa: F401  (optional dependency: only DICOM uploads need it)
@@ -202,10 +269,8 @@ def decode_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         data = b"\x00" * PREAMBLE_LEN + MAGIC + data
     with _silenced():
         ds = _read_dataset(data)
-        rows, cols, photometric = _check_header(ds, max_pixels)
-        arr, photometric = _decode_frame(ds, rows, cols, photometric)
-        out = _to_8bit(arr, ds, photometric)
-    return Image.fromarray(np.ascontiguousarray(out), mode="L" if out.ndim == 2 else "RGB")
+        rows, cols, frames, photometric = _check_header(ds, max_pixels, max_frames)
+    return DicomFrames(ds, rows, cols, frames, photometric)
 
 
 def _read_dataset(data: bytes) -> Dataset:
@@ -258,8 +323,8 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
         raise ImageDecodeError(f"DICOM element {keyword} has an invalid value") from None
 
 
-def _check_header(ds: Dataset, max_pixels: int) -> tuple[int, int, str]:
-    """Validate the Image Pixel module before touching pixel data; returns rows, columns, PI."""
+def _check_header(ds: Dataset, max_pixels: int, max_frames: int | None = None) -> tuple[int, int, int, str]:
+    """Validate the Image Pixel module before touching pixel data; returns rows, columns, frames, PI."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise ImageDecodeError("DICOM float pixel data is not supported", code="unsupported_image")
@@ -268,15 +333,16 @@ def _check_header(ds: Dataset, max_pixels: int) -> tuple[int, int, str]:
     frames = _int(ds, "NumberOfFrames", 1)
     if rows <= 0 or cols <= 0 or frames <= 0:
         raise ImageDecodeError(f"DICOM image has an empty size ({cols}x{rows}, {frames} frames)")
+    # The frame count first: a 10,000-frame file is "too many B-scans", whatever their size.
+    if max_frames is not None and frames > max_frames:
+        raise ImageDecodeError(
+            f"DICOM file has {frames} frames, over the limit of {max_frames}", code="too_many_frames"
+        )
     total = rows * cols * frames
     if total > max_pixels:
         raise ImageDecodeError(
             f"DICOM image is {cols}x{rows} x {frames} frame(s) = {total} pixels, over the limit of {max_pixels}",
             code="image_too_large",
-        )
-    if frames > 1:
-        raise ImageDecodeError(
-            f"multi-frame DICOM ({frames} frames) is not supported; send a single frame (one B-scan or photo)"
         )
     try:
         photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
@@ -298,20 +364,63 @@ def _check_header(ds: Dataset, max_pixels: int) -> tuple[int, int, str]:
         raise ImageDecodeError(
             f"DICOM bit depth (allocated {allocated}, stored {stored}) is not supported", code="unsupported_image"
         )
-    return rows, cols, photometric
+    return rows, cols, frames, photometric
 
 
-def _decode_frame(ds: Dataset, rows: int, cols: int, photometric: str) -> tuple[np.ndarray, str]:
-    """Frame 0 as ``(rows, cols)`` or ``(rows, cols, 3)``, YBR already converted to RGB."""
+# Functional-group macros (PS3.3 C.7.6.16) whose attributes stand in for the top-level ones.
+_FRAME_GROUPS = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+}
+
+
+def _frame_view(ds: Dataset, index: int) -> Dataset:
+    """``ds`` as a single-frame dataset for frame ``index``: its functional groups' rescale and window on top.
+
+    Per-frame values win over shared ones, which win over top-level ones (PS3.3 C.7.6.16.1). The
+    result has no pixel data; it feeds the same modality/VOI code as a single frame.
+    """
+    from pydicom.dataset import Dataset as _Dataset
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not shared and not per_frame:
+        return ds
+    view = _Dataset()
+    for elem in ds:
+        if elem.keyword not in ("PixelData", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            view.add(elem)
+    view.file_meta = ds.file_meta
+    items = [shared[0] if shared else None, per_frame[index] if per_frame and index < len(per_frame) else None]
+    try:
+        for item in items:
+            if item is None:
+                continue
+            for group, keywords in _FRAME_GROUPS.items():
+                macro = item.get(group)
+                if not macro:
+                    continue
+                for kw in keywords:
+                    if kw in macro[0]:
+                        setattr(view, kw, macro[0][kw].value)
+    except Exception:
+        raise ImageDecodeError("DICOM functional groups are corrupt") from None
+    return view
+
+
+def _decode_frame(
+    ds: Dataset, rows: int, cols: int, photometric: str, index: int = 0, n_frames: int = 1
+) -> tuple[np.ndarray, str]:
+    """Frame ``index`` as ``(rows, cols)`` or ``(rows, cols, 3)``, YBR already converted to RGB."""
     from pydicom.pixels import get_decoder
 
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax in (_JPEG_BASELINE, _RLE):
-        _check_encapsulated_frame(ds, syntax, rows, cols)
+        _check_encapsulated_frame(ds, syntax, rows, cols, index, n_frames)
     try:
         # raw=False: pydicom converts YBR_FULL(_422) to RGB itself and reports the result's
         # photometric interpretation, so nothing here converts colours a second time.
-        arr, meta = get_decoder(syntax).as_array(ds, index=0, raw=False)
+        arr, meta = get_decoder(syntax).as_array(ds, index=index, raw=False)
     except ImageDecodeError:
         raise
     except MemoryError:
@@ -326,16 +435,18 @@ def _decode_frame(ds: Dataset, rows: int, cols: int, photometric: str) -> tuple[
     return arr, out_pi
 
 
-def _check_encapsulated_frame(ds: Dataset, syntax: str, rows: int, cols: int) -> None:
+def _check_encapsulated_frame(
+    ds: Dataset, syntax: str, rows: int, cols: int, index: int = 0, n_frames: int = 1
+) -> None:
     """Bound the decoded size of a compressed frame by the header's, before decoding it.
 
     A JPEG frame carries its own width/height, and RLE runs expand up to 128x: neither is
     limited by ``Rows``/``Columns``, so a small file could still decode to gigabytes.
     """
-    from pydicom.encaps import generate_frames
+    from pydicom.encaps import get_frame
 
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        frame = get_frame(ds.PixelData, index, number_of_frames=n_frames)
     except Exception as e:
         logger.debug("DICOM encapsulated pixel data unreadable (%s)", type(e).__name__)
         raise ImageDecodeError("DICOM compressed pixel data is corrupt or truncated") from None

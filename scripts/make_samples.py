@@ -4,6 +4,9 @@ Only the two redistributable sources in ``../shared/data`` are used (EyePACS may
 
 * Kermany OCT2017 (``oct-dev``): ``--per-class`` B-scans per class, each from another patient, original bytes;
   one of them also wrapped in a DICOM secondary-capture file (JPEG baseline, no patient identifiers);
+* one OCT volume (``oct-train``): the first patient and class, in patient-id order, with exactly
+  ``--volume-frames`` B-scans of one size that the gate all accepts, as a multi-frame Ophthalmic
+  Tomography DICOM (uncompressed, no patient identifiers) for ``POST /predict/volume``;
 * IDRiD (``fundus-idrid``): ``--per-grade`` photos per DR grade, re-encoded at ``--fundus-side`` px.
 
 Candidates are taken in sorted file-name order (not by what the models answer, so the samples are not
@@ -142,7 +145,34 @@ def write_dicom(jpeg: Path, dest: Path) -> None:
     ds.save_as(dest, enforce_file_format=True)
 
 
-def write_attribution(out: Path, samples: list[Sample], dicom: Sample | None) -> None:
+def pick_volume(gate: ImageGate, root: Path, out: Path, n_frames: int) -> Sample | None:
+    """The first (patient, class) of ``root`` with exactly ``n_frames`` same-size B-scans the gate accepts."""
+    from training.volume_data import patient_volumes, volume_dicom
+
+    with (root / "labels.csv").open() as f:
+        rows = [(root / r["path"], r["label"], r["patient_id"]) for r in csv.DictReader(f)]
+    for vol in sorted(patient_volumes(rows, n_frames), key=lambda v: (v.patient, v.label)):
+        images = [Image.open(p).convert("L") for p in vol.paths]
+        if len(images) != n_frames or len({im.size for im in images}) != 1:
+            continue
+        if not all(_accepted(gate, im, "oct") for im in images):
+            continue
+        import numpy as np
+
+        name = f"oct/{vol.label}-{vol.patient}-volume.dcm"
+        (out / name).write_bytes(volume_dicom([np.asarray(im) for im in images], "opt"))
+        sources = ", ".join(f"test/{vol.label}/{p.name}" for p in vol.paths)
+        return Sample(
+            name,
+            f"OCT2017 {sources}",
+            vol.label,
+            f"the {n_frames} decoded B-scans as one multi-frame Ophthalmic Tomography DICOM, frames in file-number "
+            "order (uncompressed, no patient data)",
+        )
+    return None
+
+
+def write_attribution(out: Path, samples: list[Sample], dicom: Sample | None, volume: Sample | None = None) -> None:
     lines = [
         "# Sample images: sources, licences and labels",
         "",
@@ -163,7 +193,7 @@ def write_attribution(out: Path, samples: list[Sample], dicom: Sample | None) ->
         "| file | original file | label | change |",
         "| --- | --- | --- | --- |",
     ]
-    for s in [*samples, *([dicom] if dicom else [])]:
+    for s in [*samples, *([dicom] if dicom else []), *([volume] if volume else [])]:
         lines.append(f"| `{s.path}` | {s.source} | {s.label} | {s.change} |")
     (out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
 
@@ -175,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=2)
     parser.add_argument("--per-grade", type=int, default=2)
     parser.add_argument("--fundus-side", type=int, default=512)
+    parser.add_argument("--volume-frames", type=int, default=3, help="B-scans in the sample volume (< 1 MB at 3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     gate = ImageGate.load(DEFAULT_MODELS_DIR / GATE_FILE)
@@ -192,9 +223,11 @@ def main(argv: list[str] | None = None) -> None:
             first.label,
             "same JPEG bytes in a DICOM secondary capture (no patient data)",
         )
-    write_attribution(args.out, samples, dicom)
+    volume = pick_volume(gate, args.data / "oct-train", args.out, args.volume_frames)
+    write_attribution(args.out, samples, dicom, volume)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    logger.info("wrote %d samples to %s (%.0f KB)", len(samples) + (dicom is not None), args.out, total / 1e3)
+    n = len(samples) + (dicom is not None) + (volume is not None)
+    logger.info("wrote %d samples to %s (%.0f KB)", n, args.out, total / 1e3)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ unauthorized               401     API key configured and missing or wrong
 audit_requires_api_key     403     GET /audit while no API key is configured
 file_too_large             413     an upload (or the body) is over the limit
 too_many_files             413     /predict/batch got more than ``max_batch_files``
+too_many_frames            413     a volume with more than ``max_volume_frames`` B-scans
 unsupported_media_type     415     the bytes are not an image we decode
 empty_file                 422     zero-byte upload
-invalid_image              422     truncated or undecodable image
-image_too_large            422     over ``max_image_pixels`` (decompression bomb)
+invalid_image              422     truncated or undecodable image; a multi-frame DICOM without ``frame=``
+image_too_large            422     over ``max_image_pixels`` / ``max_volume_pixels`` (decompression bomb)
 invalid_parameter          422     missing field, bad query value, unknown target
 not_retinal_image          422     the image gate saw neither an OCT B-scan nor a fundus photo
 wrong_modality             422     the other kind of image than the model reads (names the right one)

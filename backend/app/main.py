@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import fastapi_offline
 import torch
@@ -58,7 +59,8 @@ reasons and no diagnosis. `model=auto` picks OCT or fundus by what the gate saw.
 
 * `POST /predict?model=oct` with multipart `file` -> calibrated probabilities + referral advice
 * `POST /predict/batch?model=fundus` with repeated `files` -> one result per file
-* `POST /gradcam?model=fundus&method=gradcam` -> PNG overlay (or `format=json`)
+* `POST /predict/volume?model=oct` with a multi-frame OCT DICOM -> every B-scan, one volume answer, deciding B-scans
+* `POST /gradcam?model=fundus&method=gradcam` -> PNG overlay (or `format=json`); `frame=` picks a volume's B-scan
 * `POST /report?model=auto` -> one-page PDF (image, CAM, probabilities, referral, model metrics)
 * `GET /models`, `GET /health`, `GET /ready`, `GET /metrics`
 * `GET /audit?since=2025-01-31T00:00Z` (operators, needs the API key) -> every answered prediction:
@@ -156,7 +158,7 @@ class UploadLimitMiddleware:
     handler reads each file (``intake.read_upload``).
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], tuple[int, str] | None]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, bytes], tuple[int, str] | None]) -> None:
         self.app = app
         self.limit_for = limit_for
 
@@ -164,7 +166,7 @@ class UploadLimitMiddleware:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        found = self.limit_for(get_route_path(scope))
+        found = self.limit_for(get_route_path(scope), scope.get("query_string", b""))
         if found is None:
             await self.app(scope, receive, send)
             return
@@ -194,8 +196,9 @@ class UploadLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def _body_limits(settings: Settings) -> Callable[[str], tuple[int, str] | None]:
-    """Route path -> (most body bytes, the limit in words): one file per upload route, N on batch."""
+def _body_limits(settings: Settings) -> Callable[[str, bytes], tuple[int, str] | None]:
+    """(route path, query string) -> (most body bytes, the limit in words): one file per upload route, N on
+    batch, a volume on /predict/volume and on /gradcam, /report with ``frame=`` (one B-scan of a volume)."""
     per_file = settings.max_upload_bytes + _MULTIPART_SLACK
     mb = f"{settings.max_upload_mb:g} MB"
     file_limit = (per_file, f"the upload limit of {mb} per file (RETINA_MAX_UPLOAD_MB)")
@@ -203,12 +206,23 @@ def _body_limits(settings: Settings) -> Callable[[str], tuple[int, str] | None]:
         settings.max_batch_files * per_file,
         f"the limit of {settings.max_batch_files} files of {mb} each (RETINA_MAX_UPLOAD_MB)",
     )
+    volume_limit = (
+        settings.max_volume_upload_bytes + _MULTIPART_SLACK,
+        f"the volume upload limit of {settings.max_volume_upload_mb:g} MB (RETINA_MAX_VOLUME_UPLOAD_MB)",
+    )
     other = (_MULTIPART_SLACK, f"the limit of {_MULTIPART_SLACK // 1024} KB for a request without a file")
 
-    def limit_for(path: str) -> tuple[int, str] | None:
-        if path.rstrip("/") == "/predict/batch":
+    def limit_for(path: str, query: bytes = b"") -> tuple[int, str] | None:
+        path = path.rstrip("/")
+        if path == "/predict/batch":
             return batch_limit
-        if path.rstrip("/") in ("/predict", "/gradcam", "/report"):
+        if path == "/predict/volume":
+            return volume_limit
+        if path in ("/gradcam", "/report"):
+            # The handler reads frame= again; this only decides how many bytes may be spooled.
+            framed = any(k == "frame" for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+            return volume_limit if framed else file_limit
+        if path == "/predict":
             return file_limit
         return other  # no other route takes a body
 

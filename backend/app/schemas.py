@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from backend.app.services.pipeline import BatchOutcome, Explanation
     from retina.assessment import Assessment
+    from retina.volume import VolumeAssessment
 
 Task = Literal["oct", "fundus"]
 
@@ -173,6 +174,55 @@ class BatchResponse(BaseModel):
             ]
         }
     )
+
+
+class VolumeFrame(BaseModel):
+    """One B-scan of a volume."""
+
+    index: int = Field(description="0-based frame number in the DICOM file.")
+    status: Literal["graded", "ungradable", "not_oct"] = Field(
+        description="`graded`: scored; `ungradable` / `not_oct`: counted and skipped (see `reasons`)."
+    )
+    label: str | None = Field(description="This B-scan's own label (as /predict would answer); null when skipped.")
+    probabilities: dict[str, float] | None = Field(description="This B-scan's calibrated probabilities.")
+    reasons: list[str] = Field(default_factory=list, description="Why the B-scan was skipped.")
+
+
+class VolumeResponse(BaseModel):
+    """An OCT volume's answer: the volume first, then every B-scan."""
+
+    model: str
+    model_version: str
+    task: Task
+    gradable: bool = Field(description="False: too few gradable B-scans (`needed_graded`); no diagnosis.")
+    label: str | None = Field(description="The volume's label, consistent with its referral; null when ungradable.")
+    confidence: float | None = Field(ge=0, le=1, description="Volume probability of `label`.")
+    probabilities: dict[str, float] | None = Field(
+        description="Volume probability per class: the graded B-scans' probabilities aggregated by `rule`."
+    )
+    inference_ms: float = Field(description="Forward-pass time attributable to this volume's B-scans, in ms.")
+    derived: DerivedProbabilities | None = None
+    referral: Referral | None = Field(description="Referral advice for the volume (same thresholds as one image).")
+    rule: Literal["mean", "top3_mean", "max", "noisy_or", "vote"] = Field(
+        description="Aggregation rule (RETINA_VOLUME_RULE)."
+    )
+    rule_text: str = Field(description="The rule in words.")
+    n_frames: int = Field(description="B-scans in the file.")
+    n_graded: int = Field(description="B-scans scored.")
+    n_ungradable: int = Field(description="B-scans the gate found ungradable (skipped).")
+    n_not_oct: int = Field(description="B-scans the gate did not see as OCT (skipped).")
+    needed_graded: int = Field(description="Fewest graded B-scans for a volume answer.")
+    deciding_frames: list[int] = Field(
+        description="0-based indices of the B-scans with the highest probability of `label`, highest first "
+        "(at most 3); empty when ungradable."
+    )
+    frames: list[VolumeFrame] = Field(description="Every B-scan, in frame order.")
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    @classmethod
+    def of(cls, result: VolumeAssessment) -> VolumeResponse:
+        return cls(**result.to_dict())
 
 
 class GradcamResponse(BaseModel):
@@ -358,7 +408,7 @@ class AuditEntry(BaseModel):
     id: int
     ts: datetime = Field(description="When the answer was logged (UTC, ISO 8601).")
     request_id: str = Field(description="The response's X-Request-ID.")
-    endpoint: str = Field(description="`predict`, `predict_batch`, `gradcam` or `report`.")
+    endpoint: str = Field(description="`predict`, `predict_batch`, `predict_volume`, `gradcam` or `report`.")
     model_id: str
     model_version: str
     task: str

@@ -124,3 +124,59 @@ def test_upload_predict_and_cam_in_browser(
                 shutil.copyfile(shot, out)
         finally:
             browser.close()
+
+
+def test_oct_volume_in_browser(streamlit_url: str, backend_url: str, tmp_path: Path) -> None:
+    """The sample OCT volume: the volume's answer, the strip chart, the B-scan slider and the shown B-scan's CAM.
+
+    The screenshot also goes to ``$RETINA_VOLUME_SCREENSHOT_OUT`` when set.
+    """
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no chromium binary (apt-get install chromium, or set RETINA_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) not installed")
+    import requests
+
+    volume = next((REPO / "samples" / "oct").glob("*-volume.dcm"))
+    with volume.open("rb") as f:
+        r = requests.post(f"{backend_url}/predict/volume", params={"model": "oct"}, files={"file": f}, timeout=120)
+    r.raise_for_status()
+    expected = r.json()
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=WAIT_MS)
+        try:
+            # Tall enough for the whole card: Streamlit scrolls inside its own container, not the page.
+            page = browser.new_page(viewport={"width": 1500, "height": 2000})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(streamlit_url)
+            page.get_by_text("Backend ready", exact=True).wait_for()
+            page.locator('input[type="file"]').set_input_files(str(volume))
+
+            box = page.locator('[class*="st-key-referral-"]').first
+            sync_api.expect(box).to_contain_text(ui.referral_title(expected["referral"]["level"]), timeout=WAIT_MS)
+            label = page.locator('[data-testid="stMetric"]').filter(has_text="Volume class")
+            sync_api.expect(label).to_contain_text(expected["label"], timeout=WAIT_MS)
+            sync_api.expect(page.get_by_text("OCT volume", exact=False).first).to_be_visible()
+            first = expected["deciding_frames"][0]
+            page.wait_for_function(
+                '(n) => { const i = document.querySelector(`img[alt$="B-scan ${n}"]`);'
+                " return i && i.complete && i.naturalWidth > 0; }",
+                arg=first,
+            )
+            sync_api.expect(page.locator('[data-testid="stSlider"]').filter(has_text="B-scan")).to_be_visible()
+            assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 3
+            assert page.locator('[data-testid="stException"]').count() == 0
+            errors = page.locator('[data-testid="stAlertContentError"]').count()
+            referral_errors = page.locator('[class*="st-key-referral-"] [data-testid="stAlertContentError"]').count()
+            assert errors == referral_errors
+            page.wait_for_timeout(1500)  # let the charts finish drawing before the picture
+
+            shot = tmp_path / "retinascope-volume.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if out := os.environ.get("RETINA_VOLUME_SCREENSHOT_OUT"):
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, out)
+        finally:
+            browser.close()

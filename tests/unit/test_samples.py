@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retina.dicom import decode_dicom, is_dicom
+from retina.dicom import is_dicom, open_frames
 from retina.gate import GATE_FILE, ImageGate
 from retina.labels import OCT_CLASSES
 from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
@@ -41,19 +41,25 @@ def test_every_sample_is_attributed_and_from_a_cc_by_source() -> None:
     assert sorted(rows) == sorted(str(p.relative_to(SAMPLES)) for p in FILES)
     # Only Kermany OCT2017 and IDRiD may be redistributed; EyePACS names look like 10_left.jpeg.
     for rel in rows:
-        assert re.match(r"^(oct/(CNV|DME|DRUSEN|NORMAL)-\d+-\d+\.(jpeg|dcm)|fundus/IDRiD_\d{3}-grade\d\.jpeg)$", rel), (
-            rel
-        )
+        assert re.match(
+            r"^(oct/(CNV|DME|DRUSEN|NORMAL)-\d+-(\d+\.(jpeg|dcm)|volume\.dcm)|fundus/IDRiD_\d{3}-grade\d\.jpeg)$", rel
+        ), rel
+
+
+def test_the_volume_sample_is_one_small_multi_frame_file() -> None:
+    volumes = [p for p in FILES if p.name.endswith("-volume.dcm")]
+    assert len(volumes) == 1 and volumes[0].stat().st_size < 1_000_000
+    assert open_frames(volumes[0].read_bytes()).n_frames >= 2
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_the_gate_accepts_each_sample_as_gradable_of_its_modality(path: Path) -> None:
     gate = _gate()
     data = path.read_bytes()
-    img = decode_dicom(data) if is_dicom(data) else Image.open(path)
-    res = gate.assess(img)
-    assert res.modality == path.parent.name
-    assert res.gradable, res.reasons
+    for img in open_frames(data) if is_dicom(data) else [Image.open(path)]:  # every frame of a volume
+        res = gate.assess(img)
+        assert res.modality == path.parent.name
+        assert res.gradable, res.reasons
 
 
 @cache

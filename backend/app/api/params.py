@@ -22,6 +22,17 @@ FileParam = Annotated[UploadFile, File(description="The image (DICOM, JPEG, PNG,
 FilesParam = Annotated[list[UploadFile], File(description="Images, repeated `files` fields (up to max_batch_files).")]
 MethodParam = Annotated[str, Query(description=f"CAM method: {', '.join(METHODS)}.")]
 AlphaParam = Annotated[float, Query(ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")]
+FrameParam = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        description="For a multi-frame DICOM (an OCT volume): the 0-based B-scan to use (the volume limits "
+        "RETINA_MAX_VOLUME_* apply). Without it a multi-frame file is refused (422): send it to /predict/volume.",
+    ),
+]
+VolumeFileParam = Annotated[
+    UploadFile, File(description="A multi-frame DICOM: Ophthalmic Tomography or multi-frame Secondary Capture.")
+]
 
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "`unauthorized`: API key configured and missing or wrong"},
@@ -37,12 +48,26 @@ IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "`not_retinal_image` (the image gate saw neither an OCT B-scan nor a fundus photo), "
         "`wrong_modality` (e.g. a fundus photo sent to an OCT model; the detail names the right model), "
         "`ungradable_image` (/gradcam only), `empty_file`, `invalid_image` (truncated/undecodable, multi-frame "
-        "DICOM), `image_too_large` (decompression bomb), `invalid_parameter`",
+        "DICOM without `frame=`: use /predict/volume), `image_too_large` (decompression bomb), `invalid_parameter`",
     },
     503: {
         "model": ErrorResponse,
         "description": "`not_ready`: the model failed to load (see GET /ready); "
         "`audit_unavailable`: the answer could not be written to the audit log",
+    },
+}
+VOLUME_ERRORS: dict[int | str, dict[str, Any]] = {
+    **IMAGE_ERRORS,
+    413: {
+        "model": ErrorResponse,
+        "description": "`file_too_large` (over RETINA_MAX_VOLUME_UPLOAD_MB) or `too_many_frames` "
+        "(over RETINA_MAX_VOLUME_FRAMES)",
+    },
+    415: {"model": ErrorResponse, "description": "`unsupported_media_type`: not DICOM (or an unsupported codec)"},
+    422: {
+        "model": ErrorResponse,
+        "description": "`not_retinal_image` / `wrong_modality` (most frames are not OCT B-scans), `invalid_parameter` "
+        "(a fundus model), `invalid_image`, `image_too_large` (rows x columns x frames over RETINA_MAX_VOLUME_PIXELS)",
     },
 }
 CAM_ERRORS: dict[int | str, dict[str, Any]] = {

@@ -66,6 +66,31 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=10.0, gt=0, description="Largest accepted upload per file, in MB (10^6 B).")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="Decompression-bomb guard: width*height.")
     max_batch_files: int = Field(default=16, ge=1, description="Most files accepted by /predict/batch.")
+    max_volume_upload_mb: float = Field(
+        default=100.0,
+        gt=0,
+        description="Largest multi-frame DICOM (OCT volume) accepted by /predict/volume, and by /gradcam and "
+        "/report with frame=, in MB (10^6 B).",
+    )
+    max_volume_frames: int = Field(
+        default=256, ge=1, description="Most frames (B-scans) in one volume; more is a 413 too_many_frames."
+    )
+    max_volume_pixels: int = Field(
+        default=150_000_000,
+        gt=0,
+        description="Most pixels (rows x columns x frames) in one volume; more is a 422 image_too_large.",
+    )
+    volume_rule: Literal["mean", "top3_mean", "max", "noisy_or", "vote"] = Field(
+        default="mean",
+        description="How B-scan probabilities become volume probabilities (retina/volume.py; chosen on "
+        "validation volumes by training/volume_eval.py).",
+    )
+    volume_min_gradable_frames: int = Field(
+        default=1, ge=1, description="A volume answer needs at least this many gradable B-scans ..."
+    )
+    volume_min_gradable_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="... and at least this share of its B-scans gradable; else ungradable."
+    )
     batch_max_size: int = Field(default=16, ge=1, description="Micro-batcher: most requests in one forward pass.")
     batch_wait_ms: float = Field(
         default=5.0, ge=0, description="Micro-batcher: longest wait for more requests while others are being decoded."
@@ -199,6 +224,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def max_volume_upload_bytes(self) -> int:
+        return int(self.max_volume_upload_mb * 1_000_000)
 
 
 @lru_cache

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("runs") / "audit.sqlite"
-ENDPOINTS = ("predict", "predict_batch", "gradcam", "report")
+ENDPOINTS = ("predict", "predict_batch", "predict_volume", "gradcam", "report")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

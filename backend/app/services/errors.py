@@ -16,6 +16,7 @@ _DECODE_ERRORS: dict[str, tuple[int, str]] = {
     "unsupported_image": (415, "unsupported_media_type"),
     "invalid_image": (422, "invalid_image"),
     "image_too_large": (422, "image_too_large"),
+    "too_many_frames": (413, "too_many_frames"),
 }
 
 

@@ -14,7 +14,12 @@ Steps, each with its own error code:
    interpretation and windowing, patient identifiers never read; truncated or multi-frame
    -> 422 ``invalid_image``; over ``max_image_pixels`` -> 422 ``image_too_large``) and the
    image gate (``retina.gate``) on the decoded image.
-4. :func:`prepare_decoded` runs ``prepare(img, spec)`` with the checkpoint's own spec, only for
+   A multi-frame DICOM is refused there (422 ``invalid_image``, pointing to ``/predict/volume`` and
+   ``frame=``) unless a ``frame`` is asked for: then only that frame is decoded.
+4. :func:`decode_volume` is step 3 for ``/predict/volume``: frame count and total pixels checked
+   before any pixel is decoded (413 ``too_many_frames``, 422 ``image_too_large``), then each frame
+   decoded, gated and prepared in turn, so only the ``S x S`` model inputs are kept.
+5. :func:`prepare_decoded` runs ``prepare(img, spec)`` with the checkpoint's own spec, only for
    images the gate let through. The result is the ``uint8 (C, S, S)`` image that
    ``tail(spec)`` turns into the model input: together exactly ``eval_transform(spec)``.
 """
@@ -29,7 +34,7 @@ import torch
 from PIL import Image
 
 from backend.app.services.errors import ServiceError, file_too_large, from_decode_error
-from retina.dicom import is_dicom
+from retina.dicom import MultiFrameError, is_dicom, open_frames
 from retina.gate import GateResult, ImageGate
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
 
@@ -122,15 +127,83 @@ class DecodedImage:
     gate: GateResult | None
 
 
-def decode_and_check(data: bytes, max_pixels: int, gate: ImageGate | None) -> DecodedImage:
-    """Bytes -> decoded image plus the gate's verdict (CPU-bound: run it in the decode pool)."""
+def decode_and_check(
+    data: bytes, max_pixels: int, gate: ImageGate | None, frame: int | None = None, max_frames: int | None = None
+) -> DecodedImage:
+    """Bytes -> decoded image plus the gate's verdict (CPU-bound: run it in the decode pool).
+
+    ``frame``: the 0-based frame of a multi-frame DICOM to decode (only that one is); frame 0 of a
+    single image is the image itself. ``max_pixels`` then bounds the whole file (all its frames).
+    """
     fmt = sniff(data)
     try:
-        img = decode_image(data, max_pixels=max_pixels)
+        if frame is None:
+            img = decode_image(data, max_pixels=max_pixels)
+        elif fmt == "DICOM":
+            img = open_frames(data, max_pixels, max_frames).frame(frame)
+        elif frame == 0:
+            img = decode_image(data, max_pixels=max_pixels)
+        else:
+            raise ServiceError(422, "invalid_parameter", f"frame={frame}: the upload is a single image (frame 0)")
+    except MultiFrameError as e:
+        raise ServiceError(
+            422,
+            "invalid_image",
+            f"{e.detail}. An OCT volume goes to POST /predict/volume; /gradcam and /report take one of its "
+            f"B-scans with frame=0..{e.frames - 1}",
+        ) from e
     except ImageDecodeError as e:
         raise from_decode_error(e) from e
     verdict = gate.assess(img) if gate is not None else None
     return DecodedImage(img, fmt, hashlib.sha256(data).hexdigest(), verdict)
+
+
+@dataclass(frozen=True)
+class DecodedVolume:
+    """A volume's frames after the gate and the model's preparation.
+
+    Attributes:
+        verdicts: the gate's verdict per frame (None when the gate is off), in frame order.
+        prepared: frame index -> ``uint8 (C, S, S)`` model input, for the frames the gate let through
+            (modality ``task`` and gradable).
+        sha256: hex SHA-256 of the uploaded bytes.
+        frame_size: ``(width, height)`` of one frame.
+    """
+
+    verdicts: list[GateResult | None]
+    prepared: dict[int, torch.Tensor]
+    sha256: str
+    frame_size: tuple[int, int]
+
+
+def decode_volume(
+    data: bytes, max_pixels: int, max_frames: int, gate: ImageGate | None, spec: PreprocessSpec, task: str
+) -> DecodedVolume:
+    """A multi-frame DICOM -> every frame gated, the gradable ones of ``task`` prepared (decode pool).
+
+    Frames are decoded one at a time and dropped once prepared: memory holds the upload and the
+    ``S x S`` inputs, never the whole decoded volume. A single image is a volume of one frame.
+    """
+    fmt = sniff(data)
+    if fmt != "DICOM":
+        raise ServiceError(
+            415, "unsupported_media_type", f"a volume is a multi-frame DICOM file; this is {fmt} (use POST /predict)"
+        )
+    try:
+        frames = open_frames(data, max_pixels, max_frames)
+        verdicts: list[GateResult | None] = []
+        prepared: dict[int, torch.Tensor] = {}
+        for i in range(frames.n_frames):
+            img = frames.frame(i)
+            verdict = gate.assess(img) if gate is not None else None
+            verdicts.append(verdict)
+            if verdict is None or (verdict.modality == task and verdict.gradable):
+                prepared[i] = pil_to_uint8_tensor(prepare(img, spec))
+    except ImageDecodeError as e:
+        raise from_decode_error(e) from e
+    except (OSError, ValueError) as e:  # a degenerate frame the resize cannot handle
+        raise ServiceError(422, "invalid_image", f"a frame could not be preprocessed: {e}") from e
+    return DecodedVolume(verdicts, prepared, hashlib.sha256(data).hexdigest(), (frames.cols, frames.rows))
 
 
 def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:

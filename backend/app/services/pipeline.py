@@ -39,13 +39,23 @@ from backend.app.services.audit import AuditLog, audit_prediction
 from backend.app.services.batcher import BatchResult
 from backend.app.services.errors import ServiceError, invalid_parameter, not_ready
 from backend.app.services.explain import compute_cam_for, parse_method, parse_target, png_bytes
-from backend.app.services.intake import PreparedImage, Upload, decode_and_check, prepare_decoded, read_upload
+from backend.app.services.intake import (
+    DecodedVolume,
+    PreparedImage,
+    Upload,
+    decode_and_check,
+    decode_volume,
+    prepare_decoded,
+    read_upload,
+)
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore, ServedModel
-from backend.app.services.report import DISCLAIMER, ReportInput, build_report, report_metrics
+from backend.app.services.report import DISCLAIMER, ReportInput, VolumeSummary, build_report, report_metrics
 from backend.app.services.runtime import request_id_var, run_in
 from retina.assessment import Assessment, grade, not_retinal, refusal, ungradable
+from retina.dicom import is_dicom
 from retina.referral import label_chooser
+from retina.volume import RULE_TEXT, VolumeAssessment, assess_volume
 
 AUTO = "auto"
 
@@ -99,6 +109,15 @@ class Report:
     assessment: Assessment
     pdf: bytes
     request_id: str
+
+
+@dataclass(frozen=True)
+class ScoredVolume:
+    """A volume's assessment and the prepared ``uint8 (C, S, S)`` inputs of its graded frames (for the report)."""
+
+    assessment: VolumeAssessment
+    prepared: dict[int, torch.Tensor]
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -161,8 +180,11 @@ class Pipeline:
 
         return list(await asyncio.gather(*(one(u) for u in uploads)))
 
-    async def explain(self, upload: Upload, model: str, options: CamOptions) -> Explanation:
-        """The class activation map of the exact tensor /predict scores, and its assessment."""
+    async def explain(self, upload: Upload, model: str, options: CamOptions, frame: int | None = None) -> Explanation:
+        """The class activation map of the exact tensor /predict scores, and its assessment.
+
+        ``frame``: which B-scan of a multi-frame DICOM (only that frame is decoded).
+        """
         requested = self.check(model)
         method = parse_method(options.method)
         if requested is not None:
@@ -173,29 +195,136 @@ class Pipeline:
             size = prepared.original_size if options.size == "original" else None
             return run_in(self.cam_pool, self._draw, served, prepared, target, method, options.alpha, size, options)
 
-        _, prepared, result, drawing = await self._serve("gradcam", upload, requested, draw)
+        _, prepared, result, drawing = await self._serve("gradcam", upload, requested, draw, frame=frame)
         if drawing is None:
             reasons = "; ".join(prepared.gate.reasons) if prepared.gate is not None else ""
             raise ServiceError(422, "ungradable_image", f"the image is not gradable: {reasons}; retake it")
         return Explanation(result, drawing)
 
-    async def report(self, upload: Upload, model: str, method: str = "gradcam", alpha: float = 0.5) -> Report:
-        """A one-page PDF of the image, its CAM (when gradable), the assessment and the model's facts."""
+    async def report(
+        self, upload: Upload, model: str, method: str = "gradcam", alpha: float = 0.5, frame: int | None = None
+    ) -> Report:
+        """A one-page PDF of the image, its CAM (when gradable), the assessment and the model's facts.
+
+        ``frame`` of a multi-frame DICOM: the page shows that B-scan and its CAM, headed by the whole
+        volume's answer (every B-scan scored as /predict/volume does) and its deciding B-scans.
+        """
         method = parse_method(method)
         requested = self.check(model)
 
         def draw(served: ServedModel, prepared: PreparedImage, _submit: Submit) -> Awaitable[Scored]:
             return run_in(self.cam_pool, self._draw, served, prepared, None, method, alpha, None, CamOptions())
 
-        served, prepared, result, drawing = await self._serve("report", upload, requested, draw)
+        upload, data = await self._buffered(upload, frame)
+        served, prepared, result, drawing = await self._serve("report", upload, requested, draw, frame=frame)
+        volume = None
+        if data is not None and is_dicom(data):  # frame= of a volume; a single image has no volume block
+            scored = await self._score_volume(served, data)
+            if scored.assessment.n_frames > 1:
+                volume = _volume_summary(scored, frame)
         rid = request_id_var.get()
         # PDF layout and image encoding stay off the event loop.
-        pdf = await run_in(self.cam_pool, _report_pdf, served, prepared, result, drawing, rid)
+        pdf = await run_in(self.cam_pool, _report_pdf, served, prepared, result, drawing, rid, volume)
         return Report(result, pdf, rid)
+
+    async def classify_volume(self, upload: Upload, model: str) -> VolumeAssessment:
+        """Every B-scan of a multi-frame OCT DICOM through the gate and the model, then one volume answer.
+
+        ``model``: an OCT model, its task alias or ``auto`` (a volume is always OCT: ``auto`` is the
+        OCT default, and the gate still checks every frame). Gradable frames are scored in the model's
+        micro-batches; ungradable and non-OCT frames are counted and skipped (``retina.volume``).
+        A volume whose frames are mostly not OCT is refused like a single image (422).
+        """
+        start = time.perf_counter()
+        requested = self.check(model)
+        served = requested or self.store.resolve("oct")
+        name = requested.id if requested else AUTO
+        if served.task != "oct":
+            raise invalid_parameter(f"model {served.id!r} reads {served.task} images; volumes are OCT (model=oct)")
+        try:
+            data = await read_upload(upload, self.settings.max_volume_upload_bytes)
+            scored = await self._score_volume(served, data)
+        except ServiceError as e:
+            self._count(name, "predict_volume", e.code, start)
+            raise
+        result = scored.assessment
+        outcome = "ok" if result.volume.gradable else "ungradable"
+        await audit_prediction(
+            self.audit, "predict_volume", served, result.volume.to_dict(), scored.sha256, outcome=outcome
+        )
+        if result.volume.label is not None:
+            self.metrics.predictions.labels(served.id, result.volume.label).inc()
+        self._count(served.id, "predict_volume", outcome, start)
+        return result
+
+    async def _buffered(self, upload: Upload, frame: int | None) -> tuple[Upload, bytes | None]:
+        """With ``frame``: the upload read once (up to the volume limit) and replayed; else as it came."""
+        if frame is None:
+            return upload, None
+        data = await read_upload(upload, self.settings.max_volume_upload_bytes)
+        return _Replay(upload.filename, data), data
+
+    async def _score_volume(self, served: ServedModel, data: bytes) -> ScoredVolume:
+        """Decode, gate and prepare every frame (decode pool), score the graded ones (micro-batcher), assess."""
+        s = self.settings
+        start = time.perf_counter()
+        decoded: DecodedVolume = await run_in(
+            self.decode_pool,
+            decode_volume,
+            data,
+            s.max_volume_pixels,
+            s.max_volume_frames,
+            self.store.gate,
+            served.preprocess,
+            served.task,
+        )
+        self.metrics.decode_seconds.labels(served.id).observe(time.perf_counter() - start)
+        await self._refuse_volume(served, decoded)
+        # All graded frames are queued at once: the batcher runs them max_batch at a time, sharing
+        # forward passes with concurrent /predict requests.
+        futures = {i: served.batcher.submit(x) for i, x in decoded.prepared.items()}
+        results = {i: await asyncio.wrap_future(f) for i, f in futures.items()}
+        probs = {i: r.probabilities for i, r in results.items()}
+        ms = sum(r.forward_ms / max(r.batch_size, 1) for r in results.values())
+        assessment = assess_volume(
+            served.id,
+            served.meta,
+            decoded.verdicts,
+            probs,
+            s,
+            rule=s.volume_rule,
+            min_frames=s.volume_min_gradable_frames,
+            min_fraction=s.volume_min_gradable_fraction,
+            inference_ms=ms,
+        )
+        return ScoredVolume(assessment, decoded.prepared, decoded.sha256)
+
+    async def _refuse_volume(self, served: ServedModel, decoded: DecodedVolume) -> None:
+        """422 (audited) when most frames are not OCT: ``wrong_modality`` (mostly fundus) or ``not_retinal_image``."""
+        seen = [v.modality for v in decoded.verdicts if v is not None]
+        if not seen or 2 * seen.count(served.task) >= len(decoded.verdicts):
+            return
+        fundus, other = seen.count("fundus"), seen.count("other")
+        n = len(decoded.verdicts)
+        if fundus > other:
+            code = "wrong_modality"
+            detail = f"{fundus} of {n} frames look like colour fundus photos; volumes are OCT B-scans"
+        else:
+            code = "not_retinal_image"
+            detail = f"{other} of {n} frames do not look like OCT B-scans or fundus photos. Nothing was predicted."
+        await audit_prediction(self.audit, "predict_volume", served, None, decoded.sha256, outcome=code)
+        raise ServiceError(422, code, detail)
 
     # ----------------------------------------------------------------- the one path
     async def _serve(
-        self, endpoint: str, upload: Upload, requested: ServedModel | None, score: Scorer, *, hold: bool = False
+        self,
+        endpoint: str,
+        upload: Upload,
+        requested: ServedModel | None,
+        score: Scorer,
+        *,
+        hold: bool = False,
+        frame: int | None = None,
     ) -> tuple[ServedModel, PreparedImage, Assessment, Any]:
         """Intake, scoring (if gradable), assessment, audit and metrics of one image.
 
@@ -206,7 +335,7 @@ class Pipeline:
         name = requested.id if requested else AUTO
         try:
             with _expecting(requested if hold else None) as submit:
-                served, prepared = await self._intake(requested, upload, endpoint)
+                served, prepared = await self._intake(requested, upload, endpoint, frame)
                 gradable = prepared.gate is None or prepared.gate.gradable
                 pending = score(served, prepared, submit or served.batcher.submit) if gradable else None
             scored = await pending if pending is not None else None
@@ -226,7 +355,7 @@ class Pipeline:
         return served, prepared, result, scored.extra
 
     async def _intake(
-        self, requested: ServedModel | None, upload: Upload, endpoint: str
+        self, requested: ServedModel | None, upload: Upload, endpoint: str, frame: int | None = None
     ) -> tuple[ServedModel, PreparedImage]:
         """Read, decode, gate and prepare one upload; ``requested`` None (``auto``) picks by the detected modality.
 
@@ -235,9 +364,22 @@ class Pipeline:
         """
         start = time.perf_counter()
         s = self.settings
-        data = await read_upload(upload, s.max_upload_bytes)
         # Decode and gate first; the model's (costlier) preparation only for images that pass.
-        decoded = await run_in(self.decode_pool, decode_and_check, data, s.max_image_pixels, self.store.gate)
+        if frame is None:
+            data = await read_upload(upload, s.max_upload_bytes)
+            decoded = await run_in(self.decode_pool, decode_and_check, data, s.max_image_pixels, self.store.gate)
+        else:
+            # One B-scan of a volume: the file may be up to the volume limits; only that frame is decoded.
+            data = await read_upload(upload, s.max_volume_upload_bytes)
+            decoded = await run_in(
+                self.decode_pool,
+                decode_and_check,
+                data,
+                s.max_volume_pixels,
+                self.store.gate,
+                frame,
+                s.max_volume_frames,
+            )
         verdict = decoded.gate
         served = requested
         if served is None:
@@ -312,8 +454,50 @@ def _batched(served: ServedModel, prepared: PreparedImage, submit: Submit) -> Aw
     return wait()
 
 
+class _Replay:
+    """An upload already read into memory, read again by the single-image path (``Upload`` protocol)."""
+
+    def __init__(self, filename: str | None, data: bytes) -> None:
+        self.filename = filename
+        self._data = data
+        self._pos = 0
+
+    async def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else min(len(self._data), self._pos + size)
+        chunk, self._pos = self._data[self._pos : end], end
+        return chunk
+
+
+def _volume_summary(scored: ScoredVolume, frame: int) -> VolumeSummary:
+    """What the report prints about the whole volume: its answer and its deciding B-scans' model views."""
+    a = scored.assessment
+    body = a.volume.to_dict()
+    thumbs = []
+    for i in a.deciding:
+        view = scored.prepared[i].permute(1, 2, 0).numpy()
+        view = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
+        p = (a.frames[i].probabilities or {}).get(a.volume.label or "", 0.0)
+        thumbs.append((i, float(p), png_bytes(np.ascontiguousarray(view))))
+    return VolumeSummary(
+        shown_frame=frame,
+        n_frames=a.n_frames,
+        n_graded=a.n_graded,
+        n_skipped=a.n_ungradable + a.n_not_oct,
+        rule_text=RULE_TEXT[a.rule],
+        label=a.volume.label,
+        confidence=a.volume.confidence,
+        referral=body["referral"] or {},
+        deciding=tuple(thumbs),
+    )
+
+
 def _report_pdf(
-    served: ServedModel, prepared: PreparedImage, result: Assessment, drawing: Drawing | None, request_id: str
+    served: ServedModel,
+    prepared: PreparedImage,
+    result: Assessment,
+    drawing: Drawing | None,
+    request_id: str,
+    volume: VolumeSummary | None = None,
 ) -> bytes:
     """The PDF of one assessment (blocking: the CAM pool)."""
     # The image as the model saw it (cropped, resized, normalised): the overlay has the same geometry.
@@ -333,7 +517,9 @@ def _report_pdf(
         confidence=result.confidence,
         probabilities=body["probabilities"],
         derived=body["derived"],
-        referral=body["referral"] or {"level": "n/a", "advice": "no referral policy for this model", "reason": ""},
+        # One B-scan of a volume: the page is headed by the volume's referral, the decision a clinic takes.
+        referral=(volume.referral if volume is not None else body["referral"])
+        or {"level": "n/a", "advice": "no referral policy for this model", "reason": ""},
         gate=body["gate"],
         metrics=rows,
         metrics_source=source,
@@ -345,5 +531,6 @@ def _report_pdf(
         filename=None,
         disclaimer=DISCLAIMER,
         operating_points=(served.meta.extra or {}).get("operating_points") or {},
+        volume=volume,
     )
     return build_report(inp)

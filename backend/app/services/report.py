@@ -36,6 +36,7 @@ from retina.figures import Evaluation, figure_text, model_figures
 __all__ = [
     "DISCLAIMER",
     "ReportInput",
+    "VolumeSummary",
     "build_report",
     "latin1",
     "operating_point_text",
@@ -105,6 +106,30 @@ CAM_NAMES = {
 
 
 @dataclass(frozen=True)
+class VolumeSummary:
+    """The whole OCT volume behind a one-B-scan report (``/report?frame=``).
+
+    Attributes:
+        shown_frame: the B-scan the page's image, CAM and probability table are of (0-based).
+        n_frames, n_graded, n_skipped: B-scan counts (skipped = ungradable or not OCT).
+        rule_text: the aggregation rule in words.
+        label, confidence: the volume's label and its probability; None when the volume is ungradable.
+        referral: the volume's referral (``{"level", "advice", "reason", ...}``); it heads the page.
+        deciding: ``(frame index, P(volume label) on that B-scan, model-view PNG)`` of the deciding B-scans.
+    """
+
+    shown_frame: int
+    n_frames: int
+    n_graded: int
+    n_skipped: int
+    rule_text: str
+    label: str | None
+    confidence: float | None
+    referral: dict
+    deciding: tuple[tuple[int, float, bytes], ...]
+
+
+@dataclass(frozen=True)
 class ReportInput:
     """Everything one report shows; the route fills it, :func:`build_report` only draws it.
 
@@ -133,6 +158,8 @@ class ReportInput:
             ``{name: {"threshold", "fitted_on", "fit": {"sensitivity", "sensitivity_ci95", "specificity",
             "specificity_ci95", "n", "n_positive"}, "checks": {set name: same as fit}}}``; the one behind
             the referral's rule is printed under it with the served threshold (``referral["threshold"]``).
+        volume: for one B-scan of a volume: the volume's answer and deciding B-scans (drawn under the images);
+            ``referral`` is then the volume's.
     """
 
     image_png: bytes
@@ -157,6 +184,7 @@ class ReportInput:
     disclaimer: str
     operating_points: dict = field(default_factory=dict)
     metrics_heading: str = "Metric"
+    volume: VolumeSummary | None = None
 
 
 # ----------------------------------------------------------------------------- text helpers
@@ -502,6 +530,47 @@ def _images_block(pg: _Page, inp: ReportInput, y: float, side: float) -> None:
         pg.text(x - 4, y + side + 1.0, side + 8, 4.5, latin1(caption), align="C")
 
 
+VOLUME_THUMB = 26.0
+
+
+def _volume_block(pg: _Page, inp: ReportInput, y: float, draw: bool) -> float:
+    """The volume's answer in one line, then its deciding B-scans side by side; returns its height."""
+    v = inp.volume
+    if v is None:
+        return 0.0
+    lh = 4.4
+    answer = f"{v.label} ({_prob(v.confidence)})" if v.label is not None and v.confidence is not None else "ungradable"
+    lines = [
+        f"Whole volume: {answer}, referral {v.referral.get('level', 'n/a')}; {v.n_frames} B-scans, "
+        f"{v.n_graded} graded, {v.n_skipped} skipped. Rule: {v.rule_text}.",
+        f"Image, CAM and probabilities on this page: B-scan {v.shown_frame}. Deciding B-scans (highest "
+        f"P({v.label}) first):"
+        if v.deciding
+        else f"Image and CAM on this page: B-scan {v.shown_frame}.",
+    ]
+    pg.font(8.5)
+    wrapped = [w for line in lines for w in pg.lines(latin1(line), CONTENT_W, 2)]
+    h = HEADING_H + lh * len(wrapped) + (1.5 + VOLUME_THUMB + IMAGES_CAPTION_H if v.deciding else 0.0)
+    if not draw:
+        return h
+    yy = pg.heading(MARGIN_X, y, CONTENT_W, "OCT volume")
+    pg.font(8.5)
+    for line in wrapped:
+        pg.text(MARGIN_X, yy, CONTENT_W, lh, line)
+        yy += lh
+    yy += 1.5
+    for k, (index, p, png) in enumerate(v.deciding):
+        x = MARGIN_X + k * (VOLUME_THUMB + 8.0)
+        im = _pil_rgb(png)[0]
+        scale = VOLUME_THUMB / max(im.width, im.height)
+        pg.pdf.image(im, x=x, y=yy, w=im.width * scale, h=im.height * scale)
+        pg.pdf.set_draw_color(*RULE)
+        pg.pdf.rect(x, yy, VOLUME_THUMB, VOLUME_THUMB)
+        pg.font(8, "", MUTED)
+        pg.text(x - 3, yy + VOLUME_THUMB + 0.5, VOLUME_THUMB + 6, 4.5, latin1(f"B-scan {index}: {_prob(p)}"), "C")
+    return h
+
+
 def _not_graded_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw: bool) -> float:
     """Left column when there are no probabilities: say so and list the gate's reasons."""
     x, w, lh = MARGIN_X, LEFT_W, 4.6
@@ -688,7 +757,9 @@ def build_report(inp: ReportInput) -> bytes:
         disclaimer = pg.lines(latin1(inp.disclaimer), CONTENT_W - 6.0, lim.disclaimer)
         disc_h = 7.0 + 4.2 * len(disclaimer)
         gate_h = HEADING_H + GATE_LH * len(gate)
-        fixed = header_h + ref_h + gap + IMAGES_CAPTION_H + gap + cols_h + gap + gate_h + gap + sha_h + disc_h
+        vol_h = _volume_block(pg, inp, 0.0, draw=False)
+        vol_h += gap if vol_h else 0.0
+        fixed = header_h + ref_h + gap + IMAGES_CAPTION_H + gap + vol_h + cols_h + gap + gate_h + gap + sha_h + disc_h
         side = min(IMAGE_MAX, usable - fixed)
         if side >= IMAGE_COMFORT:
             break
@@ -715,6 +786,9 @@ def build_report(inp: ReportInput) -> bytes:
     y += ref_h + gap
     _images_block(pg, inp, y, side)
     y += side + IMAGES_CAPTION_H + gap
+    if vol_h:
+        _volume_block(pg, inp, y, draw=True)
+        y += vol_h
     _prediction_block(pg, inp, lim, y, draw=True)
     _model_block(pg, inp, lim, y, draw=True)
     y += cols_h + gap

@@ -8,7 +8,15 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 
 from backend.app.api.deps import PipelineDep, require_api_key
-from backend.app.api.params import CAM_ERRORS, AlphaParam, FileParam, MethodParam, ModelParam, header_value
+from backend.app.api.params import (
+    CAM_ERRORS,
+    AlphaParam,
+    FileParam,
+    FrameParam,
+    MethodParam,
+    ModelParam,
+    header_value,
+)
 from backend.app.schemas import GradcamResponse
 from backend.app.services.pipeline import CamOptions
 
@@ -46,16 +54,19 @@ async def gradcam(
         Query(description="`input`: the model's S x S view; `original`: upsampled to the upload's width x height."),
     ] = "input",
     format: Annotated[Literal["png", "json"], Query(description="PNG body or JSON with base64 PNGs.")] = "png",
+    frame: FrameParam = None,
 ) -> Response:
     """Heatmap over the image as the model saw it (after cropping, resizing, normalising).
 
     The prediction and the heatmap come from the same prepared tensor. ScoreCAM runs one
     forward pass per channel of the CAM layer: expect seconds per request on a CPU.
 
+    `frame=i` explains B-scan i of a multi-frame DICOM (only that frame is decoded).
+
     Example: `curl -F file=@fundus.jpeg 'localhost:8000/gradcam?model=fundus' -o cam.png`.
     """
     options = CamOptions(method, target, alpha, size, heatmap=format == "json")
-    explained = await pipeline.explain(file, model, options)
+    explained = await pipeline.explain(file, model, options, frame)
     if format == "json":
         return JSONResponse(GradcamResponse.of(explained).model_dump())
     result, drawing = explained.assessment, explained.drawing

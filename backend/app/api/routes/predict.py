@@ -16,8 +16,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from backend.app.api.deps import PipelineDep, require_api_key
-from backend.app.api.params import IMAGE_ERRORS, FileParam, FilesParam, ModelParam
-from backend.app.schemas import BatchResponse, PredictResponse
+from backend.app.api.params import IMAGE_ERRORS, VOLUME_ERRORS, FileParam, FilesParam, ModelParam, VolumeFileParam
+from backend.app.schemas import BatchResponse, PredictResponse, VolumeResponse
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
@@ -45,3 +45,20 @@ async def predict_batch(pipeline: PipelineDep, files: FilesParam, model: ModelPa
     `too_many_files` for the whole request.
     """
     return BatchResponse.of(await pipeline.classify_batch(files, model))
+
+
+@router.post(
+    "/predict/volume",
+    response_model=VolumeResponse,
+    summary="Classify an OCT volume (multi-frame DICOM): every B-scan, then one volume answer",
+    responses=VOLUME_ERRORS,
+)
+async def predict_volume(pipeline: PipelineDep, file: VolumeFileParam, model: ModelParam = "oct") -> VolumeResponse:
+    """Every B-scan through the image gate and the OCT model (shared micro-batches), then the volume's
+    probabilities by the served rule (`rule`, `rule_text`), its referral, and the B-scans that decided it
+    (`deciding_frames`, 0-based). Ungradable or non-OCT B-scans are counted and skipped; too few gradable
+    ones make the volume ungradable (`gradable: false`, no diagnosis). `model=auto` is the OCT default.
+
+    Example: `curl -F file=@samples/oct/volume-DRUSEN-9280370.dcm 'localhost:8000/predict/volume?model=oct'`.
+    """
+    return VolumeResponse.of(await pipeline.classify_volume(file, model))

@@ -8,7 +8,15 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from backend.app.api.deps import PipelineDep, require_api_key
-from backend.app.api.params import CAM_ERRORS, AlphaParam, FileParam, MethodParam, ModelParam, header_value
+from backend.app.api.params import (
+    CAM_ERRORS,
+    AlphaParam,
+    FileParam,
+    FrameParam,
+    MethodParam,
+    ModelParam,
+    header_value,
+)
 
 router = APIRouter(tags=["report"], dependencies=[Depends(require_api_key)])
 
@@ -25,6 +33,7 @@ async def report(
     model: ModelParam = "oct",
     method: MethodParam = "gradcam",
     alpha: AlphaParam = 0.5,
+    frame: FrameParam = None,
 ) -> Response:
     """The image, its class activation map, the calibrated probabilities, the referral advice, the model's
     id/version and validation metrics, a timestamp and the research-use disclaimer, as a PDF.
@@ -32,9 +41,12 @@ async def report(
     An ungradable image gets a report that says so and why, with no diagnosis. Non-retinal or
     wrong-modality images are refused (422) as on /predict.
 
+    `frame=i` of a multi-frame DICOM (OCT volume): B-scan i and its CAM, headed by the whole volume's
+    referral, with the volume's answer and its deciding B-scans.
+
     Example: `curl -F file=@scan.jpeg 'localhost:8000/report?model=oct' -o report.pdf`.
     """
-    made = await pipeline.report(file, model, method, alpha)
+    made = await pipeline.report(file, model, method, alpha, frame)
     return Response(
         made.pdf,
         media_type="application/pdf",
