@@ -7,48 +7,38 @@ Steps, each with its own error code:
    body whose Content-Length, or streamed size, is over the limit before it was spooled.
 2. :func:`sniff` looks at the magic bytes (never at the client's Content-Type): zero bytes
    is 422 ``empty_file``, anything but DICOM/JPEG/PNG/BMP/TIFF/WebP/GIF is 415
-   ``unsupported_media_type``. Restricting formats also keeps PIL's rarer decoders (and
-   any external helper they call) away from untrusted input.
-3. :func:`decode_and_check` runs ``retina.preprocessing.decode_image`` (EXIF, 16-bit,
-   alpha, palette, CMYK; single-frame DICOM through ``retina.dicom`` with its photometric
-   interpretation and windowing, patient identifiers never read; truncated or multi-frame
-   -> 422 ``invalid_image``; over ``max_image_pixels`` -> 422 ``image_too_large``) and the
-   image gate (``retina.gate``) on the decoded image.
+   ``unsupported_media_type``.
+3. :func:`decode_and_check` decodes (truncated or multi-frame -> 422 ``invalid_image``; over
+   ``max_image_pixels`` -> 422 ``image_too_large``) and runs the image gate on the decoded image.
 4. :func:`prepare_decoded` runs ``prepare(img, spec)`` with the checkpoint's own spec, only for
-   images the gate let through. The result is the ``uint8 (C, S, S)`` image that
-   ``tail(spec)`` turns into the model input: together exactly ``eval_transform(spec)``.
+   images the gate let through.
+
+Steps 2-4 are ``retina.intake`` (the batch scorer runs the same ones); this module adds the
+upload reading and turns the core's ``ImageDecodeError`` into the service's error codes.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from typing import Protocol
 
-import torch
-from PIL import Image
+from backend.app.services.errors import file_too_large, from_decode_error
+from retina import intake
+from retina.gate import ImageGate
+from retina.intake import ACCEPTED_FORMATS, DecodedImage, PreparedImage
+from retina.preprocessing import ImageDecodeError, PreprocessSpec
 
-from backend.app.services.errors import ServiceError, file_too_large, from_decode_error
-from retina.dicom import is_dicom
-from retina.gate import GateResult, ImageGate
-from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DecodedImage",
+    "PreparedImage",
+    "Upload",
+    "decode_and_check",
+    "prepare_decoded",
+    "read_upload",
+    "sniff",
+]
 
 _CHUNK = 1 << 20
-
-# (offset, magic) -> format. Checked in order, after DICOM (whose 128-byte preamble may hold
-# anything, even one of these); RIFF needs its WEBP tag too.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "TIFF"),  # BigTIFF
-    (b"MM\x00+", "TIFF"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-)
-ACCEPTED_FORMATS = ("DICOM", "JPEG", "PNG", "BMP", "TIFF", "WebP", "GIF")
 
 
 class Upload(Protocol):
@@ -57,25 +47,6 @@ class Upload(Protocol):
     filename: str | None
 
     async def read(self, size: int = -1) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An upload ready for the model.
-
-    Attributes:
-        pixels: ``uint8 (C, S, S)``, the output of ``prepare`` (values 0-255).
-        original_size: ``(width, height)`` of the decoded, EXIF-upright upload.
-        format: sniffed container format (``JPEG``, ``PNG`` ...).
-        sha256: hex SHA-256 of the uploaded bytes (what the audit log stores instead of them).
-        gate: the image gate's verdict (modality, gradability); None when the gate is off.
-    """
-
-    pixels: torch.Tensor
-    original_size: tuple[int, int]
-    format: str
-    sha256: str
-    gate: GateResult | None = None
 
 
 async def read_upload(upload: Upload, limit: int) -> bytes:
@@ -96,48 +67,23 @@ async def read_upload(upload: Upload, limit: int) -> bytes:
 
 def sniff(data: bytes) -> str:
     """Container format from the magic bytes; raises 422 ``empty_file`` / 415 ``unsupported_media_type``."""
-    if not data:
-        raise ServiceError(422, "empty_file", "the file is empty")
-    if is_dicom(data):
-        return "DICOM"
-    for magic, fmt in _SIGNATURES:
-        if data.startswith(magic):
-            return fmt
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    raise ServiceError(
-        415,
-        "unsupported_media_type",
-        f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})",
-    )
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """A decoded, gate-checked upload before model-specific preparation."""
-
-    image: Image.Image
-    format: str
-    sha256: str
-    gate: GateResult | None
+    try:
+        return intake.sniff(data)
+    except ImageDecodeError as e:
+        raise from_decode_error(e) from e
 
 
 def decode_and_check(data: bytes, max_pixels: int, gate: ImageGate | None) -> DecodedImage:
     """Bytes -> decoded image plus the gate's verdict (CPU-bound: run it in the decode pool)."""
-    fmt = sniff(data)
     try:
-        img = decode_image(data, max_pixels=max_pixels)
+        return intake.decode_and_check(data, max_pixels, gate)
     except ImageDecodeError as e:
         raise from_decode_error(e) from e
-    verdict = gate.assess(img) if gate is not None else None
-    return DecodedImage(img, fmt, hashlib.sha256(data).hexdigest(), verdict)
 
 
 def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:
     """Decoded image -> the model's prepared ``uint8 (C, S, S)`` input (CPU-bound)."""
-    img = decoded.image
     try:
-        prepared = prepare(img, spec)
-    except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
-        raise ServiceError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
-    return PreparedImage(pil_to_uint8_tensor(prepared), img.size, decoded.format, decoded.sha256, decoded.gate)
+        return intake.prepare_decoded(decoded, spec)
+    except ImageDecodeError as e:
+        raise from_decode_error(e) from e
