@@ -63,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # the service's RETINA_MAX_IMAGE_PIXELS default
+# Files are read whole; past this they are an error row instead of a memory spike. Above the
+# service's 10 MB upload limit: archives hold DICOMs of tens of MB that the service never sees.
+DEFAULT_MAX_FILE_BYTES = 100_000_000
 
 # One row per input file. Dict-valued fields (probabilities per class, the gate's probabilities,
 # its reasons, the derived DR probabilities) are JSON text, so one fixed schema holds OCT and
@@ -101,6 +104,7 @@ class ScoreConfig:
         model: ``oct``, ``fundus`` (the registry's defaults), a model id, or ``auto`` (by the gate's modality).
         gate_file: the image gate; None: ``models_dir/image-gate.pt``, else the shipped one (as the service).
         max_image_pixels: decompression-bomb guard, width * height (the service's default).
+        max_file_bytes: larger files are ``file_too_large`` error rows (not read).
         thresholds: referral overrides (the service's ``RETINA_REFERRAL_*``); None = the checkpoints' points.
         device: ``cpu`` or ``cuda``.
         torch_threads: intra-op threads of this worker; None leaves torch's default.
@@ -110,6 +114,7 @@ class ScoreConfig:
     model: str = AUTO
     gate_file: Path | None = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     thresholds: ReferralThresholds = field(default_factory=ReferralThresholds)
     device: str = "cpu"
     torch_threads: int | None = None
@@ -147,7 +152,13 @@ class BatchScorer:
         return [self.score_path(p) for p in paths]
 
     def score_path(self, path: str) -> dict[str, Any]:
+        limit = self.config.max_file_bytes
         try:
+            size = os.stat(path).st_size
+            if size > limit:
+                return error_row(
+                    path, None, "file_too_large", f"file is {size / 1e6:g} MB, over the limit of {limit / 1e6:g} MB"
+                )
             data = Path(path).read_bytes()
         except OSError as e:
             return error_row(path, None, "unreadable_file", f"{type(e).__name__}: {e.strerror or e}")

@@ -35,6 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from retina.batch import (  # noqa: E402
     AUTO,
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     BatchScorer,
     ResultSink,
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=32, help="files per task handed to a local worker")
     p.add_argument("--flush-rows", type=int, default=256, help="rows per write (what a kill can cost at most)")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_BYTES / 1e6, help="larger files: error rows")
     p.add_argument("--ray", metavar="ADDRESS", default=None, help="run on Ray: a cluster address, 'auto' or 'local'")
     p.add_argument("--ray-actors", type=int, default=2, help="scoring actors (each loads the models once)")
     p.add_argument("--ray-batch-size", type=int, default=32, help="files per map_batches call")
@@ -100,11 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         gate_file=args.gate_file.resolve() if args.gate_file else None,
         max_image_pixels=args.max_image_pixels,
+        max_file_bytes=int(args.max_file_mb * 1e6),
         thresholds=thresholds,
         device=args.device,
         # The cores shared out between the worker processes, one torch team each.
         torch_threads=max(1, cpu_count() // workers),
     )
+    if args.out.suffix.lower() not in (".parquet", ".csv"):
+        log.error("--out must end in .parquet or .csv, not %r", args.out.name)
+        return 2
     try:
         paths = list_inputs(args.input)
         # Load once here first: a model the service would refuse stops the run before any worker

@@ -67,6 +67,13 @@ def test_inputs_are_every_file_of_a_folder_or_the_paths_of_a_csv(tmp_path: Path)
         list_inputs(tmp_path / "nope")
 
 
+def test_usage_problems_exit_2_before_anything_is_written(tmp_path: Path) -> None:
+    assert _score(SAMPLES, "--out", tmp_path / "r.json") == 2
+    assert _score(tmp_path / "nope", "--out", tmp_path / "r.csv") == 2
+    assert _score(SAMPLES, "--out", tmp_path / "r.csv", "--model", "no-such-model") == 2
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- the CLI on real images
 
 
@@ -123,11 +130,12 @@ def test_bad_files_become_error_rows_and_the_run_goes_on(tmp_path: Path) -> None
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     listing = tmp_path / "inputs.csv"
-    listing.write_text("path\n" + "\n".join([*files, "gone.jpeg"]) + "\n")
+    (tmp_path / "huge.dcm").write_bytes(b"\0" * 2_000_001)
+    listing.write_text("path\n" + "\n".join([*files, "gone.jpeg", "huge.dcm"]) + "\n")
     out = tmp_path / "out.csv"
-    assert _score(listing, "--out", out, "--model", "oct", "--workers", "1") == 0
+    assert _score(listing, "--out", out, "--model", "oct", "--workers", "1", "--max-file-mb", "2") == 0
     rows = {Path(r["path"]).name: r for r in read_rows(out)}
-    assert sorted(rows) == sorted([*files, "gone.jpeg"])
+    assert sorted(rows) == sorted([*files, "gone.jpeg", "huge.dcm"])
     errors = {name: rows[name]["error"] for name in rows}
     assert errors == {
         "good.jpeg": None,
@@ -136,6 +144,7 @@ def test_bad_files_become_error_rows_and_the_run_goes_on(tmp_path: Path) -> None
         "empty.png": "empty_file",
         "cat.jpeg": "not_retinal_image",
         "gone.jpeg": "unreadable_file",
+        "huge.dcm": "file_too_large",
     }
     assert rows["good.jpeg"]["label"] in OCT_CLASSES
     for name, row in rows.items():
@@ -143,7 +152,7 @@ def test_bad_files_become_error_rows_and_the_run_goes_on(tmp_path: Path) -> None
             assert row["error_detail"] and row["label"] is None and row["probabilities"] is None, row
         if name in files:
             assert row["sha256"] == hashlib.sha256(files[name]).hexdigest()
-    assert rows["gone.jpeg"]["sha256"] is None
+    assert rows["gone.jpeg"]["sha256"] is None and rows["huge.dcm"]["sha256"] is None
     # The gate's verdict is kept for an image it refused.
     assert rows["cat.jpeg"]["gate_modality"] == "other" and rows["cat.jpeg"]["model"] == "oct-resnet18"
 
