@@ -1,10 +1,12 @@
 """One image's assessment: the gate's verdict, then calibrated probabilities -> referral -> label.
 
 The domain step of the service, without HTTP, threads or audit. The API's pipeline
-(``backend/app/services/pipeline.py``) splits it across its pools and micro-batcher; a batch
-scorer calls :func:`assess_image`. Both go through :func:`refusal` and :func:`grade` (or
-:func:`ungradable`), so the label, the referral and the derived figures are computed in one
-place and every reader (the JSON answer, the PDF, the audit row) reads the same frozen result:
+(``backend/app/services/pipeline.py``) splits it across its pools and micro-batcher; the batch
+scorer (``retina/batch.py``) runs it in a loop per worker; :func:`assess_image` is the one-call
+form for scripts. All go through :func:`refusal`, :func:`forward_probabilities` and :func:`grade`
+(or :func:`ungradable`), so the probabilities, the label, the referral and the derived figures
+are computed in one place and every reader (the JSON answer, the PDF, the audit row, a batch
+row) reads the same frozen result:
 
 * :class:`Refusal`: the gate saw no retinal image, or the other modality than the model reads;
 * :class:`Assessment` with ``gradable`` False: the right kind of image, unusable (no diagnosis);
@@ -13,7 +15,7 @@ place and every reader (the JSON answer, the PDF, the audit row) reads the same 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ from torch import nn
 from retina.checkpoint import CheckpointMeta
 from retina.gate import GateResult, ImageGate
 from retina.labels import DR_GRADES, derived_dr_probabilities
-from retina.preprocessing import eval_transform
+from retina.preprocessing import pil_to_uint8_tensor, prepare, tail
 from retina.referral import Thresholds, consistent_label, referral_for, ungradable_referral
 
 _KIND = {"oct": "an OCT B-scan", "fundus": "a colour fundus photo"}
@@ -171,6 +173,21 @@ def ungradable(model_id: str, meta: CheckpointMeta, gate: GateResult) -> Assessm
     )
 
 
+def forward_probabilities(
+    model: nn.Module, to_input: Callable[[torch.Tensor], torch.Tensor], u8: torch.Tensor, temperature: float
+) -> np.ndarray:
+    """Prepared ``uint8 (N, C, S, S)`` (on the model's device) -> calibrated ``float64 (N, K)``, rows sum to 1.
+
+    ``to_input`` is ``retina.preprocessing.tail(spec)`` of the checkpoint's spec; the softmax is
+    of ``logits / temperature`` in float64. The service's micro-batcher and the batch scorer both
+    call this, under ``torch.inference_mode``. Rows depend on the batch they were computed in to
+    ~1e-7 (oneDNN picks other kernels for other batch sizes).
+    """
+    x = to_input(u8).contiguous(memory_format=torch.channels_last)
+    logits = model(x)
+    return torch.softmax(logits.double() / temperature, dim=1).cpu().numpy()
+
+
 @torch.inference_mode()
 def assess_image(
     img: Image.Image,
@@ -180,10 +197,10 @@ def assess_image(
     thresholds: Thresholds,
     model_id: str = "model",
 ) -> Assessment | Refusal:
-    """The whole domain step for one decoded image, in the caller's thread (a batch scorer's loop).
+    """The whole domain step for one decoded image, in the caller's thread (a script's loop).
 
-    ``model`` in eval mode on the CPU; the input is ``eval_transform(meta.preprocess)``, the
-    same prepare + tail the service applies.
+    ``model`` in eval mode; the input is ``prepare`` + ``tail`` of ``meta.preprocess`` (together
+    ``eval_transform``), the same the service applies.
     """
     verdict = gate.assess(img) if gate is not None else None
     refused = refusal(verdict, model_id, meta.task)
@@ -191,7 +208,7 @@ def assess_image(
         return refused
     if verdict is not None and not verdict.gradable:
         return ungradable(model_id, meta, verdict)
-    x = eval_transform(meta.preprocess)(img).unsqueeze(0)
-    logits = model(x)[0].double()
-    probs = torch.softmax(logits / meta.temperature, dim=0).numpy()
+    device = next(model.parameters()).device
+    u8 = pil_to_uint8_tensor(prepare(img, meta.preprocess)).unsqueeze(0).to(device)
+    probs = forward_probabilities(model, tail(meta.preprocess), u8, meta.temperature)[0]
     return grade(model_id, meta, probs, 0.0, thresholds, verdict)

@@ -15,6 +15,22 @@ class ImageDecodeError(ValueError):
         self.detail = detail
 
 
+# ImageDecodeError.code -> the code the API answers with and a batch-scoring row carries: "not an
+# image" is a media-type problem there (HTTP 415), so it is named as one.
+PUBLIC_DECODE_CODES: dict[str, str] = {
+    "empty_file": "empty_file",
+    "unsupported_image": "unsupported_media_type",
+    "invalid_image": "invalid_image",
+    "image_too_large": "image_too_large",
+    "too_many_frames": "too_many_frames",
+}
+
+
+def public_code(exc: ImageDecodeError) -> str:
+    """The API's (and a batch row's) error code for a decoding failure."""
+    return PUBLIC_DECODE_CODES.get(exc.code, "invalid_image")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match what it claims to be."""
 

@@ -23,6 +23,7 @@ Models with other class sets get no referral (``None``): the service does not gu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +38,16 @@ class Thresholds(Protocol):
     referral_oct_routine: float | None
     referral_fundus_refer: float | None
     referral_fundus_urgent: float | None
+
+
+@dataclass(frozen=True)
+class ReferralThresholds:
+    """A plain :class:`Thresholds` outside the service (batch scoring); None everywhere = the checkpoints' own."""
+
+    referral_oct_urgent: float | None = None
+    referral_oct_routine: float | None = None
+    referral_fundus_refer: float | None = None
+    referral_fundus_urgent: float | None = None
 
 
 RESEARCH_NOTE = "Research use only: not a medical device; a clinician must confirm any referral."

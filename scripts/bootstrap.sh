@@ -2,7 +2,7 @@
 # Create (or reuse) the project's virtual env and install dependency groups, pinned by
 # requirements/constraints.txt. Idempotent: a stamp skips pip when nothing changed.
 #
-#   scripts/bootstrap.sh [GROUP...]   GROUP: dev (default) | backend | frontend | training
+#   scripts/bootstrap.sh [GROUP...]   GROUP: dev (default) | backend | frontend | training | score | scale
 #                                     (several at once, e.g. `backend frontend` for scripts/run.sh)
 #
 # torch/torchvision come from PyTorch's CPU wheel index when it is reachable (slim, no

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from backend.app.services.metrics import ServiceMetrics
+from retina.assessment import forward_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +204,7 @@ class MicroBatcher:
         try:
             with torch.inference_mode():
                 u8 = torch.stack([j.x for j in jobs]).to(self.device, non_blocking=True)
-                x = self.to_input(u8).contiguous(memory_format=torch.channels_last)
-                logits = self.model(x)
-                probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
+                probs = forward_probabilities(self.model, self.to_input, u8, self.temperature)
         except Exception as exc:  # every waiter must hear about it, not hang
             logger.exception("forward pass of %s failed for a batch of %d", self.name, len(jobs))
             for j in jobs:

@@ -7,16 +7,17 @@ handler in ``backend/app/errors.py`` turns it into ``{"error": code, "detail": t
 
 from __future__ import annotations
 
+from retina.errors import public_code
 from retina.preprocessing import ImageDecodeError
 
-# ImageDecodeError.code -> (status, API code). "Not an image" is a media-type problem (415);
-# an image we recognise but cannot decode, or a bomb, is an unprocessable entity (422).
-_DECODE_ERRORS: dict[str, tuple[int, str]] = {
-    "empty_file": (422, "empty_file"),
-    "unsupported_image": (415, "unsupported_media_type"),
-    "invalid_image": (422, "invalid_image"),
-    "image_too_large": (422, "image_too_large"),
-    "too_many_frames": (413, "too_many_frames"),
+# The API code of an ImageDecodeError (retina.errors.public_code) -> its status. "Not an image" is a
+# media-type problem (415); an image we recognise but cannot decode, or a bomb, is an unprocessable entity (422).
+_DECODE_STATUS: dict[str, int] = {
+    "empty_file": 422,
+    "unsupported_media_type": 415,
+    "invalid_image": 422,
+    "image_too_large": 422,
+    "too_many_frames": 413,
 }
 
 
@@ -52,5 +53,5 @@ def audit_unavailable(reason: str) -> ServiceError:
 
 
 def from_decode_error(exc: ImageDecodeError) -> ServiceError:
-    status, code = _DECODE_ERRORS.get(exc.code, (422, "invalid_image"))
-    return ServiceError(status, code, exc.detail)
+    code = public_code(exc)
+    return ServiceError(_DECODE_STATUS.get(code, 422), code, exc.detail)

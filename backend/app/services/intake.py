@@ -7,21 +7,20 @@ Steps, each with its own error code:
    body whose Content-Length, or streamed size, is over the limit before it was spooled.
 2. :func:`sniff` looks at the magic bytes (never at the client's Content-Type): zero bytes
    is 422 ``empty_file``, anything but DICOM/JPEG/PNG/BMP/TIFF/WebP/GIF is 415
-   ``unsupported_media_type``. Restricting formats also keeps PIL's rarer decoders (and
-   any external helper they call) away from untrusted input.
-3. :func:`decode_and_check` runs ``retina.preprocessing.decode_image`` (EXIF, 16-bit,
-   alpha, palette, CMYK; single-frame DICOM through ``retina.dicom`` with its photometric
-   interpretation and windowing, patient identifiers never read; truncated or multi-frame
-   -> 422 ``invalid_image``; over ``max_image_pixels`` -> 422 ``image_too_large``) and the
-   image gate (``retina.gate``) on the decoded image.
-   A multi-frame DICOM is refused there (422 ``invalid_image``, pointing to ``/predict/volume`` and
-   ``frame=``) unless a ``frame`` is asked for: then only that frame is decoded.
+   ``unsupported_media_type``.
+3. :func:`decode_and_check` decodes (truncated -> 422 ``invalid_image``; over ``max_image_pixels``
+   -> 422 ``image_too_large``) and runs the image gate on the decoded image. A multi-frame DICOM
+   is refused there (422 ``invalid_image``, pointing to ``/predict/volume`` and ``frame=``) unless a
+   ``frame`` is asked for: then only that frame is decoded.
 4. :func:`decode_volume` is step 3 for ``/predict/volume``: frame count and total pixels checked
    before any pixel is decoded (413 ``too_many_frames``, 422 ``image_too_large``), then each frame
    decoded, gated and prepared in turn, so only the ``S x S`` model inputs are kept.
 5. :func:`prepare_decoded` runs ``prepare(img, spec)`` with the checkpoint's own spec, only for
-   images the gate let through. The result is the ``uint8 (C, S, S)`` image that
-   ``tail(spec)`` turns into the model input: together exactly ``eval_transform(spec)``.
+   images the gate let through.
+
+Steps 2, 3 and 5 for single images are ``retina.intake`` (the batch scorer runs the same ones);
+this module adds the upload reading, frames and volumes, and turns the core's
+``ImageDecodeError`` into the service's error codes.
 """
 
 from __future__ import annotations
@@ -31,29 +30,28 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from PIL import Image
 
 from backend.app.services.errors import ServiceError, file_too_large, from_decode_error
-from retina.dicom import MultiFrameError, is_dicom, open_frames
+from retina import intake
+from retina.dicom import MultiFrameError, open_frames
 from retina.gate import GateResult, ImageGate
+from retina.intake import ACCEPTED_FORMATS, DecodedImage, PreparedImage
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
 
-_CHUNK = 1 << 20
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DecodedImage",
+    "DecodedVolume",
+    "PreparedImage",
+    "Upload",
+    "decode_and_check",
+    "decode_volume",
+    "prepare_decoded",
+    "read_upload",
+    "sniff",
+]
 
-# (offset, magic) -> format. Checked in order, after DICOM (whose 128-byte preamble may hold
-# anything, even one of these); RIFF needs its WEBP tag too.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "TIFF"),  # BigTIFF
-    (b"MM\x00+", "TIFF"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-)
-ACCEPTED_FORMATS = ("DICOM", "JPEG", "PNG", "BMP", "TIFF", "WebP", "GIF")
+_CHUNK = 1 << 20
 
 
 class Upload(Protocol):
@@ -62,25 +60,6 @@ class Upload(Protocol):
     filename: str | None
 
     async def read(self, size: int = -1) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An upload ready for the model.
-
-    Attributes:
-        pixels: ``uint8 (C, S, S)``, the output of ``prepare`` (values 0-255).
-        original_size: ``(width, height)`` of the decoded, EXIF-upright upload.
-        format: sniffed container format (``JPEG``, ``PNG`` ...).
-        sha256: hex SHA-256 of the uploaded bytes (what the audit log stores instead of them).
-        gate: the image gate's verdict (modality, gradability); None when the gate is off.
-    """
-
-    pixels: torch.Tensor
-    original_size: tuple[int, int]
-    format: str
-    sha256: str
-    gate: GateResult | None = None
 
 
 async def read_upload(upload: Upload, limit: int) -> bytes:
@@ -101,30 +80,10 @@ async def read_upload(upload: Upload, limit: int) -> bytes:
 
 def sniff(data: bytes) -> str:
     """Container format from the magic bytes; raises 422 ``empty_file`` / 415 ``unsupported_media_type``."""
-    if not data:
-        raise ServiceError(422, "empty_file", "the file is empty")
-    if is_dicom(data):
-        return "DICOM"
-    for magic, fmt in _SIGNATURES:
-        if data.startswith(magic):
-            return fmt
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    raise ServiceError(
-        415,
-        "unsupported_media_type",
-        f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})",
-    )
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """A decoded, gate-checked upload before model-specific preparation."""
-
-    image: Image.Image
-    format: str
-    sha256: str
-    gate: GateResult | None
+    try:
+        return intake.sniff(data)
+    except ImageDecodeError as e:
+        raise from_decode_error(e) from e
 
 
 def decode_and_check(
@@ -135,11 +94,11 @@ def decode_and_check(
     ``frame``: the 0-based frame of a multi-frame DICOM to decode (only that one is); frame 0 of a
     single image is the image itself. ``max_pixels`` then bounds the whole file (all its frames).
     """
-    fmt = sniff(data)
     try:
         if frame is None:
-            img = decode_image(data, max_pixels=max_pixels)
-        elif fmt == "DICOM":
+            return intake.decode_and_check(data, max_pixels, gate)
+        fmt = intake.sniff(data)
+        if fmt == "DICOM":
             img = open_frames(data, max_pixels, max_frames).frame(frame)
         elif frame == 0:
             img = decode_image(data, max_pixels=max_pixels)
@@ -208,9 +167,7 @@ def decode_volume(
 
 def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:
     """Decoded image -> the model's prepared ``uint8 (C, S, S)`` input (CPU-bound)."""
-    img = decoded.image
     try:
-        prepared = prepare(img, spec)
-    except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
-        raise ServiceError(422, "invalid_image", f"image could not be preprocessed: {e}") from e
-    return PreparedImage(pil_to_uint8_tensor(prepared), img.size, decoded.format, decoded.sha256, decoded.gate)
+        return intake.prepare_decoded(decoded, spec)
+    except ImageDecodeError as e:
+        raise from_decode_error(e) from e

@@ -8,6 +8,8 @@ What gets served from ``settings.models_dir``:
 * every other ``*.pt`` file as an extra model whose id is the file stem, validated by its
   own metadata (loadable, known arch, head size = class names, CAM layer exists).
 
+Loading and those checks are ``retina.loading.load_model``, which batch scoring uses too.
+
 A missing, corrupt or mismatched checkpoint never stops the process and is never replaced
 by random weights: it is logged loudly, recorded in :attr:`ModelStore.failed`, ``/ready``
 answers 503 naming it, and requests for it get 503 ``not_ready``. The other models serve.
@@ -31,12 +33,11 @@ from backend.app.core.config import Settings
 from backend.app.services.batcher import MicroBatcher
 from backend.app.services.errors import not_ready, unknown_model
 from backend.app.services.metrics import ServiceMetrics
-from retina import checkpoint, registry
+from retina import registry
 from retina.checkpoint import CheckpointError, CheckpointMeta
 from retina.engine import Engine, EngineError, EngineInfo, load_engine
 from retina.gate import GATE_FILE, ImageGate
-from retina.models import ARCHS
-from retina.paths import DEFAULT_MODELS_DIR
+from retina.loading import ModelRejected, gate_path, load_model
 from retina.preprocessing import PreprocessSpec, tail
 
 logger = logging.getLogger(__name__)
@@ -224,8 +225,7 @@ class ModelStore:
             logger.warning("image gate DISABLED (RETINA_GATE_ENABLED=false): any image will be classified")
             return
         # A custom models dir may bring its own gate; otherwise the shipped one applies.
-        beside = Path(self.settings.models_dir) / GATE_FILE
-        path = Path(self.settings.gate_file or (beside if beside.is_file() else DEFAULT_MODELS_DIR / GATE_FILE))
+        path = gate_path(Path(self.settings.models_dir), self.settings.gate_file)
         if not path.is_file():
             self.problems.append(f"image gate file {path} not found (train it with python -m training.gate)")
             return
@@ -263,39 +263,20 @@ class ModelStore:
             self.metrics.model_loaded.labels(key).set(0)
 
     def _load_one(self, key: str, path: Path, spec: registry.ModelSpec | None) -> None:
-        task = spec.task if spec else None
         start = time.perf_counter()
         try:
-            if not path.is_file():
-                raise CheckpointError(f"checkpoint not found: {path}")
-            model, meta = checkpoint.load(path, device=self.device)
-            if spec is not None:
-                problems = registry.mismatches(spec, meta)
-                if problems:
-                    raise CheckpointError(f"{path.name} does not match the registry: " + "; ".join(problems))
-                cam_layer = spec.cam_layer
-            else:
-                if meta.task not in registry.TASKS:
-                    raise CheckpointError(f"task {meta.task!r} is not one of {registry.TASKS}")
-                cam_layer = ARCHS[meta.arch].cam_layer
-            task = meta.task
-            # NHWC lets oneDNN pick its fast convolution kernels: measured 2-3x less CPU per
-            # image for the small OCT CNN, ~10% for MobileNetV3; numerics agree to ~1e-6.
-            model = model.to(memory_format=torch.channels_last)
-            try:
-                model.get_submodule(cam_layer)
-            except AttributeError as e:
-                raise CheckpointError(f"CAM layer {cam_layer!r} not found in {meta.arch}: {e}") from e
-            if not (meta.temperature > 0 and math.isfinite(meta.temperature)):
-                raise CheckpointError(f"calibration temperature {meta.temperature!r} is not a positive number")
-            engine, engine_info = self._engine_for(key, model, meta, path)
+            # The checks (registry match, CAM layer, temperature) are the core's, shared with batch scoring.
+            loaded = load_model(key, path, spec, self.device)
+            engine, engine_info = self._engine_for(key, loaded.model, loaded.meta, path)
         except CheckpointError as e:
+            task = e.task if isinstance(e, ModelRejected) else (spec.task if spec else None)
             self._fail(key, task, path, str(e), spec is not None, spec)
             return
         except Exception as e:  # anything else in a checkpoint must not take the service down either
             logger.exception("unexpected error loading %s", path)
-            self._fail(key, task, path, f"{type(e).__name__}: {e}", spec is not None, spec)
+            self._fail(key, spec.task if spec else None, path, f"{type(e).__name__}: {e}", spec is not None, spec)
             return
+        model, meta, cam_layer = loaded.model, loaded.meta, loaded.cam_layer
         s = self.settings
         batcher = MicroBatcher(
             key,
@@ -317,10 +298,10 @@ class ModelStore:
             cam_layer=cam_layer,
             device=self.device,
             batcher=batcher,
-            registered=spec is not None,
+            registered=loaded.registered,
             engine=engine,
             engine_info=engine_info,
-            description=spec.description if spec else str(meta.card.get("description", "") if meta.card else ""),
+            description=loaded.description,
         )
         self._warm_up(served)
         self.served[key] = served
