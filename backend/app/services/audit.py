@@ -169,10 +169,15 @@ def resolve_url(url: str | None) -> str:
 
 def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> Engine:
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the project installs psycopg (3).
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() != "sqlite":
         # pre_ping: a server restarted under us costs one failed ping, not one failed commit.
-        # connect_timeout: a readiness probe that retries an unreachable server must not hang on it.
-        args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+        # connect_timeout: a readiness probe that retries an unreachable server must not hang on it for
+        # ever (the default); 10 s, not less: a loaded host can take seconds to accept (seen in tests).
+        args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
         return create_engine(url, pool_pre_ping=True, connect_args=args)
     database = parsed.database or ""
     memory = database in ("", ":memory:") or "mode=memory" in url
