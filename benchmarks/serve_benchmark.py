@@ -1,17 +1,21 @@
 """Serving benchmark (not a test): the real service under concurrent load, next to the offline model.
 
     python benchmarks/serve_benchmark.py [--models-dir models/] [--seconds 4] [--workers 1]
+        [--env RETINA_ENGINE=torch] [--no-baseline] [--no-stages]
 
 1. Offline throughput per model, in this process, before the server starts: decode +
-   ``eval_transform`` (prepare + tail) + forward, one thread decoding, torch with every
+   ``eval_transform`` (prepare + tail) + torch forward, one thread decoding, torch with every
    core, batch sizes 1, 8 and 32; the best is the reference.
 2. Starts ``uvicorn backend.main:app`` on a free loopback port with ``RETINA_MODELS_DIR``,
    waits for /ready, then drives ``/predict`` and ``/gradcam`` with concurrent httpx clients
-   (concurrency 1, 8, 32; each cell bounded by ``--seconds`` and ``--max-requests``) using
+   (concurrency 1, 8, 16; each cell bounded by ``--seconds`` and ``--max-requests``) using
    real images from ``../shared/data`` (oct-dev for OCT models, fundus-dev for fundus).
-3. Prints one table per model (p50/p95 latency, req/s, % of offline) and the issue's
-   targets: at concurrency 8, /predict >= 70 % of offline for the fundus default and
-   >= 300 req/s for the OCT default; /gradcam p50 <= 3x /predict p50.
+3. Then, in the same run, serves the same checkpoints with the plain FastAPI baseline
+   (``benchmarks/plain_server.py``: ``def predict``, PIL decode, ``eval_transform``, one torch
+   forward per request, no gate) and drives its /predict the same way.
+4. Prints one table per model (p50/p95 latency, req/s, % of offline), the ratio to the plain
+   server at each concurrency (targets at c=8: fundus >= 2.5x, OCT >= 1.5x) and where the time
+   goes per image (decode, gate, prepare, forward on torch and on the served engine).
 
 When the models dir lacks the registered checkpoints (before training shipped them), the
 registered models are saved with RANDOM weights to a temp dir and the output says so:
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import copy
 import logging
 import os
 import socket
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +59,7 @@ from retina.preprocessing import decode_image, eval_transform  # noqa: E402
 
 log = logging.getLogger("serve_benchmark")
 
-CONCURRENCY = (1, 8, 32)
+CONCURRENCY = (1, 8, 16)
 OFFLINE_BATCHES = (1, 8, 32)
 
 
@@ -138,7 +145,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models_dir: Path, port: int, workers: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_server(
+    models_dir: Path, port: int, workers: int, extra_env: dict[str, str], app: str = "backend.main:app"
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RETINA_MODELS_DIR": str(models_dir),
@@ -150,7 +159,7 @@ def start_server(models_dir: Path, port: int, workers: int, extra_env: dict[str,
         "WEB_CONCURRENCY": str(workers),
         **extra_env,
     }
-    cmd = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     return subprocess.Popen(cmd, cwd=REPO, env=env)
 
@@ -250,6 +259,159 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+@contextlib.contextmanager
+def running_server(
+    models_dir: Path, workers: int, extra_env: dict[str, str], app: str = "backend.main:app"
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start ``app`` on a free port, wait for /ready, yield ``(base_url, process)``, stop it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(models_dir, port, workers, extra_env, app=app)
+    try:
+        wait_ready(base, proc)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def measure(
+    base: str,
+    proc: subprocess.Popen[bytes],
+    model_id: str,
+    task: str,
+    endpoints: list[str],
+    concurrencies: list[int],
+    args: argparse.Namespace,
+) -> list[Cell]:
+    """One cell per (endpoint, concurrency) against a running server, with its CPU use."""
+    bodies = [multipart(d) for d in images_for(task, args.data_dir)]
+    cells = []
+    for endpoint in endpoints:
+        for c in concurrencies:
+            cpu0, own0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+            cell = asyncio.run(drive(base, f"/{endpoint}?model={model_id}", bodies, c, args.seconds, args.max_requests))
+            wall = time.perf_counter() - t0
+            cell.server_cpu = (cpu_seconds(proc.pid) - cpu0) / wall
+            cell.client_cpu = (time.process_time() - own0) / wall
+            log.info(
+                "  %s %s c=%d: %d ok, %d errors, %.1f req/s, p50 %.1f ms",
+                model_id,
+                endpoint,
+                c,
+                cell.n,
+                cell.errors,
+                cell.rps,
+                cell.p50_ms,
+            )
+            cells.append(cell)
+    return cells
+
+
+def _median_ms(fn: Any, items: list[Any], repeat: int = 2) -> float:
+    times = []
+    for _ in range(repeat):
+        for item in items:
+            t0 = time.perf_counter()
+            fn(item)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def stage_table(
+    models_dir: Path, served: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Per-image medians (ms, one thread) of each serving stage, with the engines the server used."""
+    from retina.engine import load_engine
+    from retina.gate import GATE_FILE, ImageGate
+    from retina.preprocessing import pil_to_uint8_tensor, prepare, tail
+
+    torch.set_num_threads(1)
+    gate_path = models_dir / GATE_FILE if (models_dir / GATE_FILE).is_file() else DEFAULT_MODELS_DIR / GATE_FILE
+    gate = ImageGate.load(gate_path)
+    gate_engine = next((i.get("engine") or {} for i in served if i.get("engine")), {}).get("requested", "torch")
+    gate.use_engine(gate_engine, gate_path)
+    out: dict[str, dict[str, float]] = {}
+    for info in served:
+        if not info.get("loaded", True):
+            continue
+        path = models_dir / f"{info['id']}.pt"
+        model, meta = checkpoint.load(path)
+        datas = images_for(info["task"], args.data_dir, limit=16)
+        imgs = [decode_image(d) for d in datas]
+        spec = meta.preprocess
+        prepared = [pil_to_uint8_tensor(prepare(im, spec)) for im in imgs]
+        xs = [tail(spec)(u8.unsqueeze(0)) for u8 in prepared]
+        row = {
+            "decode": _median_ms(decode_image, datas),
+            "gate": _median_ms(gate.assess, imgs),
+            "prepare": _median_ms(lambda im, spec=spec: prepare(im, spec), imgs),
+        }
+        name = (info.get("engine") or {}).get("name", "torch")
+        for label, engine_name in (("forward torch", "torch"), (f"forward {name}", name)):
+            engine, _ = load_engine(engine_name, copy.deepcopy(model), meta, path, threads=1)
+            engine(xs[0])
+            row[label] = _median_ms(engine, xs[:8])
+        out[info["id"]] = row
+    torch.set_num_threads(os.cpu_count() or 1)
+    return out
+
+
+def report_baseline(
+    results: dict[str, list[Cell]], baseline: dict[str, list[Cell]], served: list[dict[str, Any]]
+) -> None:
+    log.info("")
+    log.info("## /predict: RetinaScope vs the plain FastAPI baseline (benchmarks/plain_server.py), same run")
+    log.info("| model | engine | conc | RetinaScope req/s | plain req/s | ratio | RetinaScope p50 ms | plain p50 ms |")
+    log.info("|---|---|---:|---:|---:|---:|---:|---:|")
+    targets = {"fundus": 2.5, "oct": 1.5}
+    checks = []
+    for info in served:
+        mid = info["id"]
+        ours = {c.concurrency: c for c in results.get(mid, []) if c.endpoint.startswith("/predict")}
+        plain = {c.concurrency: c for c in baseline.get(mid, [])}
+        engine = (info.get("engine") or {}).get("name", "torch")
+        for conc in sorted(ours):
+            if conc not in plain:
+                continue
+            a, b = ours[conc], plain[conc]
+            ratio = a.rps / b.rps if b.rps else float("nan")
+            log.info(
+                "| %s | %s | %d | %.1f | %.1f | %.2fx | %.1f | %.1f |",
+                mid,
+                engine,
+                conc,
+                a.rps,
+                b.rps,
+                ratio,
+                a.p50_ms,
+                b.p50_ms,
+            )
+            if conc == 8 and info.get("default") and info["task"] in targets:
+                t = targets[info["task"]]
+                checks.append(f"{mid} c=8: {ratio:.2f}x the plain server (target >= {t}x)")
+    for line in checks:
+        log.info("- %s", line)
+
+
+def report_stages(stages: dict[str, dict[str, float]]) -> None:
+    log.info("")
+    log.info("## Where the time goes: per-image medians in ms, one thread, in-process")
+    cols = sorted(
+        {k for row in stages.values() for k in row},
+        key=lambda k: (
+            ("decode", "gate", "prepare").index(k) if k in ("decode", "gate", "prepare") else 3 + (k != "forward torch")
+        ),
+    )
+    log.info("| model | " + " | ".join(cols) + " |")
+    log.info("|---|" + "---:|" * len(cols))
+    for mid, row in stages.items():
+        log.info("| %s | %s |", mid, " | ".join(f"{row[c]:.1f}" if c in row else "-" for c in cols))
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -264,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", action="append", default=[], help="extra RETINA_X=Y for the server (repeatable)")
     ap.add_argument("--endpoints", default="predict,gradcam")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    ap.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve the checkpoints with benchmarks/plain_server.py and print the ratio",
+    )
+    ap.add_argument(
+        "--stages", action=argparse.BooleanOptionalAction, default=True, help="print the per-stage cost table"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -291,48 +462,28 @@ def main(argv: list[str] | None = None) -> int:
         offline[model_id] = offline_throughput(path, images_for(meta.task, args.data_dir), args.offline_seconds)
         log.info("offline %s: %s", model_id, ", ".join(f"bs{b}={v:.1f}/s" for b, v in offline[model_id].items()))
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(models_dir, port, args.workers, extra_env)
-    results: dict[str, list[Cell]] = {}
     served: list[dict[str, Any]] = []
-    try:
-        wait_ready(base, proc)
+    results: dict[str, list[Cell]] = {}
+    with running_server(models_dir, args.workers, extra_env) as (base, proc):
         served = httpx.get(f"{base}/models", timeout=10).json()
         for info in served:
-            if not info.get("loaded", True):
-                continue
-            bodies = [multipart(d) for d in images_for(info["task"], args.data_dir)]
-            cells = []
-            for endpoint in endpoints:
-                for c in concurrencies:
-                    cpu0, own0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
-                    cell = asyncio.run(
-                        drive(base, f"/{endpoint}?model={info['id']}", bodies, c, args.seconds, args.max_requests)
+            if info.get("loaded", True):
+                results[info["id"]] = measure(base, proc, info["id"], info["task"], endpoints, concurrencies, args)
+    baseline: dict[str, list[Cell]] = {}
+    if args.baseline:
+        # The plain server gets the same cores, images and concurrencies, one model at a time.
+        with running_server(models_dir, 1, {}, app="benchmarks.plain_server:app") as (base, proc):
+            for info in served:
+                if info["id"] in results:
+                    baseline[info["id"]] = measure(
+                        base, proc, info["id"], info["task"], ["predict"], concurrencies, args
                     )
-                    wall = time.perf_counter() - t0
-                    cell.server_cpu = (cpu_seconds(proc.pid) - cpu0) / wall
-                    cell.client_cpu = (time.process_time() - own0) / wall
-                    log.info(
-                        "  %s %s c=%d: %d ok, %d errors, %.1f req/s, p50 %.1f ms",
-                        info["id"],
-                        endpoint,
-                        c,
-                        cell.n,
-                        cell.errors,
-                        cell.rps,
-                        cell.p50_ms,
-                    )
-                    cells.append(cell)
-            results[info["id"]] = cells
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
+    stages = stage_table(models_dir, served, args) if args.stages else {}
     report(results, served, offline, random_weights, args)
+    if baseline:
+        report_baseline(results, baseline, served)
+    if stages:
+        report_stages(stages)
     log.info("load average after: %s", loadavg())
     return 0
 

@@ -8,7 +8,7 @@ and never a traceback. The client holds no Streamlit state; caching lives in
 Backend contract (see the backend's OpenAPI at ``/docs``):
 
 - ``GET /ready`` -> 200, or 503 ``{"error": "not_ready", "detail": ...}``
-- ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, default,
+- ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, figures, default,
   temperature, calibration: {method, fitted_on, ece_before, ece_after, ...}, operating_points,
   served_thresholds, informative, ...}]``
 - ``POST /predict?model=ID`` (multipart ``file``; ``ID`` may be ``auto``: the backend detects OCT vs
@@ -184,7 +184,11 @@ class ModelInfo:
         classes: output class names in logit order.
         input_size: side of the square model input in pixels.
         channels: 1 (grayscale) or 3 (RGB).
-        metrics: validation metrics as the checkpoint stores them (nested dict, may be empty).
+        metrics: the training run's own record as the checkpoint stores it (nested dict, may be empty);
+            shown only when the backend sends no ``figures`` (an older backend).
+        figures: the shipped file's headline figures, one entry per evaluation set in the model card's
+            order: ``{name, kind, title, heading, n, n_patients, figures: [{key, label, value, ci95, text}]}``
+            (``text`` is how the card and the PDF print the figure: ``0.921 [0.900, 0.940]``).
         card: model card, markdown text or a dict of fields, or ``None``.
         temperature: softmax calibration temperature (``None``: not reported).
         calibration: how the temperature was fitted (``method``, ``fitted_on``) and the expected
@@ -208,6 +212,7 @@ class ModelInfo:
     channels: int | None = None
     version: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    figures: tuple[dict[str, Any], ...] = ()
     default: bool = False
     description: str = ""
     card: Any = None
@@ -230,6 +235,7 @@ class ModelInfo:
             channels=d.get("channels"),
             version=str(d.get("version") or ""),
             metrics=dict(d.get("metrics") or {}),
+            figures=tuple(dict(e) for e in d.get("figures") or () if isinstance(e, Mapping)),
             default=bool(d.get("default", False)),
             description=str(d.get("description") or ""),
             card=d.get("card"),

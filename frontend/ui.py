@@ -90,7 +90,12 @@ GATE_TITLES: dict[str, tuple[str, str]] = {
     "ungradable_image": ("Image not gradable", "Retake the image."),
 }
 MODALITY_NAMES = {"oct": "OCT B-scan", "fundus": "colour fundus photo", "other": "not a retinal image"}
+# What each task's models read, for the wrong-modality message in a clinician's words (the API's detail
+# speaks of query parameters: "send it with model=oct (model oct-resnet18)").
+TASK_IMAGES = {"oct": ("an OCT B-scan", "OCT B-scans"), "fundus": ("a colour fundus photo", "colour fundus photos")}
 RETAKE = "Retake the image."
+# results_table's referral cell of an image the backend refused (not a retinal image, wrong modality...).
+REFUSED = "refused"
 
 
 # ----------------------------------------------------------------------------- context (sidebar)
@@ -200,14 +205,59 @@ def headline_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, pd.DataFrame
     return out
 
 
-def render_metrics(model: ModelInfo) -> None:
-    """Headline validation/test metrics of a model, one small table per split."""
-    tables = headline_metrics(model.metrics)
+def figure_tables(model: ModelInfo) -> list[tuple[str, str, str, pd.DataFrame]]:
+    """``[(heading, kind, title, table of metric/value)]``, one per evaluation set, in the model card's order.
+
+    The values are the backend's ``figures[].text``, printed as the model card and the PDF print them
+    (``0.921 [0.900, 0.940]``), so the UI never rounds a figure differently. An older backend without
+    ``figures``: the training-run ``metrics`` through :func:`headline_metrics` (kind ``""``).
+    """
+    out = []
+    for ev in model.figures:
+        rows = [
+            (str(f.get("label") or f.get("key")), str(f.get("text")))
+            for f in ev.get("figures") or ()
+            if isinstance(f, Mapping) and f.get("text") is not None
+        ]
+        if rows:
+            heading = str(ev.get("heading") or ev.get("name") or "Metrics")
+            frame = pd.DataFrame(rows, columns=["metric", "value"])
+            out.append((heading, str(ev.get("kind") or ""), str(ev.get("title") or ""), frame))
+    if not out:
+        out = [(title, "", "", frame) for title, frame in headline_metrics(model.metrics)]
+    return out
+
+
+def render_figure_table(heading: str, title: str, frame: pd.DataFrame) -> None:
+    st.markdown(f"**{heading}**")
+    if title:
+        st.caption(title)
+    # st.table, not st.dataframe: a narrow sidebar wraps a long value instead of cutting it
+    # ("0.326 (0.17-0.5").
+    st.table(frame, hide_index=True)
+
+
+def render_metrics(model: ModelInfo, every_set: bool = False) -> None:
+    """The model's headline figures, one table per evaluation set.
+
+    The sidebar (``every_set=False``) shows the lead set (the card's first that is not a validation split,
+    as the PDF does) and the others in an expander; the Models page shows every set.
+    """
+    tables = figure_tables(model)
     if not tables:
-        st.caption("No validation metrics recorded.")
-    for title, frame in tables:
-        st.markdown(f"**{title}**")
-        st.dataframe(frame, hide_index=True, width="stretch")
+        st.caption("No evaluation figures recorded.")
+        return
+    if every_set:
+        for heading, _kind, title, frame in tables:
+            render_figure_table(heading, title, frame)
+        return
+    lead = next((t for t in tables if t[1] != "validation"), tables[0])
+    render_figure_table(lead[0], lead[2], lead[3])
+    others = [t for t in tables if t is not lead]
+    if others:
+        with st.expander(f"Other evaluation sets ({len(others)})"):
+            for heading, _kind, title, frame in others:
+                render_figure_table(heading, title, frame)
 
 
 def render_model_card(card: Any) -> None:
@@ -632,13 +682,33 @@ def render_referral(pred: Prediction) -> None:
     right.caption(f":material/info: {note}")
 
 
-def render_gate_error(err: BackendError) -> None:
+def refusal_text(err: BackendError, model: ModelInfo | None = None) -> tuple[str, str]:
+    """``(what happened, what to do)`` for a refused image, in the reader's words, not the API's.
+
+    A wrong-modality refusal of the chosen ``model`` names the kind of image seen and the task to pick
+    (there are two modalities, so the other one is what the gate saw); other refusals keep the
+    backend's detail, with the gate's hint when it is one of its codes.
+    """
+    hint = GATE_TITLES.get(err.code, ("", ""))[1]
+    if err.code == "wrong_modality" and model is not None and model.task in TASK_IMAGES:
+        other = next(t for t in TASK_IMAGES if t != model.task)
+        seen, reads = TASK_IMAGES[other][0], TASK_IMAGES[model.task][1]
+        task, other_task = TASK_LABELS.get(model.task, model.task), TASK_LABELS.get(other, other)
+        return (
+            f"This looks like {seen}; the {task} model reads {reads} only, so nothing was predicted.",
+            f"Choose **{other_task}** under Task in the sidebar, or {AUTO_LABEL}.",
+        )
+    return err.message, hint
+
+
+def render_gate_error(err: BackendError, model: ModelInfo | None = None) -> None:
     """A refusal of the image gate as a warning with what to do; any other failure as an error."""
     if err.code not in GATE_ERRORS:
         st.error(err.message)
         return
-    title, hint = GATE_TITLES[err.code]
-    _alert("warning", f"**{title}**: {err.message}  \n{hint}")
+    title = GATE_TITLES[err.code][0]
+    text, hint = refusal_text(err, model)
+    _alert("warning", f"**{title}**: {text}" + (f"  \n{hint}" if hint else ""))
 
 
 def render_ungradable(pred: Prediction) -> None:
@@ -779,7 +849,7 @@ def render_result(
             st.image(png, caption="Uploaded image", width="stretch")
     if isinstance(result, BackendError):
         with col_pred:
-            render_gate_error(result)
+            render_gate_error(result, model)
         return
     served = served_model(ctx, model, result)
     with col_pred:
@@ -795,11 +865,13 @@ def render_result(
             st.caption("No CAM: there is no prediction to explain.")
 
 
-def result_summary(result: Prediction | BackendError) -> str:
-    """One line per image for the collapsed cards: label and confidence, referral, or the error."""
+def result_summary(result: Prediction | BackendError, model: ModelInfo | None = None) -> str:
+    """One line per image for the collapsed cards: label and confidence, referral, or why it was refused
+    (:func:`refusal_text` for the chosen ``model``)."""
     if isinstance(result, BackendError):
         title = GATE_TITLES.get(result.code, ("",))[0]
-        return f"{title}: {result.message}" if title else result.message
+        text = refusal_text(result, model)[0]
+        return f"{title}: {text}" if title else text
     if not result.gradable:
         return f"{referral_title('ungradable')}, retake"
     text = f"{result.label} ({result.confidence or 0.0:.0%})"
@@ -827,8 +899,10 @@ def results_table(
     """One row per upload.
 
     Columns: filename, model (auto-detect only: which model answered), label, confidence,
-    referral (level code), gradable, ``p_<class>`` for every class then the derived ones, error
-    (only when some image failed). An ungradable image has no label and no probabilities.
+    referral (level code; ``refused`` for an image the backend did not score), gradable, ``p_<class>``
+    for every class then the derived ones, error (only when some image failed: why, in plain words).
+    An ungradable image has no label and no probabilities. :func:`results_display_order` puts the
+    error beside the file name on screen.
     """
     auto = model.id == AUTO_MODEL
     head = ["filename", *(["model"] if auto else []), "label", "confidence", "referral", "gradable"]
@@ -837,7 +911,10 @@ def results_table(
     for up, res in zip(uploads, results, strict=True):
         row: dict[str, Any] = dict.fromkeys(head) | {"filename": up.name, "error": None}
         if isinstance(res, BackendError):
-            row["error"] = res.message
+            # Not scored: say so in the referral column and why in the error column (plain words), rather
+            # than leave every cell empty ("None").
+            row["referral"] = REFUSED
+            row["error"] = refusal_text(res, model)[0]
         else:
             level = res.referral.level if res.referral else ("ungradable" if not res.gradable else None)
             row |= {"label": res.label, "confidence": res.confidence, "referral": level, "gradable": res.gradable}
@@ -851,6 +928,16 @@ def results_table(
         rows.append(row)
     columns = head + probs + (["error"] if any(r["error"] is not None for r in rows) else [])
     return pd.DataFrame(rows, columns=columns)
+
+
+def results_display_order(table: pd.DataFrame) -> list[str]:
+    """The on-screen column order of :func:`results_table`: the refusal reason right after the file name,
+    so a refused row reads "why" before a run of empty cells (the CSV keeps the documented order)."""
+    cols = table.columns.tolist()
+    if "error" not in cols:
+        return cols
+    rest = [c for c in cols if c not in ("filename", "error")]
+    return ["filename", "error", *rest]
 
 
 def cam_controls() -> tuple[str, float, CamSize]:

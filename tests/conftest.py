@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,12 @@ from retina.paths import DEFAULT_MODELS_DIR, data_dir
 from retina.registry import MODELS, ModelSpec
 
 DATA = data_dir()
+
+# Apps and servers started by tests run the forward pass on torch unless a test asks for another
+# engine (tests/unit/test_engine.py, tests/api/test_engine_api.py): exporting every throwaway
+# random checkpoint to ONNX would add seconds to each of the hundreds of apps the suite builds.
+os.environ.setdefault("RETINA_ENGINE", "torch")
+os.environ.setdefault("RETINA_ENGINE_CACHE", tempfile.mkdtemp(prefix="retina-test-engines-"))
 
 
 def _need(sub: str) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from retina import checkpoint
+from retina.figures import figure_text
 from retina.models import build_model, count_parameters
 
 logger = logging.getLogger("training.card")
@@ -45,12 +46,13 @@ def _fmt(x: Any, pct: bool = False) -> str:
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
-    ci = m.get(f"{key}_ci95")
-    return f"{_fmt(m.get(key))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(m.get(key))
+    """``0.921 [0.900, 0.940]``: the one figure format (retina.figures), shared with /models, the UI and the PDF."""
+    return figure_text(m.get(key), m.get(f"{key}_ci95"))
 
 
 def headline(m: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers shown in /models and the UI for one evaluation."""
+    """The few numbers of one evaluation stored in the checkpoint's ``card["evaluations"]``: the figures that
+    /models, the UI and the PDF show (read through ``retina.figures.model_figures``)."""
     out = {
         "n": m.get("n"),
         "n_patients": m.get("n_patients"),

@@ -215,6 +215,28 @@ class GradcamResponse(BaseModel):
         )
 
 
+class Figure(BaseModel):
+    """One headline figure of one evaluation, as the model card prints it."""
+
+    key: str = Field(description="`accuracy`, `balanced_accuracy`, `macro_f1`, `referable_roc_auc`, `ece`, ...")
+    label: str = Field(description="Readable name, e.g. `ECE after temperature scaling`.")
+    value: float = Field(description="The figure, in [0, 1].")
+    ci95: list[float] | None = Field(default=None, description="95% bootstrap interval over patients.")
+    text: str = Field(description="How the card, the UI and the PDF print it: `0.921 [0.900, 0.940]`.")
+
+
+class EvaluationFigures(BaseModel):
+    """The headline figures of one evaluation set of the shipped file (a results section of its model card)."""
+
+    name: str = Field(description="The card's key: `cv`, `test`, `idrid`, `external`, `val`, ...")
+    kind: Literal["cv", "test", "validation", "held-out"]
+    title: str = Field(description="What the set is, as the model card says.")
+    heading: str = Field(description="The split and its size: `Test split (742 images, 371 patients)`.")
+    n: int | None = None
+    n_patients: int | None = None
+    figures: list[Figure]
+
+
 class ModelInfo(BaseModel):
     """A servable model (or one that failed to load: `loaded` false and `error` set)."""
 
@@ -225,7 +247,16 @@ class ModelInfo(BaseModel):
     input_size: int = Field(description="Side of the square model input in pixels.")
     channels: int = Field(description="1 = grayscale, 3 = RGB input.")
     version: str | None = Field(description="Checkpoint version; null when not loaded.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics from the checkpoint.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The training run's own record from the checkpoint (float32 weights before int8 storage, "
+        "pooled splits). The shipped file's figures, which the model card, the UI and the PDF show, are `figures`.",
+    )
+    figures: list[EvaluationFigures] = Field(
+        default_factory=list,
+        description="The headline figures of each evaluation of the shipped file, in the model card's order "
+        "(from the card stored in the checkpoint; from `metrics` when it has no card).",
+    )
     default: bool = Field(description="Whether `?model=<task>` resolves to this model.")
     description: str = ""
     card: dict[str, Any] = Field(default_factory=dict, description="Model card from the checkpoint (data, limits).")
@@ -251,6 +282,12 @@ class ModelInfo(BaseModel):
         "carry `referral.level: not_informative`.",
     )
     cam_layer: str | None = None
+    engine: dict[str, Any] | None = Field(
+        default=None,
+        description="What runs the forward pass (`RETINA_ENGINE`): `name` (torch, onnxruntime, onnxruntime-int8, "
+        "openvino), `requested`, `detail` (precision, parity / re-measured metrics) and `fallbacks` (engines "
+        "that were tried and why they were not used). Grad-CAM always runs on torch.",
+    )
     loaded: bool = True
     error: str | None = None
 

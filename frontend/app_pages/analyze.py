@@ -62,7 +62,13 @@ if len(uploads) > 1:
         table,
         hide_index=True,
         width="stretch",
+        column_order=ui.results_display_order(table),
+        # A refused or ungradable image has no label or probabilities: a dash, not "None".
+        placeholder="—",
         column_config={
+            "error": st.column_config.TextColumn("not scored because", width="large"),
+        }
+        | {
             c: st.column_config.NumberColumn(c, format="%.3f")
             for c in table.columns
             if c == "confidence" or c.startswith("p_")
@@ -84,7 +90,9 @@ for i, (up, res) in enumerate(zip(uploads, results, strict=True)):
             ui.render_result(ctx, model, up, res, method, alpha, size)
         continue
     # Lazy expanders: the CAM (and the report button) of an image exist only while its card is open.
-    box = st.expander(f"{up.name}: {ui.result_summary(res)}", expanded=i == 0, key=f"card-{up.key}", on_change="rerun")
+    box = st.expander(
+        f"{up.name}: {ui.result_summary(res, model)}", expanded=i == 0, key=f"card-{up.key}", on_change="rerun"
+    )
     if box.open:
         with box:
             ui.render_result(ctx, model, up, res, method, alpha, size)

@@ -28,14 +28,13 @@ for model in ctx.models:
         if model.loaded:
             st.markdown(f"Calibration: {ui.calibration_text(model)}")
             ui.render_operating_points(model, caption=False)
+        # The shipped file's figures as the model card and the PDF print them (backend `figures`). The
+        # checkpoint's training-run record (`metrics`: float32 weights, pooled splits) is not shown: its
+        # numbers differ from the card's, and one model should show one set of figures.
         cols = st.columns(2)
-        for i, (title, frame) in enumerate(ui.headline_metrics(model.metrics)):
+        for i, (heading, _kind, title, frame) in enumerate(ui.figure_tables(model)):
             with cols[i % 2]:
-                st.markdown(f"**{title}**")
-                st.dataframe(frame, hide_index=True, width="stretch")
-        if model.metrics:
-            with st.expander("All metrics"):
-                st.json(model.metrics, expanded=1)
+                ui.render_figure_table(heading, title, frame)
         if model.card:
             with st.expander("Model card"):
                 ui.render_model_card(model.card)

@@ -76,6 +76,9 @@ def _start_backend(
     port = _port(int(flag_value(cmd, "--port")))
     env = _container_env(backend_dockerfile, compose["services"]["backend"], tmp / "home-backend")
     env["RETINA_MODELS_DIR"] = str(models)
+    # The image's engine cache (/app/engines, filled at build) maps into the checkout here: keep
+    # the exports of these throwaway checkpoints out of it. The engine itself stays the image's default.
+    env["RETINA_ENGINE_CACHE"] = str(tmp / "engines")
     server = spawn("backend", with_flag(cmd, "--port", str(port)), env)
     return server, port
 

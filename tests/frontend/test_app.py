@@ -84,7 +84,8 @@ def test_sidebar_ready_and_models(monkeypatch: pytest.MonkeyPatch, backend_url: 
     assert len(select.options) == len(oct_ids)
     # Version shown next to the model; metrics table from the checkpoint.
     assert any("0.0.0-test" in o for o in select.options)
-    metrics = at.sidebar.dataframe[0].value
+    # st.table (wraps), not st.dataframe, which cut long values in the narrow sidebar.
+    metrics = at.sidebar.table[0].value
     assert "random weights for tests" in metrics["value"].tolist()
     # The referral thresholds the backend serves for the model, each with its operating point (if any).
     served = ModelInfo.from_json(next(m for m in backend_models if m["id"] == select.value))

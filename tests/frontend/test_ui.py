@@ -161,7 +161,8 @@ def test_results_table_rows_and_errors() -> None:
     assert table.columns.tolist() == [*head, *(f"p_{c}" for c in OCT), "error"]
     assert table["filename"].tolist() == ["a.png", "b.png", "c.png"]
     assert table.loc[0, "p_NORMAL"] == 0.4 and table.loc[0, "label"] == "NORMAL"
-    assert cells(table["referral"]) == ["observation", "ungradable", None]
+    # The refused image says so (it showed None in every column).
+    assert cells(table["referral"]) == ["observation", "ungradable", ui.REFUSED]
     assert cells(table["gradable"]) == [True, False, None]
     # The ungradable image has no diagnosis: no label, no probabilities.
     assert pd.isna(table.loc[1, "label"]) and table.loc[1, [f"p_{c}" for c in OCT]].isna().all()
@@ -213,6 +214,103 @@ def test_result_summary() -> None:
         "Wrong image type for this model: a fundus photo"
     )
     assert ui.result_summary(BackendError("invalid_image", "truncated")) == "truncated"
+    # With the chosen model the wrong-modality line speaks of images and tasks, not query parameters.
+    api = "this looks like a colour fundus photo, but model 'oct-x' reads OCT B-scans: send it with model=fundus"
+    oct_model = ModelInfo(id="oct-x", task="oct")
+    assert ui.result_summary(BackendError("wrong_modality", api), oct_model) == (
+        "Wrong image type for this model: This looks like a colour fundus photo; the OCT model reads OCT "
+        "B-scans only, so nothing was predicted."
+    )
+
+
+def test_refusal_text_names_the_task_to_pick() -> None:
+    err = BackendError("wrong_modality", "this looks like an OCT B-scan ... send it with model=oct (model oct-x)")
+    text, hint = ui.refusal_text(err, ModelInfo(id="dr-x", task="fundus"))
+    assert text.startswith("This looks like an OCT B-scan; the Fundus model reads colour fundus photos only")
+    assert hint == f"Choose **OCT** under Task in the sidebar, or {ui.AUTO_LABEL}."
+    for words in ("model=", "oct-x", "dr-x"):
+        assert words not in text + hint
+    # Other refusals keep the backend's own words and the gate's hint; a task the UI does not know too.
+    assert ui.refusal_text(BackendError("not_retinal_image", "a cat"))[0] == "a cat"
+    assert ui.refusal_text(err, ModelInfo(id="x", task="other"))[0] == err.message
+
+
+def test_results_display_order_puts_the_reason_first() -> None:
+    model = ModelInfo(id="m", task="oct", classes=tuple(OCT))
+    ups = [ui.Upload("a.png", b"a", "da", "ka"), ui.Upload("fundus.png", b"b", "db", "kb")]
+    api = "this looks like a colour fundus photo, but model 'm' reads OCT B-scans: send it with model=fundus"
+    table = ui.results_table(model, ups, [_dark(), BackendError("wrong_modality", api, 422)])
+    assert ui.results_display_order(table)[:2] == ["filename", "error"]
+    assert table.loc[1, "error"].startswith("This looks like a colour fundus photo; the OCT model")
+    assert table.loc[1, "referral"] == ui.REFUSED
+    assert ui.results_display_order(table.drop(columns="error"))[0:2] == ["filename", "label"]
+
+
+# As GET /models sends them (retina.figures.Evaluation.to_dict), with a value the old sidebar table cut.
+FIGURES = [
+    {
+        "name": "test",
+        "kind": "test",
+        "title": "Held-out test split (742 images)",
+        "heading": "Test split (742 images, 371 patients)",
+        "n": 742,
+        "n_patients": 371,
+        "figures": [
+            {
+                "key": "balanced_accuracy",
+                "label": "Balanced accuracy",
+                "value": 0.326,
+                "ci95": [0.171, 0.502],
+                "text": "0.326 [0.171, 0.502]",
+            },
+            {"key": "ece", "label": "ECE after temperature scaling", "value": 0.039, "ci95": None, "text": "0.039"},
+        ],
+    },
+    {
+        "name": "val",
+        "kind": "validation",
+        "title": "Validation patients",
+        "heading": "Validation split (742 images, 371 patients)",
+        "n": 742,
+        "n_patients": 371,
+        "figures": [{"key": "accuracy", "label": "Accuracy", "value": 0.737, "ci95": None, "text": "0.737"}],
+    },
+]
+
+
+def test_figure_tables_show_the_backend_texts_and_fall_back_to_metrics() -> None:
+    model = ModelInfo(id="m", task="fundus", figures=tuple(FIGURES), metrics=TRAINING_METRICS)
+    tables = ui.figure_tables(model)
+    assert [(h, k) for h, k, _, _ in tables] == [
+        ("Test split (742 images, 371 patients)", "test"),
+        ("Validation split (742 images, 371 patients)", "validation"),
+    ]
+    assert tables[0][3].values.tolist() == [
+        ["Balanced accuracy", "0.326 [0.171, 0.502]"],
+        ["ECE after temperature scaling", "0.039"],
+    ]
+    # No figures (an older backend): the training-run metrics, as before.
+    old = ui.figure_tables(ModelInfo(id="m", task="oct", metrics=TRAINING_METRICS))
+    assert [h for h, *_ in old] == [t for t, _ in ui.headline_metrics(TRAINING_METRICS)]
+
+
+def test_sidebar_and_models_page_show_the_figures_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        fake.models[1]["figures"] = FIGURES
+        at = _app(monkeypatch, fake)
+        at.sidebar.radio(key="task").set_value("fundus").run()
+        assert not at.exception
+        # The lead set (not a validation split) in a table that wraps; the training-run 0.7 nowhere.
+        lead = at.sidebar.table[0].value
+        assert lead["value"].tolist() == ["0.326 [0.171, 0.502]", "0.039"]
+        assert "**Test split (742 images, 371 patients)**" in [m.value for m in at.sidebar.markdown]
+        assert not at.sidebar.dataframe
+        assert [e.label for e in at.sidebar.expander if e.label.startswith("Other")] == ["Other evaluation sets (1)"]
+        at.switch_page("app_pages/models.py").run()
+    assert not at.exception
+    values = [v for t in at.main.table for v in t.value["value"].tolist()]
+    assert "0.326 [0.171, 0.502]" in values and "0.737" in values
+    assert "0.700" not in values  # fundus-test's training-run metrics are not shown beside its figures
 
 
 def test_auto_model_stands_for_the_task_defaults() -> None:
@@ -396,7 +494,8 @@ def test_ungradable_shows_reasons_and_no_probabilities(monkeypatch: pytest.Monke
     ("filename", "title", "detail"),
     [
         ("notretina_cat.png", "Not a retinal image", "notretina_cat.png is neither an OCT B-scan"),
-        ("fundus_photo.png", "Wrong image type for this model", "model 'oct-test' is for oct"),
+        # Plain words, not the API's ("model 'oct-test' is for oct (use model=fundus or auto)").
+        ("fundus_photo.png", "Wrong image type for this model", "This looks like a colour fundus photo; the OCT model"),
     ],
 )
 def test_gate_refusal_is_a_warning_not_a_crash(
@@ -417,7 +516,7 @@ def test_several_uploads_one_bad_table_has_referral_and_gradable(monkeypatch: py
     assert not at.error
     table = at.main.dataframe[0].value
     assert table["filename"].tolist() == ["scan.png", "dark.png", "notretina.png"]
-    assert cells(table["referral"]) == ["routine", "ungradable", None]
+    assert cells(table["referral"]) == ["routine", "ungradable", ui.REFUSED]
     assert cells(table["gradable"]) == [True, False, None]
     assert table["error"].iloc[2].startswith("notretina.png is neither")
     labels = [e.label for e in at.main.expander]

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Threads that decode and preprocess uploads (default: cores / WEB_CONCURRENCY).",
     )
+    engine: str = Field(
+        default="auto",
+        description="Classification forward pass: torch, onnxruntime, onnxruntime-int8 (needs models/<id>.int8.json), "
+        "openvino, or auto (the fastest that builds and passes its checks: int8, then ONNX Runtime fp32, then torch). "
+        "A failing engine falls back to torch with an error in the log and in /models. Grad-CAM always runs on torch.",
+    )
+    engine_cache: Path | None = Field(
+        default=None,
+        description="Where engine exports are cached, keyed by the checkpoint's SHA-256 (default: "
+        "$XDG_CACHE_HOME/retinascope/engines, else a temp dir when that is not writable).",
+    )
     scorecam_batch_size: int = Field(default=32, ge=1, description="ScoreCAM: masked copies per forward pass.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed CORS origins (comma separated or JSON list); none by default."
@@ -142,6 +153,15 @@ class Settings(BaseSettings):
     )
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where models run; auto = cuda if any.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        from retina.engine import ENGINES
+
+        if v != "auto" and v not in ENGINES:
+            raise ValueError(f"unknown engine {v!r}; one of auto, {', '.join(ENGINES)}")
+        return v
 
     @field_validator("models", "cors_origins", mode="before")
     @classmethod

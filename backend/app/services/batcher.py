@@ -65,7 +65,8 @@ class MicroBatcher:
 
     Args:
         name: model id (thread name, metric label).
-        model: the network, in eval mode, on ``device``.
+        model: the forward pass, ``float (N, C, S, S) -> logits (N, K)``: the network in eval mode on
+            ``device``, or a ``retina.engine`` engine.
         to_input: batched preprocessing tail, ``uint8 (N, C, S, S) -> float (N, C, S, S)``.
         temperature: softmax temperature from the checkpoint's calibration (1.0 = none).
         device: where ``model`` lives.
@@ -77,7 +78,7 @@ class MicroBatcher:
     def __init__(
         self,
         name: str,
-        model: nn.Module,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         to_input: Callable[[torch.Tensor], torch.Tensor],
         temperature: float,
         device: torch.device,

@@ -33,6 +33,7 @@ from backend.app.services.errors import not_ready, unknown_model
 from backend.app.services.metrics import ServiceMetrics
 from retina import checkpoint, registry
 from retina.checkpoint import CheckpointError, CheckpointMeta
+from retina.engine import Engine, EngineError, EngineInfo, load_engine
 from retina.gate import GATE_FILE, ImageGate
 from retina.models import ARCHS
 from retina.paths import DEFAULT_MODELS_DIR
@@ -49,7 +50,9 @@ class ServedModel:
         id: model id used in ``?model=``.
         task: ``oct`` or ``fundus``.
         meta: checkpoint metadata (preprocess spec, class names, calibration, card ...).
-        model: network in eval mode on the serving device (driven only by ``batcher``).
+        model: the torch network in eval mode on the serving device (the source of every engine).
+        engine: what runs the classification forward (``retina.engine``; driven only by ``batcher``).
+        engine_info: which engine that is, and why (fallbacks).
         cam_model: an independent copy for CAM, with a hook that makes the CAM layer's
             output a gradient leaf; hooks never touch ``model``, so CAM and the batcher run
             concurrently without mixing activations. Guarded by ``cam_lock``.
@@ -67,6 +70,8 @@ class ServedModel:
     device: torch.device
     batcher: MicroBatcher
     registered: bool
+    engine: Engine
+    engine_info: EngineInfo
     description: str = ""
     cam_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -229,7 +234,15 @@ class ModelStore:
         except (CheckpointError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.problems.append(f"image gate file {path} is invalid: {type(e).__name__}: {e}")
         else:
-            logger.info("image gate from %s (v%s, thresholds %s)", path, self.gate.version, self.gate.thresholds)
+            if self.settings.engine != "torch":
+                self.gate.use_engine(self.settings.engine, path, self.settings.engine_cache)
+            logger.info(
+                "image gate from %s (v%s, thresholds %s, engine %s)",
+                path,
+                self.gate.version,
+                self.gate.thresholds,
+                self.gate.engine,
+            )
 
     def _fail_all(self, error: str) -> None:
         for key in self.settings.models or registry.MODELS:
@@ -275,6 +288,7 @@ class ModelStore:
                 raise CheckpointError(f"CAM layer {cam_layer!r} not found in {meta.arch}: {e}") from e
             if not (meta.temperature > 0 and math.isfinite(meta.temperature)):
                 raise CheckpointError(f"calibration temperature {meta.temperature!r} is not a positive number")
+            engine, engine_info = self._engine_for(key, model, meta, path)
         except CheckpointError as e:
             self._fail(key, task, path, str(e), spec is not None, spec)
             return
@@ -285,7 +299,7 @@ class ModelStore:
         s = self.settings
         batcher = MicroBatcher(
             key,
-            model,
+            engine,
             tail(meta.preprocess),
             meta.temperature,
             self.device,
@@ -304,6 +318,8 @@ class ModelStore:
             device=self.device,
             batcher=batcher,
             registered=spec is not None,
+            engine=engine,
+            engine_info=engine_info,
             description=spec.description if spec else str(meta.card.get("description", "") if meta.card else ""),
         )
         self._warm_up(served)
@@ -312,13 +328,33 @@ class ModelStore:
             self.metrics.model_loaded.labels(key).set(1)
         logger.debug("loaded %s in %.2f s", key, time.perf_counter() - start)
 
+    def _engine_for(self, key: str, model: nn.Module, meta: CheckpointMeta, path: Path) -> tuple[Engine, EngineInfo]:
+        """The forward-pass engine (``RETINA_ENGINE``); torch when no other builds (logged, shown in /models)."""
+        if self.device.type != "cpu":  # the exported engines here are CPU ones; CUDA stays on torch
+            from retina.engine import TorchEngine
+
+            return TorchEngine(model), EngineInfo("torch", self.settings.engine, f"{self.device.type}: torch")
+        try:
+            engine, info = load_engine(
+                self.settings.engine,
+                model,
+                meta,
+                path,
+                threads=self.settings.torch_threads,
+                cache_dir=self.settings.engine_cache,
+            )
+        except EngineError as e:  # not even torch: a broken model, which the loader reports
+            raise CheckpointError(f"no inference engine for {key}: {e}") from e
+        logger.info("%s: engine %s (%s)", key, info.name, info.detail)
+        return engine, info
+
     def _warm_up(self, m: ServedModel) -> None:
         # First forwards allocate buffers / pick kernels; pay that at startup, not on request 1.
         spec = m.preprocess
         with torch.inference_mode():
             for n in sorted({1, min(4, self.settings.batch_max_size)}):
                 x = torch.zeros(n, spec.channels, spec.size, spec.size, dtype=torch.uint8, device=self.device)
-                m.model(m.batcher.to_input(x))
+                m.engine(m.batcher.to_input(x))
 
     def _resolve_defaults(self) -> None:
         configured = {"oct": self.settings.default_oct, "fundus": self.settings.default_fundus}

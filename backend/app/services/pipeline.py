@@ -270,11 +270,17 @@ class Pipeline:
         """CAM of ``prepared`` for ``target`` (None = the label the answer shows), rendered (CAM pool)."""
         choose = label_chooser(served.task, served.class_names, self.settings, served.meta)
         batch = self.settings.scorecam_batch_size
+        probs = None
+        if served.engine_info.name != "torch":
+            # The answer's probabilities come from the served engine, exactly as /predict's do (int8
+            # can move a near-tie); torch, which CAM needs for gradients, only draws that label's map.
+            probs = served.batcher.submit(prepared.pixels).result().probabilities
+            target = choose(probs) if target is None else target
         cam = compute_cam_for(served, prepared.pixels, target, choose, method, alpha, out_size, batch, self.metrics)
         height, width = cam.overlay.shape[:2]
         heatmap_png = png_bytes(cam.heatmap) if options.heatmap else None
         drawing = Drawing(served.class_names[cam.target], method, png_bytes(cam.overlay), heatmap_png, width, height)
-        return Scored(cam.probabilities, cam.cam_ms, drawing)
+        return Scored(cam.probabilities if probs is None else probs, cam.cam_ms, drawing)
 
     async def _audit(self, endpoint: str, served: ServedModel, result: Assessment, sha256: str) -> None:
         outcome = "ok" if result.gradable else "ungradable"
@@ -313,7 +319,7 @@ def _report_pdf(
     # The image as the model saw it (cropped, resized, normalised): the overlay has the same geometry.
     view = prepared.pixels.permute(1, 2, 0).numpy()
     view = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
-    rows, source = report_metrics(served.meta)
+    rows, heading, source = report_metrics(served.meta)
     body = result.to_dict()
     inp = ReportInput(
         image_png=png_bytes(np.ascontiguousarray(view)),
@@ -331,6 +337,7 @@ def _report_pdf(
         gate=body["gate"],
         metrics=rows,
         metrics_source=source,
+        metrics_heading=heading,
         request_id=request_id,
         input_sha256=prepared.sha256,
         created=datetime.now(UTC),

@@ -25,14 +25,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PureWindowsPath
-from typing import Any
 
 from fpdf import FPDF
 from fpdf.enums import MethodReturnValue
 from PIL import Image
 
 from retina.checkpoint import CheckpointMeta
-from retina.referral import RESEARCH_NOTE
+from retina.figures import Evaluation, figure_text, model_figures
 
 __all__ = [
     "DISCLAIMER",
@@ -121,8 +120,10 @@ class ReportInput:
         derived: fundus only, ``{"referable": P(grade >= 2), "any": P(grade >= 1)}``.
         referral: ``{"level": str, "advice": one sentence, "reason": the rule that fired}``.
         gate: image check, ``{"modality": str, "gradable": bool, "reasons": [str], "quality": {name: float}}``.
-        metrics: headline validation/test metrics, already formatted, ``[(name, value)]``.
-        metrics_source: where the metrics come from, e.g. ``"held-out test split, 371 patients"``.
+        metrics: the model's headline figures, already formatted, ``[(name, value)]`` (:func:`report_metrics`).
+        metrics_source: where the metrics come from, e.g. ``"held-out test split, 371 patients"``; printed whole.
+        metrics_heading: the table's column heading, naming the split the figures were measured on
+            (``"Test split (742 images, 371 patients)"``).
         request_id: the request's id (also in the audit log).
         input_sha256: hex SHA-256 of the uploaded bytes.
         created: when the result was made (UTC; a naive datetime is taken as UTC).
@@ -155,6 +156,7 @@ class ReportInput:
     filename: str | None
     disclaimer: str
     operating_points: dict = field(default_factory=dict)
+    metrics_heading: str = "Metric"
 
 
 # ----------------------------------------------------------------------------- text helpers
@@ -339,9 +341,9 @@ _LIMITS = (
         advice=5,
         reason=2,
         classes=16,
-        metrics=8,
+        metrics=12,
         metric_name=3,
-        source=2,
+        source=5,
         gate=2,
         gate_reasons=4,
         disclaimer=4,
@@ -351,9 +353,9 @@ _LIMITS = (
         advice=3,
         reason=1,
         classes=14,
-        metrics=6,
+        metrics=10,
         metric_name=2,
-        source=1,
+        source=4,
         gate=2,
         gate_reasons=3,
         disclaimer=3,
@@ -363,9 +365,9 @@ _LIMITS = (
         advice=2,
         reason=1,
         classes=12,
-        metrics=4,
+        metrics=8,
         metric_name=1,
-        source=1,
+        source=3,
         gate=1,
         gate_reasons=2,
         disclaimer=2,
@@ -581,16 +583,24 @@ def _prediction_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw:
 
 
 def _model_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw: bool) -> float:
-    """Right column: model id/version and its headline metrics with their source; returns its height."""
+    """Right column: model id/version, its headline figures under the name of their split, and their source
+    (printed whole: a cut source would hide which set the figures describe); returns its height.
+
+    A metrics row with an empty value is a sub-heading (another set's figures follow it)."""
     x, w = MARGIN_X + LEFT_W + COL_GAP, RIGHT_W
-    value_w, lh = 30.0, 4.0
+    value_w, lh, gap = 28.0, 4.0, 0.5
     name_w = w - value_w
-    pg.font(8)
-    metrics = [(pg.lines(latin1(n), name_w, lim.metric_name), latin1(v)) for n, v in inp.metrics[: lim.metrics]]
+    rows = []
+    for n, v in inp.metrics[: lim.metrics]:
+        pg.font(7.5, "B", MUTED) if not v else pg.font(8)
+        rows.append((pg.lines(latin1(n), name_w if v else w, lim.metric_name), latin1(v)))
+    pg.font(7.5, "B", MUTED)
+    heading = pg.lines(latin1(inp.metrics_heading), name_w, 2)
     pg.font(7.5, "I")
     source = pg.lines(latin1(f"Source: {inp.metrics_source}"), w, lim.source) if inp.metrics_source else []
-    metrics_h = sum(len(n) * lh + 1.0 for n, _ in metrics)
-    h = HEADING_H + 10.5 + (ROW_H + metrics_h if metrics else lh) + lh * len(source)
+    metrics_h = sum(len(n) * lh + gap for n, _ in rows)
+    head_h = ROW_H + lh * (len(heading) - 1)
+    h = HEADING_H + 10.5 + (head_h + metrics_h if rows else lh) + lh * len(source)
     if not draw:
         return h
     yy = pg.heading(x, y, w, "Model")
@@ -600,22 +610,30 @@ def _model_block(pg: _Page, inp: ReportInput, lim: _Limits, y: float, draw: bool
     pg.font(8, "", MUTED)
     pg.text(x, yy, w, 4.5, latin1(f"task: {inp.task}"))
     yy += 5.5
-    if metrics:
+    if rows:
+        pg.font(7.5, "B", MUTED)
+        for i, line in enumerate(heading):
+            pg.text(x, yy + lh * i, name_w, ROW_H, line)
         pg.font(7.5, "", MUTED)
-        pg.text(x, yy, name_w, ROW_H, "Validation metric")
         pg.text(x + name_w, yy, value_w, ROW_H, "Value", align="R")
-        yy += ROW_H
+        yy += head_h
     else:
         pg.font(8, "I", MUTED)
-        pg.text(x, yy, w, lh, "No validation metrics recorded for this model.")
+        pg.text(x, yy, w, lh, "No evaluation figures recorded for this model.")
         yy += lh
-    for name_lines, value in metrics:
+    for name_lines, value in rows:
+        if not value:  # sub-heading: the next rows belong to another set
+            pg.font(7.5, "B", MUTED)
+            for i, line in enumerate(name_lines):
+                pg.text(x, yy + lh * i, w, lh, line)
+            yy += len(name_lines) * lh + gap
+            continue
         pg.font(8)
         for i, line in enumerate(name_lines):
             pg.text(x, yy + lh * i, name_w, lh, line)
         pg.font(8, "B")
         pg.text(x + name_w, yy, value_w, lh, value, align="R")
-        yy += len(name_lines) * lh + 1.0
+        yy += len(name_lines) * lh + gap
     pg.font(7.5, "I", MUTED)
     for line in source:
         pg.text(x, yy, w, lh, line)
@@ -725,54 +743,63 @@ def build_report(inp: ReportInput) -> bytes:
     return bytes(pdf.output())
 
 
+# Said once, in the footer box (the header's red line is its short form). The referral's own research note
+# (retina.referral.RESEARCH_NOTE, in every /predict answer) repeats this, so it is not appended here.
 DISCLAIMER = (
     "RetinaScope is a research tool, not a medical device. This report is not a diagnosis: the model was trained "
     "on small public datasets and validated only as stated above. A qualified clinician must review the image and "
-    "decide on any referral. " + RESEARCH_NOTE
-)
-
-_METRIC_NAMES = (
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced accuracy"),
-    ("macro_f1", "Macro F1"),
-    ("referable_roc_auc", "Referable-DR ROC AUC"),
-    ("referable_sensitivity_at_90_specificity", "Referable-DR sensitivity at 90% specificity"),
-    ("ece", "Expected calibration error"),
+    "decide on any referral."
 )
 
 
-def _num(value: Any) -> str:
-    """``0.123`` for a finite number, ``n/a`` for anything else (hand-edited or older checkpoints)."""
-    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+def _primary(evaluations: list[Evaluation]) -> Evaluation:
+    """The evaluation the report leads with: the card's first that is not a validation split (those tuned the
+    model), else the first."""
+    return next((ev for ev in evaluations if ev.kind != "validation"), evaluations[0])
 
 
-def _ci(ev: dict[str, Any], key: str) -> str:
-    value = ev.get(key)
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    ci = ev.get(f"{key}_ci95")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return f"{value:.3f}"
+def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str, str]:
+    """The model's headline figures for the PDF, the heading naming their split, and where they come from.
 
+    The figures are :func:`retina.figures.model_figures` of the checkpoint, printed with
+    :func:`retina.figures.figure_text`: the numbers of ``GET /models``, the UI and the model card. The
+    report leads with one evaluation (every figure, under its split's name), adds the headline figure
+    (referable-DR AUC, else balanced accuracy) of each other non-validation set under a sub-heading (a row
+    with an empty value), and the calibration fit's ECE before and after temperature scaling.
 
-def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str]:
-    """Headline validation figures from the model card (95% bootstrap CIs) and where they come from."""
-    evaluations = (meta.card or {}).get("evaluations") or {}
-    if not isinstance(evaluations, dict) or not evaluations:
-        return [], "no evaluation recorded in the checkpoint"
+    Returns:
+        ``(rows, heading, source)``: ``[(name, value)]``, e.g. ``"Test split (742 images, 371 patients)"``,
+        and the lead evaluation's description from the card.
+    """
+    evaluations = model_figures(meta.card, meta.metrics, meta.calibration)
     rows: list[tuple[str, str]] = []
-    sources = []
-    for i, ev in enumerate(evaluations.values()):
-        if not isinstance(ev, dict):
-            continue
-        tag = "" if i == 0 else f" ({ev.get('n')} raw photos)" if meta.task == "fundus" else f" (set {i + 1})"
-        keys = _METRIC_NAMES if i == 0 else [k for k in _METRIC_NAMES if k[0] == "referable_roc_auc"]
-        for key, name in keys:
-            if key in ev and ev[key] is not None:
-                rows.append((name + tag, _ci(ev, key)))
-        sources.append(str(ev.get("title", "")))
-    if "ece_val_before" in meta.calibration:
-        before, after = _num(meta.calibration["ece_val_before"]), _num(meta.ece_after)
-        rows.append(("ECE before -> after temperature scaling", f"{before} -> {after}"))
-    return rows, "; ".join(s for s in sources if s)
+    heading, source = "Metric", "no evaluation recorded in the checkpoint"
+    if evaluations:
+        lead = _primary(evaluations)
+        heading = lead.heading
+        # Any-DR AUC is in the card and /models; one page keeps the referable-DR figures, which decide referral.
+        rows += [(f.label, f.text) for f in lead.figures if f.key != "any_dr_roc_auc"]
+        others = [ev for ev in evaluations if ev is not lead and ev.kind != "validation"]
+        if others:
+            by_key = [{f.key: f for f in ev.figures} for ev in others]
+            key = "referable_roc_auc" if all("referable_roc_auc" in k for k in by_key) else None
+            label = next(f.label for f in others[0].figures if f.key == key) if key else None
+            rows.append((f"{label}, other held-out sets" if label else "Other held-out sets", ""))
+            for ev, figs in zip(others, by_key, strict=True):
+                fig = figs[key] if key else (figs.get("balanced_accuracy") or ev.figures[0])
+                size = f" ({ev.n} images)" if ev.n is not None else ""
+                rows.append((f"{ev.short_name}{size}" + ("" if key else f": {fig.label}"), fig.text))
+        source = f"{meta.card.get('markdown') or 'model card'}: {lead.title}" if lead.title else "training run"
+    cal = meta.calibration
+    if "ece_val_before" in cal:
+        where = cal.get("fitted_on", "val")
+        where = "validation split" if where == "val" else str(where)
+        n = f", n = {cal['n']}" if isinstance(cal.get("n"), int) else ""
+        rows.append((f"Temperature fitted on the {where}{n}", ""))
+        rows.append(
+            (
+                "ECE before -> after temperature scaling",
+                f"{figure_text(cal['ece_val_before'])} -> {figure_text(meta.ece_after)}",
+            )
+        )
+    return rows, heading, source

@@ -10,6 +10,7 @@ from backend.app.api.deps import SettingsDep, StoreDep, require_api_key
 from backend.app.schemas import ErrorResponse, ModelInfo
 from backend.app.services.model_store import json_safe
 from retina.checkpoint import CheckpointMeta
+from retina.figures import model_figures
 from retina.referral import informative, operating_points, served_thresholds
 
 
@@ -34,7 +35,7 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
     responses={401: {"model": ErrorResponse, "description": "`unauthorized`"}},
 )
 def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
-    """Every loaded model (metrics and card from its checkpoint; NaN shown as null).
+    """Every loaded model (figures, metrics and card from its checkpoint; NaN shown as null).
 
     A registered model that failed to load is listed too, with `loaded: false`, its
     `error`, and the registry's description of it (no version or metrics). Failed extra
@@ -53,6 +54,7 @@ def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
                 channels=meta.preprocess.channels,
                 version=meta.version,
                 metrics=json_safe(meta.metrics) or {},
+                figures=[ev.to_dict() for ev in model_figures(meta.card, meta.metrics, meta.calibration)],
                 default=store.is_default(m.id),
                 description=m.description,
                 card=json_safe(meta.card) or {},
@@ -62,6 +64,7 @@ def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
                 served_thresholds=served_thresholds(m.task, m.class_names, settings, meta),
                 informative=informative(meta),
                 cam_layer=m.cam_layer,
+                engine=m.engine_info.to_dict(),
             )
         )
     for f in store.failed.values():
