@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import errors
 from backend.app.api.routes import audit, gradcam, health, models, predict, report
+from backend.app.core import multiprocess
 from backend.app.core.config import Settings, get_settings
 from backend.app.services.audit import AuditLog
 from backend.app.services.metrics import ServiceMetrics
@@ -301,6 +302,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decode_pool.shutdown(wait=False, cancel_futures=True)
             cam_pool.shutdown(wait=False, cancel_futures=True)
             audit_log.stop()  # last: commits whatever is still queued
+            multiprocess.mark_process_dead()  # several workers: this one's live gauges leave the sums
 
     app = FastAPI(
         title="RetinaScope API",

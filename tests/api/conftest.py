@@ -105,3 +105,27 @@ def png_bytes_small(oct_image: Path) -> bytes:
     img.save(buf, format="PNG", optimize=True)
     assert len(buf.getvalue()) < 50_000
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (tests/postgres.py); skips when it is not installed."""
+    from tests.postgres import postgres_cluster
+
+    try:
+        with postgres_cluster() as url:
+            yield url
+    except FileNotFoundError as e:
+        pytest.skip(f"{e}: install Debian's postgresql (scripts/test.sh does when run as root)")
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty database on that server for this test (SQLAlchemy URL, psycopg driver)."""
+    from tests.postgres import fresh_database
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return fresh_database(postgres_server, name)

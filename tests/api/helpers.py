@@ -132,9 +132,13 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
 
 
 @contextmanager
-def uvicorn_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def uvicorn_server(
+    env: dict[str, str], log_path: Path, workers: int = 1
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m uvicorn backend.main:app`` on a free loopback port, ready (``/ready`` 200) when yielded.
 
+    ``workers > 1`` adds ``--workers N`` and also waits until every worker has logged
+    "Application startup complete" (a 200 from one worker says nothing of the others).
     Yields ``(process, base_url)``; the server is stopped (TERM, then KILL) on exit if still alive.
     """
     with socket.socket() as s:
@@ -143,18 +147,20 @@ def uvicorn_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[subpro
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
+            + (["--workers", str(workers)] if workers > 1 else []),
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300 * workers  # a safety net: the loop ends once ready
             while True:
                 assert proc.poll() is None, log_path.read_text()
                 try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    started = workers == 1 or log_path.read_text().count("Application startup complete") >= workers
+                    if started and httpx.get(f"{base}/ready", timeout=2).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass

@@ -452,12 +452,15 @@ def test_audit_prediction_reads_referral_and_gate_from_dicts_or_models() -> None
     assert refused["request_id"] == "-"  # outside a request: the context default, never empty
 
 
-@pytest.mark.skipif(
-    not os.environ.get("RETINA_TEST_AUDIT_PG_URL"), reason="set RETINA_TEST_AUDIT_PG_URL to a scratch DB"
-)
-def test_postgresql_through_the_same_code() -> None:
-    """Opt-in: e.g. RETINA_TEST_AUDIT_PG_URL=postgresql://postgres@127.0.0.1:54329/audit (needs psycopg)."""
-    log = AuditLog(os.environ["RETINA_TEST_AUDIT_PG_URL"])
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """RETINA_TEST_AUDIT_PG_URL when set (a scratch DB), else a new database on the test's own server."""
+    return os.environ.get("RETINA_TEST_AUDIT_PG_URL") or request.getfixturevalue("postgres_url")
+
+
+def test_postgresql_through_the_same_code(pg_url: str) -> None:
+    """Through psycopg: e.g. RETINA_TEST_AUDIT_PG_URL=postgresql+psycopg://postgres@127.0.0.1:54329/audit."""
+    log = AuditLog(pg_url)
     log.start()
     try:
         assert log.ready, log.error

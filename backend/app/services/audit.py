@@ -52,6 +52,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -168,9 +169,16 @@ def resolve_url(url: str | None) -> str:
 
 def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> Engine:
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the project installs psycopg (3).
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() != "sqlite":
         # pre_ping: a server restarted under us costs one failed ping, not one failed commit.
-        return create_engine(url, pool_pre_ping=True)
+        # connect_timeout: a readiness probe that retries an unreachable server must not hang on it for
+        # ever (the default); 10 s, not less: a loaded host can take seconds to accept (seen in tests).
+        args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=args)
     database = parsed.database or ""
     memory = database in ("", ":memory:") or "mode=memory" in url
     if memory:
@@ -251,6 +259,25 @@ class AuditLog:
     @property
     def ready(self) -> bool:
         return self._open and self._schema_ready and self.error is None
+
+    def check_ready(self) -> bool:
+        """:attr:`ready`, after one more try to connect if it is not (for the readiness probe).
+
+        Without it a database that was down when the service started would be retried only by the
+        next prediction, which a not-ready pod never gets: it would stay out of service for good.
+        Blocking (the driver's connect): call it from a worker thread.
+        """
+        if self._open and not self.ready:
+            # Check the table too, not only the connection: a failed commit may mean it is gone (and
+            # create_all puts it back), so a successful ping alone would not make the log usable.
+            self._schema_ready = False
+            try:
+                self._connect()
+            except Exception:  # still down: self.error says why, /ready reports it
+                logger.warning("audit log %s still unavailable: %s", self.safe_url, self.error)
+            else:
+                logger.info("audit log %s available again", self.safe_url)
+        return self.ready
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -351,7 +378,13 @@ class AuditLog:
             try:
                 if self._engine is None:
                     self._engine = _make_engine(self.url, self.synchronous, self.busy_timeout_ms)
-                metadata.create_all(self._engine)
+                try:
+                    metadata.create_all(self._engine)
+                except (IntegrityError, ProgrammingError):
+                    # Several workers or replicas starting at once all see no table and all CREATE it;
+                    # PostgreSQL lets one win and fails the others (duplicate pg_type row or relation).
+                    # The second look finds the winner's table and creates nothing.
+                    metadata.create_all(self._engine)
             except Exception as e:  # bad URL, missing driver, unreachable server, unwritable directory
                 self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 raise

@@ -1,8 +1,9 @@
 """Prometheus metrics of the model side (the HTTP side is prometheus-fastapi-instrumentator's).
 
 Each app owns its :class:`~prometheus_client.CollectorRegistry`, so several apps in one
-process (tests) never collide on metric names. With several uvicorn workers each process
-exposes its own numbers (see ``backend/README.md``).
+process (tests) never collide on metric names. With several uvicorn workers, prometheus_client's
+multiprocess mode is on (``backend/app/core/multiprocess.py``) and ``/metrics`` sums every worker;
+the process/GC collectors registered here are then left out (they describe one process only).
 """
 
 from __future__ import annotations
@@ -78,5 +79,10 @@ class ServiceMetrics:
         )
         self.predictions = Counter("retina_predictions", "Predicted labels per model", ["model", "label"], registry=r)
         self.model_loaded = Gauge(
-            "retina_model_loaded", "1 when the model is loaded and served, 0 when it failed", ["model"], registry=r
+            "retina_model_loaded",
+            "1 when the model is loaded and served, 0 when it failed",
+            ["model"],
+            registry=r,
+            # Several workers: 1 only while every live worker serves it (ignored in one process).
+            multiprocess_mode="livemin",
         )

@@ -47,7 +47,8 @@ def ready(store: StoreDep, settings: SettingsDep, request: Request) -> ReadyResp
     each failure otherwise (predictions are refused while the audit log cannot be written)."""
     reasons = [] if store.ready else store.not_ready_reasons()
     audit = getattr(request.app.state, "audit", None)
-    if audit is not None and not audit.ready:
+    # check_ready reconnects a log that was unavailable: a pod whose database came up late gets ready.
+    if audit is not None and not audit.check_ready():
         reasons.append(f"audit log {audit.safe_url} unavailable: {audit.error or 'not started'}")
     if not reasons:
         return ReadyResponse(models=model_statuses(store), limits=upload_limits(settings))
