@@ -159,6 +159,39 @@ def derived_binary(
     return out
 
 
+def _per_class(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """``per_class`` (precision, recall, F1, support, sensitivity, specificity), ``confusion_matrix``
+    and one-vs-rest ``roc_auc`` for probabilities ``(N, K)``, labels and predictions ``(N,)``."""
+    all_labels = list(range(len(class_names)))
+    with quiet_sklearn():
+        prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=all_labels, zero_division=0)
+        mcm = multilabel_confusion_matrix(labels, pred, labels=all_labels)  # (K, 2, 2): [[tn, fp], [fn, tp]]
+    per_class = {}
+    aucs = {}
+    for i, name in enumerate(class_names):
+        tn, fp = mcm[i, 0]
+        fn, tp = mcm[i, 1]
+        per_class[name] = {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
+            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        }
+        aucs[name] = _binary_auc((labels == i).astype(int), probs[:, i])
+    defined = [v for v in aucs.values() if np.isfinite(v)]
+    return {
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, pred, labels=all_labels).tolist(),
+        "roc_auc": {
+            "per_class": aucs,
+            "macro": float(np.mean(defined)) if defined else float("nan"),
+            "n_classes_defined": len(defined),
+        },
+    }
+
+
 def compute_metrics(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -190,34 +223,10 @@ def compute_metrics(
     if len(labels) == 0:
         raise ValueError("no samples to evaluate")
     pred = probs.argmax(axis=1)
-    all_labels = list(range(k))
     with quiet_sklearn():
         out: dict[str, Any] = _scalar_metrics(labels, pred)
         out["weighted_f1"] = float(f1_score(labels, pred, average="weighted", zero_division=0))
-        prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=all_labels, zero_division=0)
-        mcm = multilabel_confusion_matrix(labels, pred, labels=all_labels)  # (K, 2, 2): [[tn, fp], [fn, tp]]
-    per_class = {}
-    aucs = {}
-    for i, name in enumerate(class_names):
-        tn, fp = mcm[i, 0]
-        fn, tp = mcm[i, 1]
-        per_class[name] = {
-            "precision": float(prec[i]),
-            "recall": float(rec[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-            "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
-            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-        }
-        aucs[name] = _binary_auc((labels == i).astype(int), probs[:, i])
-    defined = [v for v in aucs.values() if np.isfinite(v)]
-    out["per_class"] = per_class
-    out["confusion_matrix"] = confusion_matrix(labels, pred, labels=all_labels).tolist()
-    out["roc_auc"] = {
-        "per_class": aucs,
-        "macro": float(np.mean(defined)) if defined else float("nan"),
-        "n_classes_defined": len(defined),
-    }
+    out.update(_per_class(probs, labels, pred, class_names))
     if n_bootstrap:
         cis = bootstrap_ci(
             lambda i: tuple(_scalar_metrics(labels[i], pred[i]).values()),
