@@ -29,14 +29,15 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from retina import checkpoint
+from retina.serialize import to_plain
 from training import config as config_mod
+from training.cli import run_cli, setup_logging
 from training.config import ConfigError
 from training.data import DataBundle, prepare_data
-from training.datasets import DatasetError, ImageTable, grouped_folds
+from training.datasets import ImageTable, grouped_folds
 from training.evaluate import write_evaluation
-from training.fit import FitResult, fit, setup_logging
-from training.metrics import compute_metrics, quiet_sklearn, to_plain
+from training.fit import FitResult, fit
+from training.metrics import compute_metrics, quiet_sklearn
 
 logger = logging.getLogger("training.cv")
 
@@ -215,21 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _main(args: argparse.Namespace) -> None:
+    if not args.config:
+        raise ConfigError("pass --config")
+    cfg = config_mod.from_args(args)
+    out = Path(cfg["out"] or Path("runs") / f"{cfg['name']}_cv")
+    cfg["out"] = str(out)
+    setup_logging(out)
+    run(cfg, args.folds, out, final=args.final)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        if not args.config:
-            raise ConfigError("pass --config")
-        cfg = config_mod.from_args(args)
-        out = Path(cfg["out"] or Path("runs") / f"{cfg['name']}_cv")
-        cfg["out"] = str(out)
-        setup_logging(out)
-        run(cfg, args.folds, out, final=args.final)
-    except (ConfigError, DatasetError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_cli(build_parser(), _main, argv, logger)
 
 
 if __name__ == "__main__":

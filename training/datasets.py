@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from retina.labels import OCT_CLASSES, SCHEME_CLASSES, map_grade
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, load_image, pil_to_uint8_tensor, prepare
+from retina.serialize import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -584,10 +585,8 @@ def prepare_all(
             for i, job in enumerate(tqdm(jobs, desc="prepare", unit="img", mininterval=2)):
                 out[i] = _prepare_one(job)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        with atomic_write(cache, suffix=".tmp.npy") as tmp:  # np.save appends .npy to any other name
+            np.save(tmp, out)
     return torch.from_numpy(out)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retina.preprocessing import PreprocessSpec, augmentations, tail
+from retina.runtime import usable_cores
 from training.datasets import PreparedDataset, check_prepared
 
 logger = logging.getLogger(__name__)
@@ -43,22 +43,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def set_threads(n: int) -> int:
     """Set torch's intra-op threads (``0`` = one per core this process may use); returns it."""
     if n <= 0:
-        try:
-            n = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            n = os.cpu_count() or 1
+        n = usable_cores()
     torch.set_num_threads(n)
     return n
 

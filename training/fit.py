@@ -27,6 +27,8 @@ from torch import nn
 from retina import checkpoint
 from retina.labels import DR_GRADES
 from retina.preprocessing import PreprocessSpec
+from retina.runtime import resolve_device
+from retina.serialize import to_plain
 from training import config as config_mod
 from training.calibration import fit_temperature, nll
 from training.config import ConfigError
@@ -42,13 +44,12 @@ from training.engine import (
     AugmentedBatches,
     TensorBatches,
     predict_logits,
-    resolve_device,
     seed_everything,
     set_threads,
     softmax,
     train_one_epoch,
 )
-from training.metrics import compute_metrics, derived_binary, quiet_sklearn, to_plain
+from training.metrics import compute_metrics, derived_binary, quiet_sklearn
 from training.plots import training_curves_png
 from training.warm_start import build_model_warm
 
@@ -657,27 +658,3 @@ def _base_meta(
         "data": to_plain(data),
         "version": cfg["version"],
     }
-
-
-# ----------------------------------------------------------------------------- logging
-
-
-def setup_logging(out: Path | None = None) -> None:
-    """INFO to stderr (and ``out/train.log``); idempotent across calls in one process."""
-    root = logging.getLogger()
-    if not any(getattr(h, "_retina", False) for h in root.handlers):
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        h._retina = True  # type: ignore[attr-defined]
-        root.addHandler(h)
-    root.setLevel(logging.INFO)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for h in list(root.handlers):
-            if getattr(h, "_retina_file", False):
-                root.removeHandler(h)
-                h.close()
-        fh = logging.FileHandler(out / "train.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        fh._retina_file = True  # type: ignore[attr-defined]
-        root.addHandler(fh)

@@ -64,6 +64,7 @@ from retina.gate import (
 from retina.models import build_model
 from retina.paths import data_dir
 from retina.preprocessing import load_image
+from retina.serialize import atomic_write
 
 logger = logging.getLogger("training.gate")
 
@@ -406,13 +407,11 @@ def cached_views(root: Path, cache_dir: Path | None, *, seed: int = 0, limit: in
             quality=json.loads(str(z["quality"])),
         )
     v = build_views(root, seed=seed, limit=limit)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp, x=v.x.numpy(), y=v.y, group=v.group, kind=v.kind, source=v.source, name=v.name,
-        quality=np.asarray(json.dumps(v.quality)),
-    )  # fmt: skip
-    tmp.replace(path)
+    with atomic_write(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to any other name
+        np.savez(
+            tmp, x=v.x.numpy(), y=v.y, group=v.group, kind=v.kind, source=v.source, name=v.name,
+            quality=np.asarray(json.dumps(v.quality)),
+        )  # fmt: skip
     return v
 
 

@@ -8,7 +8,6 @@ becomes ``None``) used by ``training.evaluate``, ``training.cv`` and the checkpo
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,28 +26,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from retina.labels import DR_GRADES
+from retina.labels import DR_GRADES, p_grade_at_least
+from retina.serialize import to_plain
 from training.calibration import ece
 
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
-def to_plain(obj: Any) -> Any:
-    """NumPy scalars/arrays -> Python types; NaN/inf -> ``None`` (strict JSON, weights_only)."""
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_plain(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 @contextlib.contextmanager
@@ -140,7 +122,7 @@ def derived_binary(
 ) -> dict[str, Any]:
     """Metrics of ``P(grade >= min_grade)`` (sum of grade probabilities) vs the true grade."""
     y_bin = (labels >= min_grade).astype(int)
-    score = probs[:, min_grade:].sum(axis=1)
+    score = p_grade_at_least(probs, min_grade)
     auc = _binary_auc(y_bin, score)
     out: dict[str, Any] = {
         "roc_auc": auc,

@@ -31,10 +31,10 @@ from typing import Any
 from retina import checkpoint
 from training import config as config_mod
 from training import simclr
+from training.cli import run_cli, setup_logging
 from training.config import ConfigError
 from training.data import prepare_data
-from training.datasets import DatasetError
-from training.fit import fit, setup_logging
+from training.fit import fit
 
 logger = logging.getLogger("training.train")
 
@@ -63,30 +63,27 @@ def run(cfg: dict[str, Any], resume: dict[str, Any] | None = None) -> Path:
     return out
 
 
+def _main(args: argparse.Namespace) -> None:
+    resume = None
+    base = None
+    if args.resume:
+        resume = checkpoint.read(args.resume)
+        if "resume" not in resume.get("extra", {}):
+            raise ConfigError(f"{args.resume} has no resume state; pass a last.pt")
+        if not args.config:
+            base = resume["config"]
+        if not args.out:
+            args.out = str(Path(args.resume).parent)
+    elif not args.config:
+        raise ConfigError("pass --config (or --resume)")
+    cfg = config_mod.from_args(args, base)
+    if resume is not None and cfg["simclr"] is not None:
+        raise ConfigError("--resume is supported for supervised runs only")
+    run(cfg, resume)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        resume = None
-        base = None
-        if args.resume:
-            resume = checkpoint.read(args.resume)
-            if "resume" not in resume.get("extra", {}):
-                raise ConfigError(f"{args.resume} has no resume state; pass a last.pt")
-            if not args.config:
-                base = resume["config"]
-            if not args.out:
-                args.out = str(Path(args.resume).parent)
-        elif not args.config:
-            raise ConfigError("pass --config (or --resume)")
-        cfg = config_mod.from_args(args, base)
-        if resume is not None and cfg["simclr"] is not None:
-            raise ConfigError("--resume is supported for supervised runs only")
-        run(cfg, resume)
-    except (ConfigError, DatasetError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_cli(build_parser(), _main, argv, logger)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+import typing
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, params
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers, MutableHeaders
@@ -194,8 +196,31 @@ class UploadLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def _body_limits(settings: Settings) -> Callable[[str], tuple[int, str] | None]:
-    """Route path -> (most body bytes, the limit in words): one file per upload route, N on batch."""
+ROUTERS = (predict, gradcam, report, models, health, audit)
+
+
+def upload_routes(routers: Iterable[APIRouter]) -> dict[str, bool]:
+    """Path of every route with a file parameter -> whether it takes several (``list[UploadFile]``).
+
+    Read from the routes' own signatures (``api/params.FileParam`` / ``FilesParam``), so a new
+    upload route gets its body limit without the middleware being told.
+    """
+    found: dict[str, bool] = {}
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            files = [p for p in route.dependant.body_params if isinstance(p.field_info, params.File)]
+            if files:
+                found[route.path] = any(typing.get_origin(p.field_info.annotation) is list for p in files)
+    return found
+
+
+def _body_limits(settings: Settings, uploads: dict[str, bool]) -> Callable[[str], tuple[int, str] | None]:
+    """Route path -> (most body bytes, the limit in words): one file per upload route, N on a multi-file one.
+
+    ``uploads`` is :func:`upload_routes`: path -> takes several files.
+    """
     per_file = settings.max_upload_bytes + _MULTIPART_SLACK
     mb = f"{settings.max_upload_mb:g} MB"
     file_limit = (per_file, f"the upload limit of {mb} per file (RETINA_MAX_UPLOAD_MB)")
@@ -206,11 +231,10 @@ def _body_limits(settings: Settings) -> Callable[[str], tuple[int, str] | None]:
     other = (_MULTIPART_SLACK, f"the limit of {_MULTIPART_SLACK // 1024} KB for a request without a file")
 
     def limit_for(path: str) -> tuple[int, str] | None:
-        if path.rstrip("/") == "/predict/batch":
-            return batch_limit
-        if path.rstrip("/") in ("/predict", "/gradcam", "/report"):
-            return file_limit
-        return other  # no other route takes a body
+        several = uploads.get(path.rstrip("/"))
+        if several is None:
+            return other  # no other route takes a body
+        return batch_limit if several else file_limit
 
     return limit_for
 
@@ -301,11 +325,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
-    for module in (predict, gradcam, report, models, health, audit):
+    for module in ROUTERS:
         app.include_router(module.router)
 
     # Middleware: the last added is the outermost.
-    app.add_middleware(UploadLimitMiddleware, limit_for=_body_limits(settings))
+    app.add_middleware(
+        UploadLimitMiddleware, limit_for=_body_limits(settings, upload_routes(m.router for m in ROUTERS))
+    )
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics"],

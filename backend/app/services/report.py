@@ -25,13 +25,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PureWindowsPath
-from typing import Any
 
 from fpdf import FPDF
 from fpdf.enums import MethodReturnValue
 from PIL import Image
 
 from retina.checkpoint import CheckpointMeta
+from retina.formatting import fmt_ci, fmt_number
 from retina.referral import RESEARCH_NOTE
 
 __all__ = [
@@ -741,21 +741,6 @@ _METRIC_NAMES = (
 )
 
 
-def _num(value: Any) -> str:
-    """``0.123`` for a finite number, ``n/a`` for anything else (hand-edited or older checkpoints)."""
-    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
-
-
-def _ci(ev: dict[str, Any], key: str) -> str:
-    value = ev.get(key)
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    ci = ev.get(f"{key}_ci95")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return f"{value:.3f}"
-
-
 def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str]:
     """Headline validation figures from the model card (95% bootstrap CIs) and where they come from."""
     evaluations = (meta.card or {}).get("evaluations") or {}
@@ -770,9 +755,9 @@ def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str]:
         keys = _METRIC_NAMES if i == 0 else [k for k in _METRIC_NAMES if k[0] == "referable_roc_auc"]
         for key, name in keys:
             if key in ev and ev[key] is not None:
-                rows.append((name + tag, _ci(ev, key)))
+                rows.append((name + tag, fmt_ci(ev.get(key), ev.get(f"{key}_ci95"))))
         sources.append(str(ev.get("title", "")))
     if "ece_val_before" in meta.calibration:
-        before, after = _num(meta.calibration["ece_val_before"]), _num(meta.ece_after)
+        before, after = fmt_number(meta.calibration["ece_val_before"]), fmt_number(meta.ece_after)
         rows.append(("ECE before -> after temperature scaling", f"{before} -> {after}"))
     return rows, "; ".join(s for s in sources if s)
