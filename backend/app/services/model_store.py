@@ -200,7 +200,7 @@ class ModelStore:
         beside = Path(self.settings.models_dir) / GATE_FILE
         path = Path(self.settings.gate_file or (beside if beside.is_file() else DEFAULT_MODELS_DIR / GATE_FILE))
         if not path.is_file():
-            self.problems.append(f"image gate file {path} not found (train it with python -m training.gate)")
+            self.problems.append(f"image gate file {path} not found (train it with python -m training.fit_gate)")
             return
         try:
             self.gate = ImageGate.load(path)  # a checkpoint: loads onto the CPU, where the gate runs
