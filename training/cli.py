@@ -38,16 +38,20 @@ def run_cli(
     return 0
 
 
-def setup_logging(out: Path | None = None) -> None:
-    """INFO to stderr (and ``out/train.log``); idempotent across calls in one process."""
+def setup_logging(out: Path | None = None, *, main: bool = True) -> None:
+    """INFO to stderr (and ``out/train.log``); idempotent across calls in one process.
+
+    ``main=False`` (torchrun ranks other than 0): warnings and errors only, and no log file,
+    so that one run has one log.
+    """
     root = logging.getLogger()
     if not any(getattr(h, "_retina", False) for h in root.handlers):
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         h._retina = True  # type: ignore[attr-defined]
         root.addHandler(h)
-    root.setLevel(logging.INFO)
-    if out is not None:
+    root.setLevel(logging.INFO if main else logging.WARNING)
+    if out is not None and main:
         out.mkdir(parents=True, exist_ok=True)
         for h in list(root.handlers):
             if getattr(h, "_retina_file", False):

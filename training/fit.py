@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from retina import checkpoint
 from retina.labels import DR_GRADES
@@ -30,6 +31,7 @@ from retina.preprocessing import PreprocessSpec
 from retina.runtime import resolve_device
 from retina.serialize import to_plain
 from training import config as config_mod
+from training import distributed
 from training.calibration import fit_temperature, nll
 from training.config import ConfigError
 from training.data import (
@@ -40,6 +42,7 @@ from training.data import (
     label_fraction_indices,
     smote_resample,
 )
+from training.distributed import SINGLE, Dist
 from training.engine import (
     AugmentedBatches,
     TensorBatches,
@@ -208,9 +211,14 @@ class EvalData:
 
 @dataclass
 class Trainer:
-    """Model, optimiser, schedule and loss of one run, on ``device``."""
+    """Model, optimiser, schedule and loss of one run, on ``device``.
+
+    ``model`` is what trains (``DistributedDataParallel`` around ``net`` under torchrun);
+    ``net`` is the plain network that is evaluated, resumed into and saved.
+    """
 
     model: nn.Module
+    net: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     criterion: nn.Module
@@ -218,6 +226,7 @@ class Trainer:
     channels_last: bool
     model_args: dict[str, Any]
     init: dict[str, Any]
+    dist: Dist = SINGLE
 
 
 @dataclass
@@ -254,8 +263,12 @@ def _sample_weights(cfg: dict[str, Any], bundle: DataBundle, train_idx: np.ndarr
     return sample_w
 
 
-def load_train(cfg: dict[str, Any], bundle: DataBundle, train_idx: np.ndarray) -> TrainData:
-    """Label fraction, then imbalance handling (training rows only), then the epoch iterator."""
+def load_train(cfg: dict[str, Any], bundle: DataBundle, train_idx: np.ndarray, dist: Dist = SINGLE) -> TrainData:
+    """Label fraction, then imbalance handling (training rows only), then the epoch iterator.
+
+    Under torchrun every rank builds the same iterator (same rows, weights and seed) and
+    iterates its own shard of each epoch's draw.
+    """
     table, seed = bundle.table, cfg["seed"]
     train_idx = np.asarray(train_idx)
     if cfg["label_fraction"] is not None and cfg["label_fraction"] < 1:
@@ -272,7 +285,9 @@ def load_train(cfg: dict[str, Any], bundle: DataBundle, train_idx: np.ndarray) -
     sample_w = _sample_weights(cfg, bundle, train_idx, tr_y)
     bs = cfg["batch_size"]
     if cfg["augment"] == "none":
-        loader: Any = TensorBatches(tr_x, tr_y, bs, shuffle=True, seed=seed, weights=sample_w)
+        loader: Any = TensorBatches(
+            tr_x, tr_y, bs, shuffle=True, seed=seed, weights=sample_w, num_replicas=dist.world_size, rank=dist.rank
+        )
     else:
         loader = AugmentedBatches(
             tr_x,
@@ -284,6 +299,8 @@ def load_train(cfg: dict[str, Any], bundle: DataBundle, train_idx: np.ndarray) -
             weights=sample_w,
             num_workers=cfg["num_workers"],
             num_samples=cfg["epoch_images"],
+            num_replicas=dist.world_size,
+            rank=dist.rank,
         )
     return TrainData(loader=loader, n_images=len(tr_y), class_weights=weights)
 
@@ -302,8 +319,13 @@ def build_trainer(
     *,
     init_backbone: dict[str, torch.Tensor] | None = None,
     freeze_backbone: bool = False,
+    dist: Dist = SINGLE,
 ) -> Trainer:
-    """Model (warm-started or SimCLR backbone, optionally frozen), optimiser, cosine schedule, loss."""
+    """Model (warm-started or SimCLR backbone, optionally frozen), optimiser, cosine schedule, loss.
+
+    Under torchrun the network is wrapped in ``DistributedDataParallel`` (which makes every
+    rank start from rank 0's weights and averages the gradients of each step).
+    """
     model, model_args, init = build_for_training(cfg, bundle.spec, len(bundle.table.class_names))
     if init_backbone is not None:
         model.backbone.load_state_dict(init_backbone)
@@ -314,7 +336,10 @@ def build_trainer(
     channels_last = bool(cfg["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model)
+    net = model
+    if dist.enabled:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(cfg, net)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg["epochs"]))
         if cfg["scheduler"] == "cosine"
@@ -325,22 +350,23 @@ def build_trainer(
         weight=w.to(device) if w is not None else None, label_smoothing=cfg["label_smoothing"]
     )
     logger.info(
-        "%s: %d parameters (%d trainable), %d training images, batch %d, %d epochs",
+        "%s: %d parameters (%d trainable), %d training images, batch %d x %d processes, %d epochs",
         cfg["model"]["arch"],
-        sum(p.numel() for p in model.parameters()),
-        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        sum(p.numel() for p in net.parameters()),
+        sum(p.numel() for p in net.parameters() if p.requires_grad),
         train.n_images,
         cfg["batch_size"],
+        dist.world_size,
         cfg["epochs"],
     )
-    return Trainer(model, optimizer, scheduler, criterion, device, channels_last, model_args, init)
+    return Trainer(model, net, optimizer, scheduler, criterion, device, channels_last, model_args, init, dist)
 
 
 def resume_progress(resume: dict[str, Any] | None, trainer: Trainer, out: Path) -> Progress:
     """A fresh :class:`Progress`, or the model/optimiser/schedule and progress stored in a ``last.pt``."""
     if resume is None:
         return Progress()
-    trainer.model.load_state_dict(resume["state_dict"])
+    trainer.net.load_state_dict(resume["state_dict"])  # every rank reads the same last.pt
     st = resume["extra"]["resume"]
     trainer.optimizer.load_state_dict(st["optimizer"])
     if trainer.scheduler is not None and st.get("scheduler"):
@@ -373,9 +399,15 @@ def _resume_payload(trainer: Trainer, progress: Progress, epoch: int) -> dict[st
 
 def _epoch_row(
     cfg: dict[str, Any], trainer: Trainer, train: TrainData, val: EvalData, spec: PreprocessSpec, epoch: int
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Train one epoch and score the validation split; returns ``(history row, val logits (N, K))``."""
-    torch.manual_seed(cfg["seed"] + epoch)  # augmentation/dropout RNG: same stream after a resume
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Train one epoch and score the validation split; returns ``(history row, val logits (N, K))``.
+
+    Training statistics are those of all ranks together; the validation split is scored on
+    rank 0 only (the other ranks get ``None`` logits and a row without ``val_*``).
+    """
+    # Augmentation/dropout RNG: the same stream after a resume; a different one per rank
+    # (rank 0's is the single-process one), so that ranks do not draw identical augmentations.
+    torch.manual_seed(cfg["seed"] + epoch + 1_000_003 * trainer.dist.rank)
     lr = trainer.optimizer.param_groups[0]["lr"]
     stats = _train_epoch(
         trainer.model,
@@ -387,9 +419,13 @@ def _epoch_row(
         epoch,
         cfg,
         trainer.channels_last,
+        progress=cfg["progress"] and trainer.dist.is_main,  # one progress bar, rank 0's
     )
+    stats = distributed.reduce_epoch_stats(stats, trainer.dist, trainer.device)
     if trainer.scheduler is not None:
         trainer.scheduler.step()
+    if not trainer.dist.is_main:
+        return {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"], "lr": lr}, None
     logits = _predict(cfg, trainer, val, spec)
     v_pred = logits.argmax(1)
     with quiet_sklearn():  # tiny val sets miss classes the model predicts
@@ -420,55 +456,82 @@ def run_epochs(
     *,
     keep_last: bool = True,
 ) -> None:
-    """Epochs ``progress.start_epoch..epochs`` with early stopping; writes ``best.pt``/``last.pt``/history."""
-    es = cfg["early_stopping"]
+    """Epochs ``progress.start_epoch..epochs`` with early stopping; writes ``best.pt``/``last.pt``/history.
+
+    Under torchrun rank 0 keeps the books and decides when to stop; the others follow its verdict.
+    """
     for epoch in range(progress.start_epoch, cfg["epochs"] + 1):
         row, logits = _epoch_row(cfg, trainer, train, val, bundle.spec, epoch)
-        progress.history.append(row)
-        v_loss, v_bal = row["val_loss"], row["val_balanced_accuracy"]
-        v_score = v_bal
-        if es["metric"] == "val_referable_auc":
-            v_score = row["val_referable_auc"] = referable_auc(logits, val.labels, bundle.table.class_names)
-        improved = _better(es["metric"], v_score, v_loss, progress.best)
-        if improved:
-            progress.best, progress.best_epoch, progress.bad_epochs = (v_score, v_loss), epoch, 0
-            progress.best_state = {k: v.detach().clone() for k, v in _plain_state(trainer.model).items()}
-            checkpoint.save(
-                out / "best.pt",
-                trainer.model,
-                **base_meta,
-                metrics={"val": {"loss": v_loss, "balanced_accuracy": v_bal}, "best_epoch": epoch, "final": False},
-            )
-        else:
-            progress.bad_epochs += 1
-        logger.info(
-            "epoch %d/%d train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f | %.0f img/s %.1fs%s",
-            epoch,
-            cfg["epochs"],
-            row["train_loss"],
-            row["train_acc"],
-            v_loss,
-            row["val_accuracy"],
-            v_bal,
-            row["images_per_s"],
-            row["seconds"],
-            " *" if improved else "",
-        )
-        if keep_last:
-            resume_state = _resume_payload(trainer, progress, epoch)
-            checkpoint.save(
-                out / "last.pt", trainer.model, **base_meta, metrics={"epoch": epoch}, extra={"resume": resume_state}
-            )
-        _write_history(out / "history.csv", progress.history)
-        if es["patience"] and progress.bad_epochs >= es["patience"]:
-            logger.info("early stopping: no improvement of %s for %d epochs", es["metric"], progress.bad_epochs)
+        stop = None
+        if trainer.dist.is_main:
+            assert logits is not None
+            stop = _record_epoch(cfg, bundle, trainer, val, progress, out, base_meta, row, logits, keep_last)
+        if distributed.broadcast(stop, trainer.dist):
             break
+
+
+def _record_epoch(
+    cfg: dict[str, Any],
+    bundle: DataBundle,
+    trainer: Trainer,
+    val: EvalData,
+    progress: Progress,
+    out: Path,
+    base_meta: dict[str, Any],
+    row: dict[str, Any],
+    logits: np.ndarray,
+    keep_last: bool,
+) -> bool:
+    """Book one epoch (history, ``best.pt`` when it improved, ``last.pt``); returns whether to stop early."""
+    es = cfg["early_stopping"]
+    epoch = row["epoch"]
+    progress.history.append(row)
+    v_loss, v_bal = row["val_loss"], row["val_balanced_accuracy"]
+    v_score = v_bal
+    if es["metric"] == "val_referable_auc":
+        v_score = row["val_referable_auc"] = referable_auc(logits, val.labels, bundle.table.class_names)
+    improved = _better(es["metric"], v_score, v_loss, progress.best)
+    if improved:
+        progress.best, progress.best_epoch, progress.bad_epochs = (v_score, v_loss), epoch, 0
+        progress.best_state = {k: v.detach().clone() for k, v in _plain_state(trainer.net).items()}
+        checkpoint.save(
+            out / "best.pt",
+            trainer.net,
+            **base_meta,
+            metrics={"val": {"loss": v_loss, "balanced_accuracy": v_bal}, "best_epoch": epoch, "final": False},
+        )
+    else:
+        progress.bad_epochs += 1
+    logger.info(
+        "epoch %d/%d train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f | %.0f img/s %.1fs%s",
+        epoch,
+        cfg["epochs"],
+        row["train_loss"],
+        row["train_acc"],
+        v_loss,
+        row["val_accuracy"],
+        v_bal,
+        row["images_per_s"],
+        row["seconds"],
+        " *" if improved else "",
+    )
+    if keep_last:
+        resume_state = _resume_payload(trainer, progress, epoch)
+        checkpoint.save(
+            out / "last.pt", trainer.net, **base_meta, metrics={"epoch": epoch}, extra={"resume": resume_state}
+        )
+    _write_history(out / "history.csv", progress.history)
+    if es["patience"] and progress.bad_epochs >= es["patience"]:
+        logger.info("early stopping: no improvement of %s for %d epochs", es["metric"], progress.bad_epochs)
+        return True
+    return False
 
 
 def _predict(cfg: dict[str, Any], trainer: Trainer, data: EvalData, spec: PreprocessSpec) -> np.ndarray:
     """Logits ``(N, K)`` of ``data`` in row order."""
+    # The plain network: a DDP forward on rank 0 alone would wait for the other ranks.
     logits, _ = predict_logits(
-        trainer.model, data.loader, trainer.device, spec, amp=cfg["amp"], channels_last=trainer.channels_last
+        trainer.net, data.loader, trainer.device, spec, amp=cfg["amp"], channels_last=trainer.channels_last
     )
     return logits
 
@@ -500,8 +563,8 @@ def finalise(
     base_meta: dict[str, Any],
     extra_metrics: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Best epoch back in, temperature fitted on val, val/test scored, the final ``best.pt`` written."""
-    table, spec, model = bundle.table, bundle.spec, trainer.model
+    """Best epoch back in, temperature fitted on val, val/test scored, the final ``best.pt`` written (rank 0)."""
+    table, spec, model = bundle.table, bundle.spec, trainer.net
     if progress.best_state is not None:
         model.load_state_dict(progress.best_state)
     model.eval()
@@ -569,6 +632,7 @@ def fit(
     data_extra: dict[str, Any] | None = None,
     extra_metrics: dict[str, Any] | None = None,
     keep_last: bool = True,
+    dist: Dist = SINGLE,
 ) -> FitResult:
     """Train on ``train_idx``, early-stop on ``val_idx``, score ``test_idx``; write checkpoints.
 
@@ -585,22 +649,33 @@ def fit(
         data_extra: merged into the checkpoint's ``data`` block.
         extra_metrics: merged into the checkpoint's ``metrics`` block (e.g. ``cv``).
         keep_last: also write ``last.pt`` (resume state) every epoch.
+        dist: this process's place under torchrun (:mod:`training.distributed`); the default
+            is one process. Only rank 0 writes files and returns the metrics; the other ranks
+            return a :class:`FitResult` without ``best_path`` or metrics.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg["seed"])
-    threads = set_threads(cfg["threads"])
-    device = resolve_device(cfg["device"])
+    seed_everything(cfg["seed"])  # the same on every rank: DDP starts all from rank 0's weights anyway
+    device = distributed.init(dist, resolve_device(cfg["device"]))
+    threads = set_threads(distributed.threads_per_process(cfg["threads"], dist))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     logger.info("device %s, %d CPU threads", device, threads)
-    train = load_train(cfg, bundle, train_idx)
+    train = load_train(cfg, bundle, train_idx, dist)
     val = load_eval(cfg, bundle, val_idx)
-    trainer = build_trainer(cfg, bundle, train, device, init_backbone=init_backbone, freeze_backbone=freeze_backbone)
+    trainer = build_trainer(
+        cfg, bundle, train, device, init_backbone=init_backbone, freeze_backbone=freeze_backbone, dist=dist
+    )
     progress = resume_progress(resume, trainer, out)
     base_meta = _base_meta(cfg, bundle, trainer.model_args, trainer.init, data_extra)
     run_epochs(cfg, bundle, trainer, train, val, progress, out, base_meta, keep_last=keep_last)
-    return finalise(cfg, bundle, trainer, progress, val, test_idx, out, base_meta, extra_metrics)
+    if not dist.is_main:
+        distributed.barrier(dist)  # until rank 0 has written the final checkpoint
+        k = len(bundle.table.class_names)
+        return FitResult(trainer.net, None, progress.best_epoch, {}, {}, np.zeros((0, k)), None, [], trainer.model_args)
+    result = finalise(cfg, bundle, trainer, progress, val, test_idx, out, base_meta, extra_metrics)
+    distributed.barrier(dist)
+    return result
 
 
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -617,6 +692,8 @@ def _train_epoch(
     epoch: int,
     cfg: dict[str, Any],
     channels_last: bool,
+    *,
+    progress: bool | None = None,
 ) -> dict[str, float]:
     # train_one_epoch calls model.train(); re-freeze BN of frozen layers right after via a hook.
     handle = model.register_forward_pre_hook(lambda m, _: keep_frozen_bn_eval(m))
@@ -631,7 +708,7 @@ def _train_epoch(
             epoch=epoch,
             amp=cfg["amp"],
             channels_last=channels_last,
-            progress=cfg["progress"],
+            progress=cfg["progress"] if progress is None else progress,
         )
     finally:
         handle.remove()
