@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 
@@ -25,10 +18,10 @@ from retina import checkpoint
 from retina.gate import GATE_FILE
 from retina.labels import OCT_CLASSES
 from retina.models import build_model
-from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
+from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import decode_image, eval_transform, get_preset
 from retina.registry import ModelSpec
-from tests.conftest import save_random_checkpoint
+from tests.support import save_random_checkpoint
 
 SMALL_ID = "oct-small"
 SMALL_TEMPERATURE = 2.0
@@ -129,43 +122,3 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(m.group(3))
     return total
-
-
-@contextmanager
-def uvicorn_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m uvicorn backend.main:app`` on a free loopback port, ready (``/ready`` 200) when yielded.
-
-    Yields ``(process, base_url)``; the server is stopped (TERM, then KILL) on exit if still alive.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server never became ready:\n" + log_path.read_text()
-                time.sleep(0.2)
-            yield proc, base
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()

@@ -18,7 +18,8 @@ import pytest
 
 from frontend import ui
 from retina.registry import default_for
-from tests.frontend.conftest import APP, REPO, backend_predict, free_port, serve
+from tests.frontend.conftest import APP, REPO, backend_predict
+from tests.support import free_port, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
