@@ -265,6 +265,24 @@ def _read_medmnist(path: Path, label_scheme: str) -> ImageTable:
     )
 
 
+def _oct_table(
+    paths: list[str], labels: list[int], groups: list[str], split: np.ndarray | None, source: str, root: Path | str
+) -> ImageTable:
+    """An OCT :class:`ImageTable` (no pixels loaded yet) from parallel path / label / patient lists."""
+    return ImageTable(
+        paths=paths,
+        labels=np.array(labels, dtype=np.int64),
+        groups=np.array(groups, dtype=str),
+        class_names=OCT_CLASSES,
+        task="oct",
+        split=split,
+        images=None,
+        sizes=_image_sizes(paths),
+        source=source,
+        root=str(root),
+    )
+
+
 def _read_oct2017(path: Path, label_scheme: str) -> ImageTable:
     paths, labels, groups, splits = [], [], [], []
     present = [s for s in SPLITS if (path / s).is_dir()]
@@ -286,18 +304,7 @@ def _read_oct2017(path: Path, label_scheme: str) -> ImageTable:
                 labels.append(OCT_CLASSES.index(cls_dir.name.upper()))
                 groups.append(m["pid"])
                 splits.append(s)
-    return ImageTable(
-        paths=paths,
-        labels=np.array(labels, dtype=np.int64),
-        groups=np.array(groups, dtype=str),
-        class_names=OCT_CLASSES,
-        task="oct",
-        split=np.array(splits),
-        images=None,
-        sizes=_image_sizes(paths),
-        source="oct2017",
-        root=str(path),
-    )
+    return _oct_table(paths, labels, groups, np.array(splits), "oct2017", path)
 
 
 def _rows(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -411,18 +418,7 @@ def _read_labels_csv(path: Path, label_scheme: str) -> ImageTable:
         pid = (r.get("patient_id") or "").strip()
         groups.append(pid or r["path"].strip())
     if is_oct:
-        return ImageTable(
-            paths=paths,
-            labels=np.array(labels, dtype=np.int64),
-            groups=np.array(groups, dtype=str),
-            class_names=OCT_CLASSES,
-            task="oct",
-            split=None,
-            images=None,
-            sizes=_image_sizes(paths),
-            source="csv",
-            root=str(root),
-        )
+        return _oct_table(paths, labels, groups, None, "csv", root)
     return _fundus_table(csv_path, root, list(zip(paths, labels, groups, strict=True)), label_scheme, "csv")
 
 

@@ -216,11 +216,13 @@ def upload_routes(routers: Iterable[APIRouter]) -> dict[str, bool]:
     return found
 
 
-def _body_limits(settings: Settings, uploads: dict[str, bool]) -> Callable[[str], tuple[int, str] | None]:
+def _body_limits(settings: Settings, uploads: dict[str, bool] | None = None) -> Callable[[str], tuple[int, str] | None]:
     """Route path -> (most body bytes, the limit in words): one file per upload route, N on a multi-file one.
 
-    ``uploads`` is :func:`upload_routes`: path -> takes several files.
+    ``uploads`` is :func:`upload_routes` (path -> takes several files), by default of :data:`ROUTERS`.
     """
+    if uploads is None:
+        uploads = upload_routes(m.router for m in ROUTERS)
     per_file = settings.max_upload_bytes + _MULTIPART_SLACK
     mb = f"{settings.max_upload_mb:g} MB"
     file_limit = (per_file, f"the upload limit of {mb} per file (RETINA_MAX_UPLOAD_MB)")
@@ -329,9 +331,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
 
     # Middleware: the last added is the outermost.
-    app.add_middleware(
-        UploadLimitMiddleware, limit_for=_body_limits(settings, upload_routes(m.router for m in ROUTERS))
-    )
+    app.add_middleware(UploadLimitMiddleware, limit_for=_body_limits(settings))
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics"],
