@@ -37,6 +37,7 @@ from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
 from retina.registry import ModelSpec
 
 VENV_BIN = Path(sys.executable).parent
+APP = REPO_ROOT / "frontend" / "app.py"  # the Streamlit entry point
 
 # ----------------------------------------------------------------------------- ports and probes
 
@@ -226,6 +227,14 @@ def caddy_password_hash(caddy: str, password: str) -> str:
     return subprocess.run(
         [caddy, "hash-password", "--plaintext", password], capture_output=True, text=True, check=True, timeout=60
     ).stdout.strip()
+
+
+def backend_predict(url: str, path: Path, model: str) -> dict:
+    """The backend's own answer for ``path``: what the UI must show."""
+    with open(path, "rb") as f:
+        resp = requests.post(f"{url}/predict", params={"model": model}, files={"file": (path.name, f)}, timeout=60)
+    resp.raise_for_status()
+    return resp.json()
 
 
 # ----------------------------------------------------------------------------- checkpoint factories

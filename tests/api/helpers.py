@@ -6,14 +6,18 @@ import io
 import re
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 
 from backend.app.core.config import Settings
+from backend.app.main import create_app
 from retina import checkpoint
 from retina.gate import GATE_FILE
 from retina.labels import OCT_CLASSES
@@ -49,6 +53,13 @@ def save_small_model(path: Path) -> Path:
 def save_lively_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
     """A random-weight checkpoint whose output depends on its input (see tests/conftest.py)."""
     return save_random_checkpoint(spec, path, seed)
+
+
+@contextmanager
+def app_client(settings: Settings) -> Iterator[TestClient]:
+    """``TestClient`` of ``create_app(settings)`` with its lifespan running (models loaded)."""
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 def base_settings(models_dir: Path, **overrides: Any) -> Settings:

@@ -12,9 +12,6 @@ import requests
 
 from tests.support import free_port, serve
 
-REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "frontend" / "app.py"
-
 
 def backend_env(models_dir: Path) -> dict[str, str]:
     """Environment of a test backend: tiny models, one thread each (2 shared cores), no API key."""
@@ -63,11 +60,3 @@ def oct_image(oct_dev: Path) -> Path:
 @pytest.fixture(scope="session")
 def fundus_image(fundus_dev: Path) -> Path:
     return sorted(fundus_dev.rglob("*.jpeg"))[0]
-
-
-def backend_predict(url: str, path: Path, model: str) -> dict:
-    """The backend's own answer for ``path``: what the UI must show."""
-    with open(path, "rb") as f:
-        resp = requests.post(f"{url}/predict", params={"model": model}, files={"file": (path.name, f)}, timeout=60)
-    resp.raise_for_status()
-    return resp.json()
