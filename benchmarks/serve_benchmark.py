@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Same OpenMP policy as the service (backend/__init__.py), so the offline loop is not slowed
-# by spinning threads on a busy machine either. Must precede the torch import.
+# Same OpenMP policy as the service (Settings.omp_wait_policy, applied by backend/main.py), so the
+# offline loop is not slowed by spinning threads on a busy machine either. Must precede the torch import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import httpx  # noqa: E402

@@ -28,7 +28,8 @@ from torch import nn
 
 from retina.models import build_model
 from retina.preprocessing import PreprocessSpec, get_preset
-from training.engine import TensorBatches, resolve_device, set_threads, to_model_input, train_one_epoch
+from retina.runtime import resolve_device
+from training.engine import TensorBatches, set_threads, to_model_input, train_one_epoch
 from training.fit import keep_frozen_bn_eval
 
 logger = logging.getLogger("benchmarks.train_throughput")

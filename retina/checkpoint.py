@@ -28,6 +28,7 @@ from retina import __version__
 from retina.errors import CheckpointError
 from retina.models import ARCHS, build_model
 from retina.preprocessing import PreprocessSpec
+from retina.serialize import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +161,8 @@ def save(
     }
     _check_plain({k: v for k, v in ckpt.items() if k not in ("state_dict", "int8_scales")})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint behind
+    with atomic_write(path) as tmp:  # a crash never leaves a half-written checkpoint behind
+        torch.save(ckpt, tmp)
     return path
 
 
@@ -221,9 +220,8 @@ def update_meta(path: str | Path, **fields: Any) -> Path:
     ckpt.update(fields)
     _check_plain({k: v for k, v in ckpt.items() if k not in ("state_dict", "int8_scales")})
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
     return path
 
 

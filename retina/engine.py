@@ -29,7 +29,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +41,7 @@ from torch import nn
 
 from retina.checkpoint import CheckpointMeta
 from retina.preprocessing import tail
+from retina.serialize import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -203,15 +204,10 @@ class EngineCache:
         return self._write
 
 
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temp path beside ``final`` that replaces it only when the block succeeds (no half files)."""
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _atomic_path(final: Path) -> contextlib.AbstractContextManager[Path]:
+    """``retina.serialize.atomic_write`` with this process's id in the temp name: several workers (uvicorn,
+    the batch scorer's pool, Ray actors) may export the same checkpoint at once."""
+    return atomic_write(final, suffix=f".{os.getpid()}.tmp{final.suffix}")
 
 
 @lru_cache(maxsize=1)

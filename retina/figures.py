@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from retina.formatting import fmt_ci
+
 __all__ = ["HEADLINE", "Evaluation", "Figure", "figure_text", "model_figures", "split_kind"]
 
 # (key in card["evaluations"][name], label). ECE is labelled by :func:`_ece_label`: every shipped
@@ -50,13 +52,11 @@ def _finite(value: Any) -> bool:
 
 
 def figure_text(value: Any, ci95: Any = None) -> str:
-    """How every figure is printed: ``0.921 [0.900, 0.940]`` (3 decimals, 95% interval), ``n/a`` when missing."""
-    if not _finite(value):
-        return "n/a"
-    text = f"{value:.3f}"
-    if isinstance(ci95, list | tuple) and len(ci95) == 2 and all(_finite(c) for c in ci95):
-        text += f" [{ci95[0]:.3f}, {ci95[1]:.3f}]"
-    return text
+    """How every figure is printed: ``0.921 [0.900, 0.940]`` (3 decimals, 95% interval), ``n/a`` when missing.
+
+    ``retina.formatting.fmt_ci`` is the one formatter; a figure that is not a finite number is ``n/a``.
+    """
+    return fmt_ci(value, ci95) if _finite(value) else "n/a"
 
 
 def split_kind(name: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,6 +37,16 @@ def map_grade(grade: int, scheme: str) -> int | None:
     raise ValueError(f"unknown fundus label scheme {scheme!r}; known: {sorted(SCHEME_CLASSES)}")
 
 
+def p_grade_at_least(grade_probs: Any, min_grade: int) -> Any:
+    """P(grade >= ``min_grade``): the sum of grade probabilities ``min_grade..4``.
+
+    ``grade_probs`` ``(..., 5)`` in ``[0, 1]`` -> ``(...)`` float64 (a NumPy scalar for one image).
+    The one definition of referable DR (``min_grade=2``) and any DR (``1``) for serving,
+    referral, metrics and plots.
+    """
+    return np.asarray(grade_probs, dtype=np.float64)[..., min_grade:].sum(axis=-1)
+
+
 def derived_dr_probabilities(grade_probs: np.ndarray) -> dict[str, float]:
     """Binary DR probabilities derived from 5-grade probabilities ``(5,)``.
 
@@ -45,4 +55,4 @@ def derived_dr_probabilities(grade_probs: np.ndarray) -> dict[str, float]:
     p = np.asarray(grade_probs, dtype=np.float64)
     if p.shape != (5,):
         raise ValueError(f"expected 5 grade probabilities, got shape {p.shape}")
-    return {"referable": float(p[2:].sum()), "any": float(p[1:].sum())}
+    return {"referable": float(p_grade_at_least(p, 2)), "any": float(p_grade_at_least(p, 1))}

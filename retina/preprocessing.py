@@ -32,7 +32,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 # Decoding has its own module; these names stay importable from here for modules written against
-# the old layout (training/gate.py, which another branch is editing, reads load_image from here).
+# the old layout (training/fit_gate.py reads load_image from here).
 from retina.decode import decode_image, load_image, to_standard_mode
 from retina.errors import ImageDecodeError
 

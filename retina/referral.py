@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from retina.labels import DR_GRADES, OCT_CLASSES
+from retina.labels import DR_GRADES, OCT_CLASSES, p_grade_at_least
 
 
 class Thresholds(Protocol):
@@ -145,7 +145,7 @@ def referral_for(
         t_urgent = threshold_for("referral_fundus_urgent", settings, meta)
         t_refer = threshold_for("referral_fundus_refer", settings, meta)
         p4 = float(probs[4])
-        p_ref = float(probs[2:].sum())
+        p_ref = float(p_grade_at_least(probs, 2))
         if p4 >= t_urgent and p_ref >= t_refer:
             return _ref("urgent", ADVICE["urgent_fundus"], "P(proliferative)", p4, t_urgent, ">=")
         if p_ref >= t_refer:

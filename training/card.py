@@ -26,6 +26,7 @@ import torch
 
 from retina import checkpoint
 from retina.figures import figure_text
+from retina.formatting import fmt_ci, fmt_number
 from retina.models import build_model, count_parameters
 
 logger = logging.getLogger("training.card")
@@ -35,14 +36,6 @@ INTENDED_USE = (
     "for models trained on larger data. Not a medical device, not validated for clinical use; its outputs are not "
     "a diagnosis and must not drive patient care."
 )
-
-
-def _fmt(x: Any, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and x != x):
-        return "n/a"
-    if isinstance(x, (int, float)):
-        return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
-    return str(x)
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
@@ -80,27 +73,26 @@ def _metrics_section(title: str, m: dict[str, Any], images: list[str]) -> list[s
         f"({m.get('bootstrap', {}).get('resamples', 'n/a')} resamples)",
         f"- accuracy {_ci(m, 'accuracy')}",
         f"- balanced accuracy {_ci(m, 'balanced_accuracy')}",
-        f"- macro F1 {_ci(m, 'macro_f1')}, weighted F1 {_fmt(m.get('weighted_f1'))}",
-        f"- expected calibration error (15 bins) {_fmt(m.get('ece'))}",
+        f"- macro F1 {_ci(m, 'macro_f1')}, weighted F1 {fmt_number(m.get('weighted_f1'))}",
+        f"- expected calibration error (15 bins) {fmt_number(m.get('ece'))}",
     ]
     ref = m.get("referable")
     if ref:
-        ci = ref.get("roc_auc_ci95")
-        ci_s = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
         lines.append(
-            f"- **referable DR (grade >= 2) ROC AUC {_fmt(ref.get('roc_auc'))}{ci_s}**; sensitivity at 90% "
-            f"specificity {_fmt(ref.get('sensitivity_at_90_specificity'))} "
+            f"- **referable DR (grade >= 2) ROC AUC {_ci(ref, 'roc_auc')}**; sensitivity at 90% "
+            f"specificity {fmt_number(ref.get('sensitivity_at_90_specificity'))} "
             f"({ref.get('n_positive')} referable / {ref.get('n_negative')} not)"
         )
     if m.get("any_dr"):
-        lines.append(f"- any DR (grade >= 1) ROC AUC {_fmt(m['any_dr'].get('roc_auc'))}")
+        lines.append(f"- any DR (grade >= 1) ROC AUC {fmt_number(m['any_dr'].get('roc_auc'))}")
     per = m.get("per_class") or {}
     if per:
         lines += ["", "| class | support | sensitivity | specificity | precision | F1 |", "|---|---|---|---|---|---|"]
         for c, v in per.items():
             lines.append(
-                f"| {c} | {v.get('support')} | {_fmt(v.get('sensitivity'))} | {_fmt(v.get('specificity'))} | "
-                f"{_fmt(v.get('precision'))} | {_fmt(v.get('f1'))} |"
+                f"| {c} | {v.get('support')} | {fmt_number(v.get('sensitivity'))} | "
+                f"{fmt_number(v.get('specificity'))} | "
+                f"{fmt_number(v.get('precision'))} | {fmt_number(v.get('f1'))} |"
             )
     lines.append("")
     lines += [f"![{Path(i).stem}]({i})" for i in images]
@@ -117,14 +109,14 @@ def _calibration_line(cal: dict[str, Any]) -> str:
     where = cal.get("fitted_on", "val")
     where = "the validation split" if where == "val" else where
     line = (
-        f"- softmax temperature {_fmt(cal.get('temperature', 1.0))} (temperature scaling), fitted on {where} "
-        f"(n = {cal.get('n')}); ECE {_fmt(cal.get('ece_val_before'))} -> {_fmt(cal.get('ece_val_after'))}, "
-        f"NLL {_fmt(cal.get('nll_before'))} -> {_fmt(cal.get('nll_after'))}"
+        f"- softmax temperature {fmt_number(cal.get('temperature', 1.0))} (temperature scaling), fitted on {where} "
+        f"(n = {cal.get('n')}); ECE {fmt_number(cal.get('ece_val_before'))} -> {fmt_number(cal.get('ece_val_after'))}, "
+        f"NLL {fmt_number(cal.get('nll_before'))} -> {fmt_number(cal.get('nll_after'))}"
     )
     if "ece_crossfit_after" in cal:
         line += (
             f"; cross-fitted (each patient scaled by a T fitted without them): ECE "
-            f"{_fmt(cal.get('ece_val_before'))} -> {_fmt(cal['ece_crossfit_after'])}"
+            f"{fmt_number(cal.get('ece_val_before'))} -> {fmt_number(cal['ece_crossfit_after'])}"
         )
     return line
 
@@ -139,10 +131,8 @@ def _operating_points_section(points: dict[str, Any]) -> list[str]:
     for name, p in points.items():
         rows = [("fit", p.get("fit") or {})] + list((p.get("checks") or {}).items())
         for set_name, r in rows:
-            sens = f"{_fmt(r.get('sensitivity'))} ({_fmt((r.get('sensitivity_ci95') or [None])[0])}-"
-            sens += f"{_fmt((r.get('sensitivity_ci95') or [None, None])[1])})"
-            spec = f"{_fmt(r.get('specificity'))} ({_fmt((r.get('specificity_ci95') or [None])[0])}-"
-            spec += f"{_fmt((r.get('specificity_ci95') or [None, None])[1])})"
+            sens = fmt_ci(r.get("sensitivity"), r.get("sensitivity_ci95"), style="dash")
+            spec = fmt_ci(r.get("specificity"), r.get("specificity_ci95"), style="dash")
             lines.append(
                 f"| {name}: {p.get('score')} >= t | {p['threshold']:.4f} | {p.get('fitted_on')} | {set_name} | "
                 f"{sens} | {spec} | {r.get('n')} ({r.get('n_positive')}) |"

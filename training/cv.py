@@ -29,14 +29,15 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from retina import checkpoint
+from retina.serialize import to_plain
 from training import config as config_mod
+from training.cli import run_cli, setup_logging
 from training.config import ConfigError
-from training.data import prepare_data
-from training.datasets import DatasetError, ImageTable, grouped_folds
+from training.data import DataBundle, prepare_data
+from training.datasets import ImageTable, grouped_folds
 from training.evaluate import write_evaluation
-from training.fit import fit, setup_logging
-from training.metrics import compute_metrics, quiet_sklearn, to_plain
+from training.fit import FitResult, fit
+from training.metrics import compute_metrics, quiet_sklearn
 
 logger = logging.getLogger("training.cv")
 
@@ -51,19 +52,33 @@ def inner_val(table: ImageTable, pool: np.ndarray, val_frac: float, seed: int) -
     return pool[tr], pool[va]
 
 
-def run(cfg: dict[str, Any], folds: int, out: Path, *, final: bool = False) -> dict[str, Any]:
-    """Cross-validate ``cfg``; returns the out-of-fold metrics (also written to ``out``)."""
-    if cfg["simclr"] is not None:
-        raise ConfigError("training.cv runs supervised configs; SimCLR is cross-validated by its fine-tuning only")
-    bundle = prepare_data(cfg, splits=False)
+def _fold_row(i: int, table: ImageTable, held: np.ndarray, res: FitResult) -> dict[str, Any]:
+    """Scores of one fold's held-out predictions (temperature-scaled, argmax)."""
+    assert res.test_probs is not None
+    y, p = table.labels[held], res.test_probs.argmax(1)
+    with quiet_sklearn():
+        fold_bal = float(balanced_accuracy_score(y, p))
+    return {
+        "fold": i,
+        "n": int(len(held)),
+        "n_patients": int(len(set(table.groups[held]))),
+        "accuracy": float(accuracy_score(y, p)),
+        "balanced_accuracy": fold_bal,
+        "macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
+        "best_epoch": res.best_epoch,
+        "temperature": float(res.calibration.get("temperature", 1.0)),
+    }
+
+
+def cross_fit(
+    cfg: dict[str, Any], bundle: DataBundle, folds: int, out: Path, evaluation: str
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One :func:`fit` per fold; returns the out-of-fold probabilities ``(N, K)`` and per-fold scores."""
     table = bundle.table
     seed = cfg["data"]["seed"]
     val_frac = cfg["data"]["val_frac"] or 0.15
-    k = len(table.class_names)
-    oof = np.full((len(table), k), np.nan)
-    fold_of = np.full(len(table), -1)
+    oof = np.full((len(table), len(table.class_names)), np.nan)
     per_fold = []
-    evaluation = f"{folds}-fold patient-grouped CV"
     for i, (tr_pool, held) in enumerate(grouped_folds(table, folds, seed=seed)):
         tr, va = inner_val(table, tr_pool, val_frac, seed + i + 1)
         logger.info(
@@ -92,40 +107,24 @@ def run(cfg: dict[str, Any], folds: int, out: Path, *, final: bool = False) -> d
         )
         assert res.test_probs is not None
         oof[held] = res.test_probs
-        fold_of[held] = i
-        y, p = table.labels[held], res.test_probs.argmax(1)
-        with quiet_sklearn():
-            fold_bal = float(balanced_accuracy_score(y, p))
-        per_fold.append(
-            {
-                "fold": i,
-                "n": int(len(held)),
-                "n_patients": int(len(set(table.groups[held]))),
-                "accuracy": float(accuracy_score(y, p)),
-                "balanced_accuracy": fold_bal,
-                "macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
-                "best_epoch": res.best_epoch,
-                "temperature": float(res.calibration.get("temperature", 1.0)),
-            }
-        )
+        per_fold.append(_fold_row(i, table, held, res))
     if np.isnan(oof).any():
         raise RuntimeError("some images were never held out; grouped_folds must cover every row once")
-    metrics = compute_metrics(oof, table.labels, table.class_names, groups=table.groups, n_bootstrap=cfg["n_bootstrap"])
-    summary = {
-        f"{m}_fold_mean": float(np.mean([f[m] for f in per_fold]))
-        for m in ("accuracy", "balanced_accuracy", "macro_f1")
-    } | {
-        f"{m}_fold_std": float(np.std([f[m] for f in per_fold])) for m in ("accuracy", "balanced_accuracy", "macro_f1")
+    return oof, per_fold
+
+
+def _fold_summary(per_fold: list[dict[str, Any]]) -> dict[str, float]:
+    names = ("accuracy", "balanced_accuracy", "macro_f1")
+    return {f"{m}_fold_mean": float(np.mean([f[m] for f in per_fold])) for m in names} | {
+        f"{m}_fold_std": float(np.std([f[m] for f in per_fold])) for m in names
     }
-    metrics.update(
-        split="out-of-fold",
-        evaluation=evaluation,
-        folds=per_fold,
-        fold_summary=summary,
-        data_fingerprint=bundle.meta["fingerprint"],
-        n_folds=folds,
-        seed=seed,
-    )
+
+
+def _write_report(
+    cfg: dict[str, Any], table: ImageTable, metrics: dict[str, Any], oof: np.ndarray, out: Path, evaluation: str
+) -> None:
+    """``OUT/metrics.json``, ``report.md`` and the plots of the out-of-fold predictions."""
+    per_fold = metrics["folds"]
     context = {
         "config": cfg["name"],
         "model": f"{cfg['model']['arch']} {cfg['model']['args']}",
@@ -143,6 +142,58 @@ def run(cfg: dict[str, Any], folds: int, out: Path, *, final: bool = False) -> d
         context=context,
         paths=[p or str(j) for j, p in enumerate(table.paths)],
     )
+
+
+def fit_final(
+    cfg: dict[str, Any], bundle: DataBundle, metrics: dict[str, Any], folds: int, out: Path, evaluation: str
+) -> Path | None:
+    """One model on all the data (inner validation split), carrying the CV metrics; returns its ``best.pt``."""
+    table = bundle.table
+    tr, va = inner_val(table, np.arange(len(table)), cfg["data"]["val_frac"] or 0.15, cfg["data"]["seed"])
+    c = copy.deepcopy(cfg)
+    c["out"] = str(out / "final")
+    cv_block = {k_: v for k_, v in metrics.items() if k_ not in ("checkpoint",)}
+    res = fit(
+        c,
+        bundle,
+        out / "final",
+        train_idx=tr,
+        val_idx=va,
+        test_idx=None,
+        data_extra={
+            "evaluation": evaluation,
+            "splits": {
+                "train": {"images": int(len(tr)), "patients": int(len(set(table.groups[tr])))},
+                "val": {"images": int(len(va)), "patients": int(len(set(table.groups[va])))},
+                "test": {"images": 0, "patients": 0},
+            },
+            "cv_folds": folds,
+        },
+        extra_metrics={"cv": to_plain(cv_block)},
+    )
+    logger.info("final model on all data: %s", res.best_path)
+    return res.best_path
+
+
+def run(cfg: dict[str, Any], folds: int, out: Path, *, final: bool = False) -> dict[str, Any]:
+    """Cross-validate ``cfg``; returns the out-of-fold metrics (also written to ``out``)."""
+    if cfg["simclr"] is not None:
+        raise ConfigError("training.cv runs supervised configs; SimCLR is cross-validated by its fine-tuning only")
+    bundle = prepare_data(cfg, splits=False)
+    table = bundle.table
+    evaluation = f"{folds}-fold patient-grouped CV"
+    oof, per_fold = cross_fit(cfg, bundle, folds, out, evaluation)
+    metrics = compute_metrics(oof, table.labels, table.class_names, groups=table.groups, n_bootstrap=cfg["n_bootstrap"])
+    metrics.update(
+        split="out-of-fold",
+        evaluation=evaluation,
+        folds=per_fold,
+        fold_summary=_fold_summary(per_fold),
+        data_fingerprint=bundle.meta["fingerprint"],
+        n_folds=folds,
+        seed=cfg["data"]["seed"],
+    )
+    _write_report(cfg, table, metrics, oof, out, evaluation)
     logger.info(
         "CV (%d folds): accuracy %.3f %s, balanced accuracy %.3f %s, macro F1 %.3f",
         folds,
@@ -153,30 +204,7 @@ def run(cfg: dict[str, Any], folds: int, out: Path, *, final: bool = False) -> d
         metrics["macro_f1"],
     )
     if final:
-        tr, va = inner_val(table, np.arange(len(table)), val_frac, seed)
-        c = copy.deepcopy(cfg)
-        c["out"] = str(out / "final")
-        cv_block = {k_: v for k_, v in metrics.items() if k_ not in ("checkpoint",)}
-        res = fit(
-            c,
-            bundle,
-            out / "final",
-            train_idx=tr,
-            val_idx=va,
-            test_idx=None,
-            data_extra={
-                "evaluation": evaluation,
-                "splits": {
-                    "train": {"images": int(len(tr)), "patients": int(len(set(table.groups[tr])))},
-                    "val": {"images": int(len(va)), "patients": int(len(set(table.groups[va])))},
-                    "test": {"images": 0, "patients": 0},
-                },
-                "cv_folds": folds,
-            },
-            extra_metrics={"cv": to_plain(cv_block)},
-        )
-        logger.info("final model on all data: %s", res.best_path)
-        metrics["final_checkpoint"] = str(res.best_path)
+        metrics["final_checkpoint"] = str(fit_final(cfg, bundle, metrics, folds, out, evaluation))
     return metrics
 
 
@@ -188,21 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _main(args: argparse.Namespace) -> None:
+    if not args.config:
+        raise ConfigError("pass --config")
+    cfg = config_mod.from_args(args)
+    out = Path(cfg["out"] or Path("runs") / f"{cfg['name']}_cv")
+    cfg["out"] = str(out)
+    setup_logging(out)
+    run(cfg, args.folds, out, final=args.final)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        if not args.config:
-            raise ConfigError("pass --config")
-        cfg = config_mod.from_args(args)
-        out = Path(cfg["out"] or Path("runs") / f"{cfg['name']}_cv")
-        cfg["out"] = str(out)
-        setup_logging(out)
-        run(cfg, args.folds, out, final=args.final)
-    except (ConfigError, DatasetError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_cli(build_parser(), _main, argv, logger)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from retina.labels import OCT_CLASSES, SCHEME_CLASSES, map_grade
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, load_image, pil_to_uint8_tensor, prepare
+from retina.serialize import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +265,24 @@ def _read_medmnist(path: Path, label_scheme: str) -> ImageTable:
     )
 
 
+def _oct_table(
+    paths: list[str], labels: list[int], groups: list[str], split: np.ndarray | None, source: str, root: Path | str
+) -> ImageTable:
+    """An OCT :class:`ImageTable` (no pixels loaded yet) from parallel path / label / patient lists."""
+    return ImageTable(
+        paths=paths,
+        labels=np.array(labels, dtype=np.int64),
+        groups=np.array(groups, dtype=str),
+        class_names=OCT_CLASSES,
+        task="oct",
+        split=split,
+        images=None,
+        sizes=_image_sizes(paths),
+        source=source,
+        root=str(root),
+    )
+
+
 def _read_oct2017(path: Path, label_scheme: str) -> ImageTable:
     paths, labels, groups, splits = [], [], [], []
     present = [s for s in SPLITS if (path / s).is_dir()]
@@ -285,18 +304,7 @@ def _read_oct2017(path: Path, label_scheme: str) -> ImageTable:
                 labels.append(OCT_CLASSES.index(cls_dir.name.upper()))
                 groups.append(m["pid"])
                 splits.append(s)
-    return ImageTable(
-        paths=paths,
-        labels=np.array(labels, dtype=np.int64),
-        groups=np.array(groups, dtype=str),
-        class_names=OCT_CLASSES,
-        task="oct",
-        split=np.array(splits),
-        images=None,
-        sizes=_image_sizes(paths),
-        source="oct2017",
-        root=str(path),
-    )
+    return _oct_table(paths, labels, groups, np.array(splits), "oct2017", path)
 
 
 def _rows(csv_path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -410,18 +418,7 @@ def _read_labels_csv(path: Path, label_scheme: str) -> ImageTable:
         pid = (r.get("patient_id") or "").strip()
         groups.append(pid or r["path"].strip())
     if is_oct:
-        return ImageTable(
-            paths=paths,
-            labels=np.array(labels, dtype=np.int64),
-            groups=np.array(groups, dtype=str),
-            class_names=OCT_CLASSES,
-            task="oct",
-            split=None,
-            images=None,
-            sizes=_image_sizes(paths),
-            source="csv",
-            root=str(root),
-        )
+        return _oct_table(paths, labels, groups, None, "csv", root)
     return _fundus_table(csv_path, root, list(zip(paths, labels, groups, strict=True)), label_scheme, "csv")
 
 
@@ -584,10 +581,8 @@ def prepare_all(
             for i, job in enumerate(tqdm(jobs, desc="prepare", unit="img", mininterval=2)):
                 out[i] = _prepare_one(job)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        with atomic_write(cache, suffix=".tmp.npy") as tmp:  # np.save appends .npy to any other name
+            np.save(tmp, out)
     return torch.from_numpy(out)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -29,11 +28,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retina.preprocessing import PreprocessSpec, augmentations, tail
+from retina.runtime import usable_cores
 from training.datasets import PreparedDataset, check_prepared
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def shard_indices(order: torch.Tensor, num_replicas: int = 1, rank: int = 0) -> torch.Tensor:
+    """This rank's part of one epoch's draw ``order`` ``(N,)``: ``order[rank::num_replicas]``, padded.
+
+    The split is ``DistributedSampler``'s (``shuffle=False`` over the positions of the draw):
+    every rank gets ``ceil(N / num_replicas)`` positions, disjoint, together the whole draw
+    (the first few repeated as padding so that all ranks run the same number of steps).
+    The draw itself (shuffled, weighted or oversampled) is made identically on every rank
+    from the shared seed, so sharding it keeps the sampling policy exactly.
+    """
+    if num_replicas == 1:
+        return order
+    positions = torch.utils.data.DistributedSampler(
+        range(len(order)), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False
+    )
+    return order[torch.as_tensor(list(positions), dtype=torch.long)]
 
 
 def seed_everything(seed: int) -> None:
@@ -43,22 +60,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def set_threads(n: int) -> int:
     """Set torch's intra-op threads (``0`` = one per core this process may use); returns it."""
     if n <= 0:
-        try:
-            n = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            n = os.cpu_count() or 1
+        n = usable_cores()
     torch.set_num_threads(n)
     return n
 
@@ -69,7 +74,8 @@ class TensorBatches:
     Each iteration reshuffles with ``torch.Generator(seed + epoch)``, so a resumed run sees
     the same order as an uninterrupted one. ``weights`` (per-sample, e.g. inverse class
     frequency) switch to sampling with replacement, ``len(images)`` samples per epoch, the
-    in-memory equivalent of ``WeightedRandomSampler``.
+    in-memory equivalent of ``WeightedRandomSampler``. With ``num_replicas > 1`` (DDP) each
+    rank iterates its :func:`shard_indices` part of that same epoch order.
     """
 
     def __init__(
@@ -82,6 +88,8 @@ class TensorBatches:
         seed: int = 0,
         weights: torch.Tensor | None = None,
         drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.images, self.labels = check_prepared(images, labels)
         self.batch_size = batch_size
@@ -89,13 +97,14 @@ class TensorBatches:
         self.seed = seed
         self.weights = weights
         self.drop_last = drop_last
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.images)
+        n = math.ceil(len(self.images) / self.num_replicas)  # this rank's share of the draw
         # A trailing batch of 1 breaks BatchNorm in train mode; drop it rather than crash.
         if self.drop_last or (self.shuffle and n % self.batch_size == 1 and n > 1):
             return n // self.batch_size
@@ -105,10 +114,12 @@ class TensorBatches:
         n = len(self.images)
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.weights is not None:
-            return torch.multinomial(self.weights.double(), n, replacement=True, generator=g)
-        if self.shuffle:
-            return torch.randperm(n, generator=g)
-        return torch.arange(n)
+            order = torch.multinomial(self.weights.double(), n, replacement=True, generator=g)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        return shard_indices(order, self.num_replicas, self.rank)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._order()
@@ -244,7 +255,11 @@ def evaluate(
 class AugmentedBatches:
     """Per-image random augmentation through a ``DataLoader``; reseeded every epoch.
 
-    Yields ``(x uint8 (B, C, S, S), y (B,))`` like :class:`training.engine.TensorBatches`.
+    Yields ``(x uint8 (B, C, S, S), y (B,))`` like :class:`training.engine.TensorBatches`. Each
+    epoch draws ``num_samples`` indices (weighted by ``weights``, or with replacement when
+    that differs from the dataset size, i.e. ``epoch_images``) with ``Generator(seed + epoch)``;
+    with ``num_replicas > 1`` (DDP) every rank makes that same draw and iterates its
+    :func:`shard_indices` part.
     """
 
     def __init__(
@@ -259,8 +274,11 @@ class AugmentedBatches:
         weights: torch.Tensor | None = None,
         num_workers: int = 0,
         num_samples: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.dataset = PreparedDataset(images, labels, transform=augmentations(spec, strength))
+        self.num_replicas, self.rank = num_replicas, rank
         self.batch_size = batch_size
         self.seed = seed
         self.weights = weights
@@ -271,11 +289,15 @@ class AugmentedBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _per_rank(self) -> int:
+        return math.ceil(self.num_samples / self.num_replicas)
+
     def __len__(self) -> int:
-        n = self.num_samples
+        n = self._per_rank()
         return n // self.batch_size if n % self.batch_size == 1 and n > 1 else math.ceil(n / self.batch_size)
 
-    def __iter__(self):  # noqa: ANN204 - a generator of batches
+    def indices(self) -> torch.Tensor:
+        """This rank's dataset indices for the current epoch, in order: ``(ceil(num_samples / num_replicas),)``."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         n = self.num_samples
         if self.weights is not None:
@@ -284,10 +306,14 @@ class AugmentedBatches:
             sampler = torch.utils.data.RandomSampler(self.dataset, num_samples=n, replacement=True, generator=g)
         else:
             sampler = torch.utils.data.RandomSampler(self.dataset, generator=g)
+        return shard_indices(torch.as_tensor(list(sampler), dtype=torch.long), self.num_replicas, self.rank)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of batches
+        n = self._per_rank()
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
+            sampler=self.indices().tolist(),
             num_workers=self.num_workers,
             drop_last=n % self.batch_size == 1 and n > 1,  # a batch of 1 breaks BatchNorm
             persistent_workers=False,

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 
 from retina import checkpoint
-from retina.labels import DR_GRADES
+from retina.formatting import fmt_ci, fmt_number
+from retina.labels import DR_GRADES, p_grade_at_least
+from retina.runtime import resolve_device
+from retina.serialize import to_plain
 from training import config as config_mod
+from training.cli import run_cli
 from training.data import select_rows
 from training.datasets import DatasetError, ImageTable, load_prepared, read_tables, split_indices
-from training.engine import TensorBatches, evaluate, resolve_device, set_threads
-from training.fit import setup_logging
-from training.metrics import compute_metrics, to_plain
+from training.engine import TensorBatches, evaluate, set_threads
+from training.metrics import compute_metrics
 from training.plots import confusion_matrix_png, roc_png
 
 logger = logging.getLogger("training.evaluate")
@@ -101,8 +104,8 @@ def write_evaluation(
     extra, aucs = None, dict(metrics["roc_auc"]["per_class"])
     if tuple(class_names) == DR_GRADES:
         extra = {
-            "referable (grade>=2)": ((labels >= 2).astype(int), probs[:, 2:].sum(1)),
-            "any DR (grade>=1)": ((labels >= 1).astype(int), probs[:, 1:].sum(1)),
+            "referable (grade>=2)": ((labels >= 2).astype(int), p_grade_at_least(probs, 2)),
+            "any DR (grade>=1)": ((labels >= 1).astype(int), p_grade_at_least(probs, 1)),
         }
         aucs["referable (grade>=2)"] = metrics["referable"]["roc_auc"]
         aucs["any DR (grade>=1)"] = metrics["any_dr"]["roc_auc"]
@@ -123,38 +126,25 @@ def write_evaluation(
     return files
 
 
-def _fmt(v: Any, pct: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
-    return str(v)
-
-
-def _ci(ci: Any, pct: bool = True) -> str:
-    if not ci or ci[0] is None:
-        return ""
-    return f" ({_fmt(ci[0], pct)} to {_fmt(ci[1], pct)})"
-
-
 def _summary_rows(m: dict[str, Any]) -> list[str]:
     rows = [
-        f"| accuracy | {_fmt(m['accuracy'], True)}{_ci(m.get('accuracy_ci95'))} |",
-        f"| balanced accuracy | {_fmt(m['balanced_accuracy'], True)}{_ci(m.get('balanced_accuracy_ci95'))} |",
-        f"| macro F1 | {_fmt(m['macro_f1'])}{_ci(m.get('macro_f1_ci95'), False)} |",
-        f"| weighted F1 | {_fmt(m['weighted_f1'])} |",
-        f"| macro ROC AUC (one-vs-rest) | {_fmt(m['roc_auc']['macro'])} |",
-        f"| ECE (15 bins) | {_fmt(m['ece'])} |",
+        f"| accuracy | {fmt_ci(m['accuracy'], m.get('accuracy_ci95'), pct=True, style='to')} |",
+        "| balanced accuracy | "
+        f"{fmt_ci(m['balanced_accuracy'], m.get('balanced_accuracy_ci95'), pct=True, style='to')} |",
+        f"| macro F1 | {fmt_ci(m['macro_f1'], m.get('macro_f1_ci95'), style='to')} |",
+        f"| weighted F1 | {fmt_number(m['weighted_f1'])} |",
+        f"| macro ROC AUC (one-vs-rest) | {fmt_number(m['roc_auc']['macro'])} |",
+        f"| ECE (15 bins) | {fmt_number(m['ece'])} |",
         f"| images / patients | {m['n']} / {m['n_patients']} |",
     ]
     for key, name in (("referable", "referable DR (grade>=2) ROC AUC"), ("any_dr", "any DR (grade>=1) ROC AUC")):
         if key in m:
-            rows.append(f"| {name} | {_fmt(m[key]['roc_auc'])}{_ci(m[key].get('roc_auc_ci95'), False)} |")
+            rows.append(f"| {name} | {fmt_ci(m[key]['roc_auc'], m[key].get('roc_auc_ci95'), style='to')} |")
     if "referable" in m:
         r = m["referable"]
         rows.append(
-            f"| referable: sensitivity at 90% specificity | {_fmt(r['sensitivity_at_90_specificity'], True)} "
-            f"(threshold {_fmt(r['threshold'])}) |"
+            f"| referable: sensitivity at 90% specificity | {fmt_number(r['sensitivity_at_90_specificity'], True)} "
+            f"(threshold {fmt_number(r['threshold'])}) |"
         )
     return rows
 
@@ -184,8 +174,9 @@ def render_report(metrics: dict[str, Any], class_names: Sequence[str], *, title:
     for c in class_names:
         pc = metrics["per_class"][c]
         lines.append(
-            f"| {c} | {_fmt(pc['precision'])} | {_fmt(pc['sensitivity'])} | {_fmt(pc['specificity'])} | "
-            f"{_fmt(pc['f1'])} | {_fmt(metrics['roc_auc']['per_class'][c])} | {pc['support']} |"
+            f"| {c} | {fmt_number(pc['precision'])} | {fmt_number(pc['sensitivity'])} | "
+            f"{fmt_number(pc['specificity'])} | "
+            f"{fmt_number(pc['f1'])} | {fmt_number(metrics['roc_auc']['per_class'][c])} | {pc['support']} |"
         )
     lines += [
         "",
@@ -318,15 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        run(args)
-    except (DatasetError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_cli(build_parser(), run, argv, logger)
 
 
 if __name__ == "__main__":

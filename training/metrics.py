@@ -8,7 +8,6 @@ becomes ``None``) used by ``training.evaluate``, ``training.cv`` and the checkpo
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,28 +26,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from retina.labels import DR_GRADES
+from retina.labels import DR_GRADES, p_grade_at_least
+from retina.serialize import to_plain
 from training.calibration import ece
 
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
-def to_plain(obj: Any) -> Any:
-    """NumPy scalars/arrays -> Python types; NaN/inf -> ``None`` (strict JSON, weights_only)."""
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_plain(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 @contextlib.contextmanager
@@ -140,7 +122,7 @@ def derived_binary(
 ) -> dict[str, Any]:
     """Metrics of ``P(grade >= min_grade)`` (sum of grade probabilities) vs the true grade."""
     y_bin = (labels >= min_grade).astype(int)
-    score = probs[:, min_grade:].sum(axis=1)
+    score = p_grade_at_least(probs, min_grade)
     auc = _binary_auc(y_bin, score)
     out: dict[str, Any] = {
         "roc_auc": auc,
@@ -157,6 +139,39 @@ def derived_binary(
     out["specificity_at_threshold"] = at90["specificity"]
     out["threshold"] = at90["threshold"]
     return out
+
+
+def _per_class(probs: np.ndarray, labels: np.ndarray, pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """``per_class`` (precision, recall, F1, support, sensitivity, specificity), ``confusion_matrix``
+    and one-vs-rest ``roc_auc`` for probabilities ``(N, K)``, labels and predictions ``(N,)``."""
+    all_labels = list(range(len(class_names)))
+    with quiet_sklearn():
+        prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=all_labels, zero_division=0)
+        mcm = multilabel_confusion_matrix(labels, pred, labels=all_labels)  # (K, 2, 2): [[tn, fp], [fn, tp]]
+    per_class = {}
+    aucs = {}
+    for i, name in enumerate(class_names):
+        tn, fp = mcm[i, 0]
+        fn, tp = mcm[i, 1]
+        per_class[name] = {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
+            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        }
+        aucs[name] = _binary_auc((labels == i).astype(int), probs[:, i])
+    defined = [v for v in aucs.values() if np.isfinite(v)]
+    return {
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, pred, labels=all_labels).tolist(),
+        "roc_auc": {
+            "per_class": aucs,
+            "macro": float(np.mean(defined)) if defined else float("nan"),
+            "n_classes_defined": len(defined),
+        },
+    }
 
 
 def compute_metrics(
@@ -190,34 +205,10 @@ def compute_metrics(
     if len(labels) == 0:
         raise ValueError("no samples to evaluate")
     pred = probs.argmax(axis=1)
-    all_labels = list(range(k))
     with quiet_sklearn():
         out: dict[str, Any] = _scalar_metrics(labels, pred)
         out["weighted_f1"] = float(f1_score(labels, pred, average="weighted", zero_division=0))
-        prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=all_labels, zero_division=0)
-        mcm = multilabel_confusion_matrix(labels, pred, labels=all_labels)  # (K, 2, 2): [[tn, fp], [fn, tp]]
-    per_class = {}
-    aucs = {}
-    for i, name in enumerate(class_names):
-        tn, fp = mcm[i, 0]
-        fn, tp = mcm[i, 1]
-        per_class[name] = {
-            "precision": float(prec[i]),
-            "recall": float(rec[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-            "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
-            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-        }
-        aucs[name] = _binary_auc((labels == i).astype(int), probs[:, i])
-    defined = [v for v in aucs.values() if np.isfinite(v)]
-    out["per_class"] = per_class
-    out["confusion_matrix"] = confusion_matrix(labels, pred, labels=all_labels).tolist()
-    out["roc_auc"] = {
-        "per_class": aucs,
-        "macro": float(np.mean(defined)) if defined else float("nan"),
-        "n_classes_defined": len(defined),
-    }
+    out.update(_per_class(probs, labels, pred, class_names))
     if n_bootstrap:
         cis = bootstrap_ci(
             lambda i: tuple(_scalar_metrics(labels[i], pred[i]).values()),

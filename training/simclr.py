@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 
 from retina.models import build_model
 from retina.preprocessing import PreprocessSpec
+from retina.runtime import resolve_device
+from retina.serialize import atomic_write, to_plain
 from training.data import prepare_data
-from training.engine import resolve_device, seed_everything, set_threads, to_model_input
+from training.engine import seed_everything, set_threads, to_model_input
 from training.fit import fit
-from training.metrics import to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +174,8 @@ def save_backbone(
         "data": to_plain(data_meta),
         "state_dict": state,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     logger.info("exported SimCLR backbone to %s", path)
     return path
 

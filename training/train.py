@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from retina import checkpoint
+from retina.runtime import resolve_device
 from training import config as config_mod
-from training import simclr
+from training import distributed, simclr
+from training.cli import run_cli, setup_logging
 from training.config import ConfigError
 from training.data import prepare_data
-from training.datasets import DatasetError
-from training.fit import fit, setup_logging
+from training.fit import fit
 
 logger = logging.getLogger("training.train")
 
@@ -47,46 +48,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(cfg: dict[str, Any], resume: dict[str, Any] | None = None) -> Path:
-    """Train from a resolved config; returns the output directory."""
+    """Train from a resolved config; returns the output directory.
+
+    Started by ``torchrun`` (``RANK``/``WORLD_SIZE`` set), it trains with DistributedDataParallel,
+    one process per GPU (or CPU slot); see :mod:`training.distributed`.
+    """
     out = Path(cfg["out"] or Path("runs") / (cfg["name"] or "run"))
     cfg["out"] = str(out)
-    setup_logging(out)
+    dist = distributed.from_env()
+    setup_logging(out, main=dist.is_main)
     logger.info("config %s -> %s", cfg["name"], out)
     t0 = time.perf_counter()
     if cfg["simclr"] is not None:
+        if dist.enabled:
+            raise ConfigError("SimCLR configs train in one process; run them without torchrun")
         simclr.run(cfg, out)
     else:
-        bundle = prepare_data(cfg)
-        s = bundle.splits
-        fit(cfg, bundle, out, train_idx=s["train"], val_idx=s["val"], test_idx=s["test"], resume=resume)
+        try:
+            distributed.init(dist, resolve_device(cfg["device"]))  # the group, before the first barrier
+            with distributed.main_first(dist):  # rank 0 fills the prepared-image cache, the others read it
+                bundle = prepare_data(cfg)
+            s = bundle.splits
+            fit(cfg, bundle, out, train_idx=s["train"], val_idx=s["val"], test_idx=s["test"], resume=resume, dist=dist)
+        finally:
+            distributed.shutdown()
     logger.info("done in %.1fs", time.perf_counter() - t0)
     return out
 
 
+def _main(args: argparse.Namespace) -> None:
+    resume = None
+    base = None
+    if args.resume:
+        resume = checkpoint.read(args.resume)
+        if "resume" not in resume.get("extra", {}):
+            raise ConfigError(f"{args.resume} has no resume state; pass a last.pt")
+        if not args.config:
+            base = resume["config"]
+        if not args.out:
+            args.out = str(Path(args.resume).parent)
+    elif not args.config:
+        raise ConfigError("pass --config (or --resume)")
+    cfg = config_mod.from_args(args, base)
+    if resume is not None and cfg["simclr"] is not None:
+        raise ConfigError("--resume is supported for supervised runs only")
+    run(cfg, resume)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        resume = None
-        base = None
-        if args.resume:
-            resume = checkpoint.read(args.resume)
-            if "resume" not in resume.get("extra", {}):
-                raise ConfigError(f"{args.resume} has no resume state; pass a last.pt")
-            if not args.config:
-                base = resume["config"]
-            if not args.out:
-                args.out = str(Path(args.resume).parent)
-        elif not args.config:
-            raise ConfigError("pass --config (or --resume)")
-        cfg = config_mod.from_args(args, base)
-        if resume is not None and cfg["simclr"] is not None:
-            raise ConfigError("--resume is supported for supervised runs only")
-        run(cfg, resume)
-    except (ConfigError, DatasetError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    return 0
+    return run_cli(build_parser(), _main, argv, logger)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+import typing
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,10 +19,11 @@ from urllib.parse import parse_qsl
 
 import fastapi_offline
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, params
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers, MutableHeaders
@@ -197,9 +199,36 @@ class UploadLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def _body_limits(settings: Settings) -> Callable[[str, bytes], tuple[int, str] | None]:
-    """(route path, query string) -> (most body bytes, the limit in words): one file per upload route, N on
-    batch, a volume on /predict/volume and on /gradcam, /report with ``frame=`` (one B-scan of a volume)."""
+ROUTERS = (predict, gradcam, report, models, health, audit)
+
+
+def upload_routes(routers: Iterable[APIRouter]) -> dict[str, bool]:
+    """Path of every route with a file parameter -> whether it takes several (``list[UploadFile]``).
+
+    Read from the routes' own signatures (``api/params.FileParam`` / ``FilesParam``), so a new
+    upload route gets its body limit without the middleware being told.
+    """
+    found: dict[str, bool] = {}
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            files = [p for p in route.dependant.body_params if isinstance(p.field_info, params.File)]
+            if files:
+                found[route.path] = any(typing.get_origin(p.field_info.annotation) is list for p in files)
+    return found
+
+
+def _body_limits(
+    settings: Settings, uploads: dict[str, bool] | None = None
+) -> Callable[[str, bytes], tuple[int, str] | None]:
+    """(route path, query string) -> (most body bytes, the limit in words): one file per upload route, N on a
+    multi-file one, a volume on /predict/volume and on /gradcam, /report with ``frame=`` (one B-scan of a volume).
+
+    ``uploads`` is :func:`upload_routes` (path -> takes several files), by default of :data:`ROUTERS`.
+    """
+    if uploads is None:
+        uploads = upload_routes(m.router for m in ROUTERS)
     per_file = settings.max_upload_bytes + _MULTIPART_SLACK
     mb = f"{settings.max_upload_mb:g} MB"
     file_limit = (per_file, f"the upload limit of {mb} per file (RETINA_MAX_UPLOAD_MB)")
@@ -215,17 +244,18 @@ def _body_limits(settings: Settings) -> Callable[[str, bytes], tuple[int, str] |
 
     def limit_for(path: str, query: bytes = b"") -> tuple[int, str] | None:
         path = path.rstrip("/")
-        if path == "/predict/batch":
-            return batch_limit
         if path == "/predict/volume":
             return volume_limit
+        several = uploads.get(path)
+        if several is None:
+            return other  # no other route takes a body
+        if several:
+            return batch_limit
         if path in ("/gradcam", "/report"):
             # The handler reads frame= again; this only decides how many bytes may be spooled.
             framed = any(k == "frame" for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
             return volume_limit if framed else file_limit
-        if path == "/predict":
-            return file_limit
-        return other  # no other route takes a body
+        return file_limit
 
     return limit_for
 
@@ -317,7 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
-    for module in (predict, gradcam, report, models, health, audit):
+    for module in ROUTERS:
         app.include_router(module.router)
 
     # Middleware: the last added is the outermost.

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import typing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from backend.app.services.audit import AuditRecord
 
 if TYPE_CHECKING:
     from backend.app.services.pipeline import BatchOutcome, Explanation
@@ -402,25 +406,24 @@ class NotReadyResponse(ErrorResponse):
     models: list[ModelStatus]
 
 
-class AuditEntry(BaseModel):
-    """One audited answer (never pixels, filenames or patient identifiers)."""
+def _audit_entry() -> type[BaseModel]:
+    """``AuditEntry``: the database ``id`` plus every field of :class:`AuditRecord` (declared once, there)."""
+    hints = typing.get_type_hints(AuditRecord)
+    fields: dict[str, Any] = {"id": (int, ...)}
+    for f in dataclasses.fields(AuditRecord):
+        default = ... if f.default is dataclasses.MISSING else f.default
+        fields[f.name] = (hints[f.name], Field(default, description=f.metadata.get("description")))
+    ts = fields["ts"][1]
+    fields["ts"] = (datetime, Field(description=ts.description))  # always set once logged
+    return create_model(
+        "AuditEntry",
+        __doc__="One audited answer (never pixels, filenames or patient identifiers).",
+        __config__=ConfigDict(protected_namespaces=()),
+        **fields,
+    )
 
-    id: int
-    ts: datetime = Field(description="When the answer was logged (UTC, ISO 8601).")
-    request_id: str = Field(description="The response's X-Request-ID.")
-    endpoint: str = Field(description="`predict`, `predict_batch`, `predict_volume`, `gradcam` or `report`.")
-    model_id: str
-    model_version: str
-    task: str
-    input_sha256: str = Field(description="SHA-256 (hex) of the uploaded bytes.")
-    outcome: str = Field(description="`ok`, `ungradable`, or the refusal code.")
-    label: str | None = None
-    confidence: float | None = None
-    probabilities: dict[str, float] | None = None
-    referral: str | None = Field(default=None, description="Referral level of the answer, when it had one.")
-    modality: str | None = Field(default=None, description="Modality seen by the image gate, when it ran.")
 
-    model_config = ConfigDict(protected_namespaces=())
+AuditEntry = _audit_entry()
 
 
 class AuditResponse(BaseModel):

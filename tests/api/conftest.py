@@ -12,18 +12,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app.core.config import Settings
-from backend.app.main import create_app
 from retina.labels import OCT_CLASSES
 from retina.registry import MODELS
-from tests.api.helpers import SMALL_ID, base_settings, save_lively_checkpoint, save_small_model, write_png_bomb
+from tests.api.helpers import (
+    SMALL_ID,
+    app_client,
+    base_settings,
+    save_lively_checkpoint,
+    save_small_model,
+    write_png_bomb,
+)
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +49,9 @@ def small_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@contextmanager
-def _client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
 @pytest.fixture(scope="session")
 def client(api_models_dir: Path) -> Iterator[TestClient]:
-    with _client(base_settings(api_models_dir)) as c:
+    with app_client(base_settings(api_models_dir)) as c:
         yield c
 
 
@@ -61,7 +60,7 @@ def make_client() -> Callable[..., AbstractContextManager[TestClient]]:
     """``with make_client(models_dir, **settings) as c:`` another app."""
 
     def make(models_dir: Path, **overrides: Any) -> AbstractContextManager[TestClient]:
-        return _client(base_settings(models_dir, **overrides))
+        return app_client(base_settings(models_dir, **overrides))
 
     return make
 

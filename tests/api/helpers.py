@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,19 +12,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 
 from backend.app.core.config import Settings
+from backend.app.main import create_app
 from retina import checkpoint
 from retina.gate import GATE_FILE
 from retina.labels import OCT_CLASSES
 from retina.models import build_model
-from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
+from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import decode_image, eval_transform, get_preset
 from retina.registry import ModelSpec
-from tests.conftest import save_random_checkpoint
+from tests.support import save_random_checkpoint
 
 SMALL_ID = "oct-small"
 SMALL_TEMPERATURE = 2.0
@@ -56,6 +53,13 @@ def save_small_model(path: Path) -> Path:
 def save_lively_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
     """A random-weight checkpoint whose output depends on its input (see tests/conftest.py)."""
     return save_random_checkpoint(spec, path, seed)
+
+
+@contextmanager
+def app_client(settings: Settings) -> Iterator[TestClient]:
+    """``TestClient`` of ``create_app(settings)`` with its lifespan running (models loaded)."""
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 def base_settings(models_dir: Path, **overrides: Any) -> Settings:
@@ -129,49 +133,3 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(m.group(3))
     return total
-
-
-@contextmanager
-def uvicorn_server(
-    env: dict[str, str], log_path: Path, workers: int = 1
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m uvicorn backend.main:app`` on a free loopback port, ready (``/ready`` 200) when yielded.
-
-    ``workers > 1`` adds ``--workers N`` and also waits until every worker has logged
-    "Application startup complete" (a 200 from one worker says nothing of the others).
-    Yields ``(process, base_url)``; the server is stopped (TERM, then KILL) on exit if still alive.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
-            + (["--workers", str(workers)] if workers > 1 else []),
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 300 * workers  # a safety net: the loop ends once ready
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    started = workers == 1 or log_path.read_text().count("Application startup complete") >= workers
-                    if started and httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server never became ready:\n" + log_path.read_text()
-                time.sleep(0.2)
-            yield proc, base
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()

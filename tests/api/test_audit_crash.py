@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.helpers import uvicorn_server
+from tests.support import uvicorn_server
 
 THREADS = 4
 KILL_AFTER = 60  # answered requests before the SIGKILL

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import _client
-from tests.api.helpers import base_settings
+from tests.api.helpers import app_client, base_settings
 
 # Any absolute URL or protocol-relative reference (//cdn...) in src/href/url(...) or a JS string.
 EXTERNAL = re.compile(r"""(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}""")
@@ -52,7 +51,7 @@ def test_docs_behind_a_proxy_prefix_fetch_through_that_prefix(api_models_dir: Pa
     assert "servers" not in client.get("/openapi.json").json()
     # Not a plain path: ignored (it would be written into the page).
     assert "evil" not in client.get("/docs", headers={"X-Forwarded-Prefix": "/a'</script>evil"}).text
-    with _client(base_settings(api_models_dir, root_path="/api/")) as c:
+    with app_client(base_settings(api_models_dir, root_path="/api/")) as c:
         _assert_prefixed(c, {}, "/api")
 
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from retina.labels import OCT_CLASSES
-from tests.api.helpers import uvicorn_server
+from tests.support import uvicorn_server
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from retina.paths import REPO_ROOT
-from tests.api.helpers import metric_value, uvicorn_server
+from tests.api.helpers import metric_value
+from tests.support import uvicorn_server
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)

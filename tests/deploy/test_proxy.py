@@ -22,7 +22,7 @@ import pytest
 
 from retina.labels import OCT_CLASSES
 from retina.paths import REPO_ROOT
-from tests.deploy.conftest import Spawner, caddy_password_hash, free_port
+from tests.support import Spawner, caddy_password_hash, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from retina.paths import REPO_ROOT
-from tests.api.helpers import uvicorn_server
+from tests.support import uvicorn_server
 
 pytestmark = pytest.mark.slow
 

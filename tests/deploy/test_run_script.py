@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from retina.paths import REPO_ROOT
-from tests.deploy.conftest import free_port, http_status
+from tests.support import free_port, http_status
 
 RUN = REPO_ROOT / "scripts" / "run.sh"
 

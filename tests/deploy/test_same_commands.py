@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from retina.paths import REPO_ROOT
-from tests.deploy.conftest import VENV_BIN, Server, Spawner, caddy_password_hash, free_port, http_status, port_is_free
 from tests.deploy.parsing import Instruction, env_of, environment, exec_form, flag_value, one, with_flag
+from tests.support import VENV_BIN, Server, Spawner, caddy_password_hash, free_port, http_status, port_is_free
 
 pytestmark = pytest.mark.slow
 

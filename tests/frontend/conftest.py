@@ -3,65 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "frontend" / "app.py"
-START_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _log_tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-@contextmanager
-def serve(cmd: list[str], env: Mapping[str, str], probe_url: str, log_path: Path) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` until ``probe_url`` answers 200 (bounded wait); stop it afterwards.
-
-    Fails with the process log when it exits early or never becomes healthy.
-    """
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{cmd[2:4]} exited with {proc.returncode}:\n{_log_tail(log_path)}")
-                try:
-                    if requests.get(probe_url, timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{probe_url} not healthy after {START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}")
-                time.sleep(0.2)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+from tests.support import free_port, serve
 
 
 def backend_env(models_dir: Path) -> dict[str, str]:
@@ -111,11 +60,3 @@ def oct_image(oct_dev: Path) -> Path:
 @pytest.fixture(scope="session")
 def fundus_image(fundus_dev: Path) -> Path:
     return sorted(fundus_dev.rglob("*.jpeg"))[0]
-
-
-def backend_predict(url: str, path: Path, model: str) -> dict:
-    """The backend's own answer for ``path``: what the UI must show."""
-    with open(path, "rb") as f:
-        resp = requests.post(f"{url}/predict", params={"model": model}, files={"file": (path.name, f)}, timeout=60)
-    resp.raise_for_status()
-    return resp.json()

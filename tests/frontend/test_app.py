@@ -14,8 +14,8 @@ from streamlit.testing.v1 import AppTest
 from frontend import ui
 from frontend.client import ModelInfo
 from retina.registry import default_for
-from tests.frontend.conftest import APP, backend_predict, free_port
 from tests.frontend.fake_backend import FakeServer, png_bytes
+from tests.support import APP, backend_predict, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from frontend import ui
+from retina.paths import REPO_ROOT as REPO
 from retina.registry import default_for
-from tests.frontend.conftest import APP, REPO, backend_predict, free_port, serve
+from tests.support import APP, backend_predict, free_port, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from tests.frontend.conftest import REPO
+from retina.paths import REPO_ROOT as REPO
 
 FORBIDDEN = ("torch", "torchvision", "retina", "backend", "training", "pytorch_grad_cam")
 

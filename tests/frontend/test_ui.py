@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 
 from frontend import ui
 from frontend.client import BackendError, GateInfo, ModelInfo, Prediction, Referral
-from tests.frontend.conftest import APP
 from tests.frontend.fake_backend import (
     DARK_REASONS,
     DR,
@@ -26,6 +25,7 @@ from tests.frontend.fake_backend import (
     oct_referral,
     png_bytes,
 )
+from tests.support import APP
 
 TRAINING_METRICS = {
     "val": {

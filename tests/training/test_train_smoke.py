@@ -14,7 +14,7 @@ from retina.labels import DR_GRADES, OCT_CLASSES
 from retina.models import ARCHS
 from retina.preprocessing import get_preset
 from retina.registry import ModelSpec
-from tests.conftest import save_random_checkpoint
+from tests.support import save_random_checkpoint
 from training import config as C
 from training.train import main
 

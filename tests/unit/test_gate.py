@@ -156,7 +156,7 @@ def test_batch_and_single_assessment_agree(gate: ImageGate) -> None:
 
 
 def test_gate_checkpoint_round_trips_and_refuses_other_files(gate: ImageGate, tmp_path: Path) -> None:
-    from training.gate import MODEL_ARGS  # the shipped gate's architecture (stem stride 2)
+    from training.fit_gate import MODEL_ARGS  # the shipped gate's architecture (stem stride 2)
 
     path = gate.save(tmp_path / "g.pt", MODEL_ARGS)
     again = ImageGate.load(path)
@@ -230,7 +230,7 @@ def test_fused_inference_copy_matches_the_saved_model() -> None:
 
 
 def test_batched_augmentation_keeps_views_in_range_and_differs_per_image() -> None:
-    from training.gate import augment_batch
+    from training.fit_gate import augment_batch
 
     x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8).expand(8, -1, -1, -1).contiguous()
     out = augment_batch(x, torch.Generator().manual_seed(0))

@@ -10,22 +10,25 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retina.paths import DEFAULT_MODELS_DIR
+from retina.runtime import usable_cores
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _cpu_count() -> int:
-    # Respect CPU affinity/cgroup pinning (containers), not the host's core count.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+def _threshold(rule: str) -> Any:
+    """A referral threshold in (0, 1]; unset means the operating point stored in the checkpoint."""
+    return Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=f"{rule} Unset: the operating point stored in the model's checkpoint (else 0.5).",
+    )
 
 
 def _per_worker_threads() -> int:
@@ -34,7 +37,7 @@ def _per_worker_threads() -> int:
         workers = max(1, int(os.environ.get("WEB_CONCURRENCY", "1") or 1))
     except ValueError:
         workers = 1
-    return max(1, _cpu_count() // workers)
+    return max(1, usable_cores() // workers)
 
 
 def _split_csv(value: object) -> object:
@@ -57,6 +60,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETINA_", extra="ignore", protected_namespaces=())
 
     models_dir: Path = Field(default=DEFAULT_MODELS_DIR, description="Directory with the checkpoints (*.pt) to serve.")
+    omp_wait_policy: Literal["PASSIVE", "ACTIVE"] = Field(
+        default="PASSIVE",
+        description="OMP_WAIT_POLICY for torch's OpenMP threads unless the environment sets it: PASSIVE threads "
+        "sleep instead of spinning, which on a busy 2-core box cost up to 10x the CPU time of a forward pass. "
+        "Applied by backend/main.py before torch loads.",
+    )
+    progress_bars: bool = Field(
+        default=False,
+        description="tqdm progress bars (ScoreCAM draws one per image; in a server they only flood stderr); "
+        "false sets TQDM_DISABLE=1 unless the environment sets it.",
+    )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Registered model ids to serve (comma separated); empty = every registered model.",
@@ -133,33 +147,11 @@ class Settings(BaseSettings):
         description="Image-gate checkpoint (gatenet CNN + thresholds + quality limits); default: "
         "models_dir/image-gate.pt, else the shipped one.",
     )
-    referral_oct_urgent: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="OCT: urgent referral when P(CNV) + P(DME) >= this."
-        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
-    )
-    referral_oct_routine: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="OCT: routine referral when P(CNV) + P(DME) + P(DRUSEN) >= this."
-        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
-    )
-    referral_fundus_refer: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="Fundus: refer when P(referable DR, grade >= 2) >= this."
-        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
-    )
-    referral_fundus_urgent: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="Fundus: urgent referral when P(proliferative DR, grade 4) >= this."
-        " Unset: the operating point stored in the model's checkpoint (else 0.5).",
+    referral_oct_urgent: float | None = _threshold("OCT: urgent referral when P(CNV) + P(DME) >= this.")
+    referral_oct_routine: float | None = _threshold("OCT: routine referral when P(CNV) + P(DME) + P(DRUSEN) >= this.")
+    referral_fundus_refer: float | None = _threshold("Fundus: refer when P(referable DR, grade >= 2) >= this.")
+    referral_fundus_urgent: float | None = _threshold(
+        "Fundus: urgent referral when P(proliferative DR, grade 4) >= this."
     )
     audit_db: str | None = Field(
         default=None,
@@ -228,6 +220,20 @@ class Settings(BaseSettings):
     @property
     def max_volume_upload_bytes(self) -> int:
         return int(self.max_volume_upload_mb * 1_000_000)
+
+
+def process_defaults(settings: Settings) -> dict[str, str]:
+    """Environment variables the server wants set before torch and tqdm load (read once, at load)."""
+    env = {"OMP_WAIT_POLICY": settings.omp_wait_policy}
+    if not settings.progress_bars:
+        env["TQDM_DISABLE"] = "1"
+    return env
+
+
+def apply_process_defaults(settings: Settings) -> None:
+    """Set :func:`process_defaults` in ``os.environ``; an operator's own variable wins."""
+    for key, value in process_defaults(settings).items():
+        os.environ.setdefault(key, value)
 
 
 @lru_cache

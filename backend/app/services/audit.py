@@ -133,19 +133,25 @@ class AuditRecord:
         modality: what the image gate saw (``oct`` / ``fundus``), when it ran.
     """
 
-    request_id: str
-    endpoint: str
+    # The one declaration of an audit row's fields; ``schemas.AuditEntry`` (the /audit answer) is built
+    # from it, descriptions included (``metadata["description"]``).
+    request_id: str = field(metadata={"description": "The response's X-Request-ID."})
+    endpoint: str = field(metadata={"description": "`predict`, `predict_batch`, `gradcam` or `report`."})
     model_id: str
     model_version: str
     task: str
-    input_sha256: str
-    outcome: str = "ok"
+    input_sha256: str = field(metadata={"description": "SHA-256 (hex) of the uploaded bytes."})
+    outcome: str = field(default="ok", metadata={"description": "`ok`, `ungradable`, or the refusal code."})
     label: str | None = None
     confidence: float | None = None
     probabilities: dict[str, float | None] | None = None
-    referral: str | None = None
-    modality: str | None = None
-    ts: datetime | None = field(default=None)
+    referral: str | None = field(
+        default=None, metadata={"description": "Referral level of the answer, when it had one."}
+    )
+    modality: str | None = field(
+        default=None, metadata={"description": "Modality seen by the image gate, when it ran."}
+    )
+    ts: datetime | None = field(default=None, metadata={"description": "When the answer was logged (UTC, ISO 8601)."})
 
     def __post_init__(self) -> None:
         # Cheap guards that keep anything but a digest out of the hash column (a filename,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from retina.engine import Engine, EngineError, EngineInfo, load_engine
 from retina.gate import GATE_FILE, ImageGate
 from retina.loading import ModelRejected, gate_path, load_model
 from retina.preprocessing import PreprocessSpec, tail
+from retina.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,6 @@ class FailedModel:
     spec: registry.ModelSpec | None = None
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("RETINA_DEVICE=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def _make_cam_copy(model: nn.Module, layer: str) -> nn.Module:
     """A frozen copy of ``model`` whose ``layer`` output starts the autograd graph.
 
@@ -138,21 +130,6 @@ def _make_cam_copy(model: nn.Module, layer: str) -> nn.Module:
     return cam_model
 
 
-def json_safe(value: Any) -> Any:
-    """Checkpoint metadata -> JSON: NaN/inf become ``None``, tuples lists, unknown objects ``str``."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return json_safe(value.item())
-    return str(value)
-
-
 class ModelStore:
     """Every served model and every failure, plus task aliases (``oct``/``fundus``)."""
 
@@ -171,7 +148,7 @@ class ModelStore:
         """Load and validate every model; record failures instead of raising."""
         s = self.settings
         try:
-            self.device = _resolve_device(s.device)
+            self.device = resolve_device(s.device, "RETINA_DEVICE")
         except RuntimeError as e:
             self.problems.append(str(e))
             logger.error("%s; serving on cpu instead is refused, no model will load", e)
@@ -227,7 +204,7 @@ class ModelStore:
         # A custom models dir may bring its own gate; otherwise the shipped one applies.
         path = gate_path(Path(self.settings.models_dir), self.settings.gate_file)
         if not path.is_file():
-            self.problems.append(f"image gate file {path} not found (train it with python -m training.gate)")
+            self.problems.append(f"image gate file {path} not found (train it with python -m training.fit_gate)")
             return
         try:
             self.gate = ImageGate.load(path)  # a checkpoint: loads onto the CPU, where the gate runs

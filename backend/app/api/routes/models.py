@@ -8,20 +8,20 @@ from fastapi import APIRouter, Depends
 
 from backend.app.api.deps import SettingsDep, StoreDep, require_api_key
 from backend.app.schemas import ErrorResponse, ModelInfo
-from backend.app.services.model_store import json_safe
 from retina.checkpoint import CheckpointMeta
 from retina.figures import model_figures
 from retina.referral import informative, operating_points, served_thresholds
+from retina.serialize import to_plain
 
 
 def calibration_summary(meta: CheckpointMeta) -> dict[str, Any]:
     """The checkpoint's calibration block with uniform ``ece_before`` / ``ece_after`` keys
     (``ece_after``: see :attr:`CheckpointMeta.ece_after`)."""
     cal = meta.calibration
-    out = json_safe(dict(cal)) or {}
+    out = to_plain(dict(cal), default=str) or {}
     if "ece_val_before" in cal:
-        out["ece_before"] = json_safe(cal["ece_val_before"])
-        out["ece_after"] = json_safe(meta.ece_after)
+        out["ece_before"] = to_plain(cal["ece_val_before"], default=str)
+        out["ece_after"] = to_plain(meta.ece_after, default=str)
     return out
 
 
@@ -53,14 +53,14 @@ def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
                 input_size=meta.preprocess.size,
                 channels=meta.preprocess.channels,
                 version=meta.version,
-                metrics=json_safe(meta.metrics) or {},
+                metrics=to_plain(meta.metrics, default=str) or {},
                 figures=[ev.to_dict() for ev in model_figures(meta.card, meta.metrics, meta.calibration)],
                 default=store.is_default(m.id),
                 description=m.description,
-                card=json_safe(meta.card) or {},
+                card=to_plain(meta.card, default=str) or {},
                 temperature=meta.temperature,
                 calibration=calibration_summary(meta),
-                operating_points=json_safe(operating_points(meta)) or {},
+                operating_points=to_plain(operating_points(meta), default=str) or {},
                 served_thresholds=served_thresholds(m.task, m.class_names, settings, meta),
                 informative=informative(meta),
                 cam_layer=m.cam_layer,
