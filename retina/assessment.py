@@ -156,8 +156,17 @@ def grade(
     )
 
 
-def ungradable(model_id: str, meta: CheckpointMeta, gate: GateResult) -> Assessment:
-    """The assessment of an image the gate found ungradable: the reasons, no diagnosis."""
+def ungradable(
+    model_id: str,
+    meta: CheckpointMeta,
+    gate: GateResult | None,
+    reasons: list[str] | None = None,
+    inference_ms: float = 0.0,
+) -> Assessment:
+    """The assessment of an image (or volume) found ungradable: the reasons, no diagnosis.
+
+    ``reasons`` default to the gate's; a volume passes its own (too few gradable B-scans) and no gate.
+    """
     return Assessment(
         model=model_id,
         model_version=meta.version,
@@ -166,9 +175,9 @@ def ungradable(model_id: str, meta: CheckpointMeta, gate: GateResult) -> Assessm
         label=None,
         confidence=None,
         probabilities=None,
-        inference_ms=0.0,
+        inference_ms=round(inference_ms, 3),
         derived=None,
-        referral=ungradable_referral(gate.reasons),
+        referral=ungradable_referral(reasons if reasons is not None else (gate.reasons if gate else [])),
         gate=gate,
     )
 

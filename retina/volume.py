@@ -32,10 +32,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retina.assessment import Assessment, grade
+from retina.assessment import Assessment, grade, ungradable
 from retina.checkpoint import CheckpointMeta
 from retina.gate import GateResult
-from retina.referral import Thresholds, ungradable_referral
+from retina.referral import Thresholds
 
 TOP_K = 3
 
@@ -218,19 +218,7 @@ def assess_volume(
     if counts["graded"] < need:
         seen = sorted({r for f in frames for r in f.reasons})
         reasons = [f"only {counts['graded']} of {n} B-scans are gradable; a volume answer needs {need}", *seen[:3]]
-        volume = Assessment(
-            model=model_id,
-            model_version=meta.version,
-            task=meta.task,
-            gradable=False,
-            label=None,
-            confidence=None,
-            probabilities=None,
-            inference_ms=round(inference_ms, 3),
-            derived=None,
-            referral=ungradable_referral(reasons),
-            gate=None,
-        )
+        volume = ungradable(model_id, meta, None, reasons, inference_ms)
         return VolumeAssessment(volume=volume, deciding=(), **common)
     stacked = np.stack([probs[i] for i in graded_idx])
     volume = grade(model_id, meta, aggregate(stacked, rule), inference_ms, thresholds, None)
