@@ -48,7 +48,13 @@ def test_process_defaults_follow_the_settings() -> None:
 
 def test_upload_routes_are_read_from_the_file_parameters() -> None:
     uploads = upload_routes(m.router for m in ROUTERS)
-    assert uploads == {"/predict": False, "/predict/batch": True, "/gradcam": False, "/report": False}
+    assert uploads == {
+        "/predict": False,
+        "/predict/batch": True,
+        "/predict/volume": False,
+        "/gradcam": False,
+        "/report": False,
+    }
     s = Settings(max_upload_mb=1.0, max_batch_files=4)
     limit_for = _body_limits(s, uploads)
     one, _ = limit_for("/predict")
@@ -56,3 +62,7 @@ def test_upload_routes_are_read_from_the_file_parameters() -> None:
     assert four == 4 * one and "4 files" in words
     assert limit_for("/gradcam") == limit_for("/report") == limit_for("/predict")
     assert limit_for("/models")[0] < one  # a route without a file gets the small no-file limit
+    # A volume (and one B-scan of it, frame=) gets the volume limit, not the per-image one.
+    volume, words = limit_for("/predict/volume")
+    assert volume > one and "RETINA_MAX_VOLUME_UPLOAD_MB" in words
+    assert limit_for("/gradcam", b"frame=2") == limit_for("/report", b"frame=0&alpha=0.5") == (volume, words)
