@@ -227,7 +227,7 @@ def plot_confusions(cms: dict[str, np.ndarray], class_names: list[str], path: Pa
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cv-dir", type=Path, required=True, help="training.cv output with fold_*/best.pt")
     ap.add_argument("--data", default="../shared/data/oct-dev,../shared/data/oct-train")
@@ -237,10 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-fraction", type=float, default=0.5, help="as RETINA_VOLUME_MIN_GRADABLE_FRACTION")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    torch.set_num_threads(2)
+    return ap
 
+
+def _fold_models(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The CV fold models (checked to reproduce the CV's out-of-fold probabilities), the shipped model's
+    metadata and operating points, the gate and the scans: ``(fold, models, class_names, meta, thresholds,
+    gate, rows, drift)``."""
     fold, n_folds = fold_of_patient(args.cv_dir)
     models = [checkpoint.load(args.cv_dir / f"fold_{i}" / "best.pt") for i in range(n_folds)]
     class_names = list(models[0][1].class_names)
@@ -248,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     del shipped_model
     ops = operating_points(shipped)
     thresholds = FixedThresholds(ops["urgent"]["threshold"], ops["routine"]["threshold"])
-    meta = shipped  # grade() reads task, class names and informativeness; thresholds are explicit
     gate = ImageGate.load(DEFAULT_MODELS_DIR / GATE_FILE)
-
     rows = read_rows([Path(p) for p in args.data.split(",")])
     missing = {p for _, _, p in rows} - set(fold)
     if missing:
@@ -259,22 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("fold models reproduce the CV out-of-fold probabilities to %.2g", drift)
     if drift > 1e-3:
         raise SystemExit(f"fold mapping does not reproduce the CV predictions (max |dp| {drift:.3g})")
+    # grade() reads task, class names and informativeness from the shipped metadata; thresholds are explicit
+    return fold, models, class_names, shipped, thresholds, gate, rows, drift
 
-    vols_meta = patient_volumes(rows, args.min_scans)
-    vols, frame_rows = score_volumes(vols_meta, models, fold, gate, class_names)
-    val, test = split_patients(vols, args.seed)
-    need = (args.min_frames, args.min_fraction)
 
-    def vol_bal(idx: np.ndarray, rule: str) -> float:
-        y, p, _ = labels_of(vols, idx, rule, meta, thresholds, need)
-        keep = p >= 0
-        return _bal(y[keep], p[keep])
+def _test_figures(
+    vols: list[Any], test: np.ndarray, chosen: str, meta: Any, thresholds: Any, need: tuple[int, float], args: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Volume level (``chosen`` rule) vs B-scan level on the test patients, bootstrap over patients.
 
-    val_scores = {rule: vol_bal(val, rule) for rule in RULES}
-    chosen = max(RULES, key=lambda r: (round(val_scores[r], 6), -list(RULES).index(r)))
-    logger.info("validation volume balanced accuracy: %s -> %s", val_scores, chosen)
-
-    # Test: volume level (chosen rule) vs B-scan level, bootstrap over patients.
+    Returns the ``test`` block of the metrics and the labels / predictions for the confusion matrices.
+    """
+    class_names = list(meta.class_names)
     yv, pv, uv = labels_of(vols, test, chosen, meta, thresholds, need)
     n_ungradable = int((pv < 0).sum())
     keep = pv >= 0
@@ -293,20 +290,51 @@ def main(argv: list[str] | None = None) -> int:
         return a, b, a - b
 
     ci_v, ci_f, ci_d = bootstrap_ci(both, len(patients), n_boot=args.n_boot, seed=args.seed)
-    bal_v, bal_f = _bal(yv, pv), _bal(yf, pf)
     urg_true_v = np.isin(yv, [class_names.index(c) for c in URGENT]).astype(int)
     urg_true_f = np.isin(yf, [class_names.index(c) for c in URGENT]).astype(int)
-    sv, spv = sens_spec(urg_true_v, uv)
-    sf, spf = sens_spec(urg_true_f, uf)
-    test_rules = {}
-    for rule in RULES:
-        y2, p2, _ = labels_of(vols, test, rule, meta, thresholds, need)
-        test_rules[rule] = _bal(y2[p2 >= 0], p2[p2 >= 0])
+    block = {
+        "volumes": int(len(yv)),
+        "volumes_ungradable": n_ungradable,
+        "bscans": int(len(yf)),
+        "patients": int(len(patients)),
+        "volume_balanced_accuracy": _bal(yv, pv),
+        "volume_balanced_accuracy_ci95": ci_v,
+        "bscan_balanced_accuracy": _bal(yf, pf),
+        "bscan_balanced_accuracy_ci95": ci_f,
+        "difference_ci95": ci_d,
+        "volume_urgent_sensitivity_specificity": list(sens_spec(urg_true_v, uv)),
+        "bscan_urgent_sensitivity_specificity": list(sens_spec(urg_true_f, uf)),
+    }
+    return block, {"yv": yv, "pv": pv, "yf": yf, "pf": pf}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(2)
+    fold, models, class_names, meta, thresholds, gate, rows, drift = _fold_models(args)
+
+    vols_meta = patient_volumes(rows, args.min_scans)
+    vols, frame_rows = score_volumes(vols_meta, models, fold, gate, class_names)
+    val, test = split_patients(vols, args.seed)
+    need = (args.min_frames, args.min_fraction)
+
+    def vol_bal(idx: np.ndarray, rule: str) -> float:
+        y, p, _ = labels_of(vols, idx, rule, meta, thresholds, need)
+        keep = p >= 0
+        return _bal(y[keep], p[keep])
+
+    val_scores = {rule: vol_bal(val, rule) for rule in RULES}
+    chosen = max(RULES, key=lambda r: (round(val_scores[r], 6), -list(RULES).index(r)))
+    logger.info("validation volume balanced accuracy: %s -> %s", val_scores, chosen)
+    test_block, lab = _test_figures(vols, test, chosen, meta, thresholds, need, args)
+    test_rules = {rule: vol_bal(test, rule) for rule in RULES}
 
     args.out.mkdir(parents=True, exist_ok=True)
+    k = range(len(class_names))
     cms = {
-        f"volume level ({chosen}), {len(yv)} volumes": confusion_matrix(yv, pv, labels=range(len(class_names))),
-        f"single B-scan, {len(yf)} B-scans": confusion_matrix(yf, pf, labels=range(len(class_names))),
+        f"volume level ({chosen}), {len(lab['yv'])} volumes": confusion_matrix(lab["yv"], lab["pv"], labels=k),
+        f"single B-scan, {len(lab['yf'])} B-scans": confusion_matrix(lab["yf"], lab["pf"], labels=k),
     }
     plot_confusions(cms, class_names, args.out / "confusion_matrix.png")
     with (args.out / "frames.csv").open("w", newline="") as f:
@@ -319,19 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "chosen_rule": chosen,
         "val_volume_balanced_accuracy": val_scores,
         "test_volume_balanced_accuracy_by_rule": test_rules,
-        "test": {
-            "volumes": int(len(yv)),
-            "volumes_ungradable": n_ungradable,
-            "bscans": int(len(yf)),
-            "patients": int(len(patients)),
-            "volume_balanced_accuracy": bal_v,
-            "volume_balanced_accuracy_ci95": ci_v,
-            "bscan_balanced_accuracy": bal_f,
-            "bscan_balanced_accuracy_ci95": ci_f,
-            "difference_ci95": ci_d,
-            "volume_urgent_sensitivity_specificity": [sv, spv],
-            "bscan_urgent_sensitivity_specificity": [sf, spf],
-        },
+        "test": test_block,
         "volumes": len(vols),
         "val_volumes": int(len(val)),
         "test_volumes": int(len(test)),
@@ -343,7 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "metrics.json").write_text(json.dumps(to_plain(metrics), indent=2))
     (args.out / "report.md").write_text(_report(metrics, class_names, cms))
-    logger.info("volume %.3f %s vs B-scan %.3f %s (test)", bal_v, ci_v, bal_f, ci_f)
+    t = test_block
+    logger.info(
+        "volume %.3f %s vs B-scan %.3f %s (test)",
+        t["volume_balanced_accuracy"],
+        t["volume_balanced_accuracy_ci95"],
+        t["bscan_balanced_accuracy"],
+        t["bscan_balanced_accuracy_ci95"],
+    )
     return 0
 
 

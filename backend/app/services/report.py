@@ -733,6 +733,39 @@ def _gate_lines(pg: _Page, gate: dict | None, lim: _Limits, with_reasons: bool) 
     return lines
 
 
+def _header(pg: _Page, inp: ReportInput) -> None:
+    """Title, then when/which request (and the file's base name when given), over a rule."""
+    y = MARGIN_TOP
+    pg.font(18, "B")
+    pg.text(MARGIN_X, y, CONTENT_W * 0.6, 9, "RetinaScope report")
+    pg.font(8, "B", _RED[0])
+    pg.text(MARGIN_X + CONTENT_W * 0.6, y + 1.5, CONTENT_W * 0.4, 6, "RESEARCH USE ONLY - NOT A DIAGNOSIS", align="R")
+    y += 10.0
+    meta = [f"Created {_timestamp(inp.created)}", f"Request {inp.request_id}"]
+    if inp.filename:
+        meta.append(f"File {_base_name(inp.filename)}")
+    pg.font(8.5, "", MUTED)
+    pg.text(MARGIN_X, y, CONTENT_W, 5, latin1(" | ".join(meta)))
+    pg.rule(MARGIN_X, y + 6.5, CONTENT_W, INK, 0.4)
+
+
+def _footer(pg: _Page, inp: ReportInput, disclaimer: list[str], disc_h: float, sha_h: float) -> None:
+    """The input's hash just above the disclaimer box at the bottom of the page."""
+    pdf = pg.pdf
+    yb = PAGE_H - MARGIN_BOTTOM - disc_h
+    pg.font(8, "", MUTED)
+    pg.text(MARGIN_X, yb - sha_h, 26, 5, "Input SHA-256")
+    pg.font(8, "", INK, family="courier")
+    pg.text(MARGIN_X + 24, yb - sha_h, CONTENT_W - 24, 5, latin1(inp.input_sha256))
+    pdf.set_draw_color(*MUTED)
+    pdf.set_line_width(0.3)
+    pdf.set_fill_color(246, 246, 246)
+    pdf.rect(MARGIN_X, yb, CONTENT_W, disc_h, style="DF")
+    pg.font(8.5, "B")
+    for i, line in enumerate(disclaimer):
+        pg.text(MARGIN_X + 3.0, yb + 3.5 + 4.2 * i, CONTENT_W - 6.0, 4.2, line, align="C")
+
+
 def build_report(inp: ReportInput) -> bytes:
     """Draw ``inp`` as a one-page A4 PDF and return its bytes (``b"%PDF-..."``).
 
@@ -766,20 +799,7 @@ def build_report(inp: ReportInput) -> bytes:
     if side < IMAGE_MIN:  # the tightest limits bound every block; reaching this is a layout bug
         raise RuntimeError(f"report layout overflows: {side:.1f} mm left for the images")
 
-    # Header: title, then when/which request (and the file's base name when given).
-    y = MARGIN_TOP
-    pg.font(18, "B")
-    pg.text(MARGIN_X, y, CONTENT_W * 0.6, 9, "RetinaScope report")
-    pg.font(8, "B", _RED[0])
-    pg.text(MARGIN_X + CONTENT_W * 0.6, y + 1.5, CONTENT_W * 0.4, 6, "RESEARCH USE ONLY - NOT A DIAGNOSIS", align="R")
-    y += 10.0
-    meta = [f"Created {_timestamp(inp.created)}", f"Request {inp.request_id}"]
-    if inp.filename:
-        meta.append(f"File {_base_name(inp.filename)}")
-    pg.font(8.5, "", MUTED)
-    pg.text(MARGIN_X, y, CONTENT_W, 5, latin1(" | ".join(meta)))
-    y += 6.5
-    pg.rule(MARGIN_X, y, CONTENT_W, INK, 0.4)
+    _header(pg, inp)
     y = MARGIN_TOP + header_h
 
     _referral_block(pg, inp, lim, y, draw=True)
@@ -799,19 +819,7 @@ def build_report(inp: ReportInput) -> bytes:
         pg.text(MARGIN_X, y, CONTENT_W, GATE_LH, line)
         y += GATE_LH
 
-    # Footer: the input's hash just above the disclaimer box at the bottom of the page.
-    yb = PAGE_H - MARGIN_BOTTOM - disc_h
-    pg.font(8, "", MUTED)
-    pg.text(MARGIN_X, yb - sha_h, 26, 5, "Input SHA-256")
-    pg.font(8, "", INK, family="courier")
-    pg.text(MARGIN_X + 24, yb - sha_h, CONTENT_W - 24, 5, latin1(inp.input_sha256))
-    pdf.set_draw_color(*MUTED)
-    pdf.set_line_width(0.3)
-    pdf.set_fill_color(246, 246, 246)
-    pdf.rect(MARGIN_X, yb, CONTENT_W, disc_h, style="DF")
-    pg.font(8.5, "B")
-    for i, line in enumerate(disclaimer):
-        pg.text(MARGIN_X + 3.0, yb + 3.5 + 4.2 * i, CONTENT_W - 6.0, 4.2, line, align="C")
+    _footer(pg, inp, disclaimer, disc_h, sha_h)
     if pdf.pages_count != 1:  # auto page break is off; a regression must not ship a 2-page report
         raise RuntimeError(f"report layout produced {pdf.pages_count} pages")
     return bytes(pdf.output())
