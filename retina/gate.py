@@ -23,7 +23,6 @@ otherwise come back "referable DR". Two steps:
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
 from retina import checkpoint
 from retina.engine import load_engine
-from retina.preprocessing import PreprocessSpec, pil_to_uint8_tensor, prepare
+from retina.preprocessing import PreprocessSpec, pil_to_uint8_tensor, prepare, tail_fn
 
 Modality = Literal["oct", "fundus", "other"]
 MODALITIES: tuple[str, ...] = ("oct", "fundus")
@@ -259,11 +257,6 @@ def quality_reasons(q: dict[str, float], limits: dict[str, float]) -> list[str]:
     return reasons
 
 
-def _tail_fn(u8: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """``uint8 (N, C, S, S)`` -> ``(x / 255 - mean) / std``: the same kernels as ``retina.preprocessing.tail``."""
-    return v2.functional.normalize(v2.functional.to_dtype(u8, torch.float32, scale=True), mean, std)
-
-
 def _fused(model: nn.Module) -> nn.Module:
     """An inference copy of ``gatenet`` with each Conv-BN-ReLU fused into one op (same outputs).
 
@@ -312,9 +305,7 @@ class ImageGate:
         self.quality_limits = quality_limits
         self.fitted_on = fitted_on or {}
         self.version = version
-        # The preprocessing tail as direct functional calls (the very kernels ``tail(spec)`` composes):
-        # the Compose's per-call dispatch cost ~0.5 ms, a sixth of the gate, on a 64-px view.
-        self._tail = functools.partial(_tail_fn, mean=list(spec.mean), std=list(spec.std))
+        self._tail = tail_fn(spec)  # tail(spec)'s kernels without the Compose's dispatch (~0.5 ms a call)
         self._fast = _fused(self.model)
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self._fast
         self.engine = "torch"

@@ -391,6 +391,20 @@ def tail(spec: PreprocessSpec) -> v2.Compose:
     )
 
 
+def tail_fn(spec: PreprocessSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`tail` as direct calls of the very same torchvision kernels, for per-image hot paths.
+
+    ``uint8 (N, C, S, S)`` -> ``(x / 255 - mean) / std``, equal to ``tail(spec)`` bit for bit (tested).
+    The Compose's per-call dispatch costs ~0.5 ms, which is a sixth of the image gate on its 64-px view.
+    """
+    mean, std = list(spec.mean), list(spec.std)
+
+    def fn(u8: torch.Tensor) -> torch.Tensor:
+        return v2.functional.normalize(v2.functional.to_dtype(u8, torch.float32, scale=True), mean, std)
+
+    return fn
+
+
 def eval_transform(spec: PreprocessSpec) -> Callable[[Image.Image], torch.Tensor]:
     """The only path from an image to a model input: ``PIL -> float (C, size, size)``."""
     return v2.Compose([Prepare(spec), tail(spec)])

@@ -195,3 +195,13 @@ def test_oct_band_preset_gives_the_square_model_input_and_trains_on_the_same_tai
     assert out.size == (128, 128) and out.mode == "L"
     aug = augmentations(spec, "light")(pil_to_uint8_tensor(out))
     assert aug.shape == (1, 128, 128) and aug.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("preset", ["oct_band_128", "fundus_384", "oct_64"])
+def test_tail_fn_equals_tail_bit_for_bit(preset: str) -> None:
+    """The gate's fast tail is the same function as the tail training and serving compose."""
+    from retina.preprocessing import tail_fn
+
+    spec = get_preset(preset)
+    u8 = torch.randint(0, 256, (3, spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    assert torch.equal(tail_fn(spec)(u8), tail(spec)(u8))
