@@ -44,7 +44,7 @@ from training import config as config_mod
 from training.datasets import DatasetError, load_prepared, read_tables
 from training.engine import TensorBatches, evaluate, set_threads, to_model_input
 from training.evaluate import resolve_rows
-from training.fit import setup_logging
+from training.cli import setup_logging
 from training.metrics import compute_metrics
 
 logger = logging.getLogger("training.quantize")

@@ -74,3 +74,24 @@ def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
     for name, deps in routes.items():
         if name.startswith("backend.app.api.routes."):
             assert not {d for d in deps if d.startswith("backend.app.api.routes.")}, name
+
+
+def _project_modules() -> list[str]:
+    return [m for pkg in ("retina", "training", "backend") for m in sorted(import_graph(pkg)) if m != f"{pkg}.__main__"]
+
+
+def test_every_module_imports() -> None:
+    """Each module of the core, the trainers and the service imports: a name moved by a refactor
+    (``training.quantize`` once imported ``setup_logging`` from where it no longer lived) fails here,
+    not on the first user who runs that command."""
+    import importlib
+
+    modules = _project_modules()
+    assert "training.quantize" in modules and "backend.main" in modules
+    failures = {}
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - every failure is reported, with its module
+            failures[name] = f"{type(e).__name__}: {e}"
+    assert failures == {}
