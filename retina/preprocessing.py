@@ -287,6 +287,18 @@ def _circle_mask(size: int, shrink: float = 0.98) -> np.ndarray:
 _LOCAL_CONTRAST_STD = 32.0
 
 
+def _pil_gaussian_blur(img: Image.Image, sigma: float) -> Image.Image:
+    """PIL's ``GaussianBlur(sigma)``, one band at a time: the same bytes, ~1.6x faster for RGB.
+
+    PIL blurs an RGB image as 4-byte pixels (the padding byte too) and per band independently,
+    so blurring the three ``L`` bands and merging them gives identical output with less work.
+    """
+    blur = ImageFilter.GaussianBlur(sigma)
+    if img.mode != "RGB":
+        return img.filter(blur)
+    return Image.merge("RGB", [band.filter(blur) for band in img.split()])
+
+
 def _local_contrast(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Graham (2015) local-average subtraction with per-image contrast equalisation.
 
@@ -305,7 +317,7 @@ def _local_contrast(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """
     sigma = max(0.5, spec.size * spec.local_contrast_sigma)
     # img - blur in float32, in one OpenCV pass (numpy's two conversions and a subtraction cost 10x more).
-    hp = cv2.subtract(np.asarray(img), np.asarray(img.filter(ImageFilter.GaussianBlur(sigma))), dtype=cv2.CV_32F)
+    hp = cv2.subtract(np.asarray(img), np.asarray(_pil_gaussian_blur(img, sigma)), dtype=cv2.CV_32F)
     # Retina = bright enough, eroded so the blur's halo at the border is excluded too.
     k = max(3, int(round(sigma)) * 2 + 1)
     bright = (np.asarray(img.convert("L")) > 12).astype(np.uint8)
@@ -323,8 +335,10 @@ def _local_contrast(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     hp *= np.float32(_LOCAL_CONTRAST_STD / max(std, 1.0))
     hp += np.float32(128.0)
     np.clip(hp, 0, 255, out=hp)
-    out = hp.astype(np.uint8)
-    out[~valid] = 128
+    # Outside the retina: 128. OpenCV's masked copy onto a 128 canvas is ~8x cheaper than
+    # numpy's boolean-index assignment broadcast over the channels (same bytes).
+    out = np.full(hp.shape, 128, np.uint8)
+    cv2.copyTo(hp.astype(np.uint8), valid.view(np.uint8), out)
     return Image.fromarray(out, mode=spec.mode)
 
 
