@@ -318,7 +318,7 @@ class ImageGate:
         (measured in ``benchmarks/serve_benchmark.py``'s stage table). Int8 is not offered for the
         gate: its thresholds were chosen on fp32 probabilities. Returns the engine's name.
         """
-        name = "onnxruntime" if name in ("auto", "onnxruntime-int8") else name
+        name = {"auto": "onnxruntime", "onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino"}.get(name, name)
         meta = checkpoint.meta_from_dict(checkpoint.read(path))
         engine, info = load_engine(name, self._fast, meta, path, threads=1, cache_dir=cache_dir)
         self._forward, self.engine = engine, info.name

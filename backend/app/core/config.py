@@ -121,8 +121,9 @@ class Settings(BaseSettings):
     )
     engine: str = Field(
         default="auto",
-        description="Classification forward pass: torch, onnxruntime, onnxruntime-int8 (needs models/<id>.int8.json), "
-        "openvino, or auto (the fastest that builds and passes its checks: int8, then ONNX Runtime fp32, then torch). "
+        description="Classification forward pass: torch, onnxruntime, onnxruntime-int8 or openvino-int8 (both need "
+        "models/<id>.int8.json), openvino, or auto (the fastest that builds and passes its checks: OpenVINO int8, "
+        "ONNX Runtime int8, ONNX Runtime fp32, torch; an int8 engine only where its val figures held). "
         "A failing engine falls back to torch with an error in the log and in /models. Grad-CAM always runs on torch.",
     )
     engine_cache: Path | None = Field(
