@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--engine",
         default=os.environ.get("RETINA_ENGINE", "auto"),
-        help="forward pass, as the service's RETINA_ENGINE: auto | torch | onnxruntime | onnxruntime-int8 | openvino | openvino-int8",
+        help="forward pass, as the service's RETINA_ENGINE: auto | torch | onnxruntime | onnxruntime-int8 | openvino "
+        "| openvino-int8",
     )
     p.add_argument("--workers", type=int, default=None, help="local processes (default: the usable cores)")
     p.add_argument("--chunk-size", type=int, default=32, help="files per task handed to a local worker")

@@ -339,8 +339,8 @@ class ModelInfo(BaseModel):
     engine: dict[str, Any] | None = Field(
         default=None,
         description="What runs the forward pass (`RETINA_ENGINE`): `name` (torch, onnxruntime, onnxruntime-int8, "
-        "openvino, openvino-int8), `requested`, `detail` (precision, parity / re-measured metrics) and `fallbacks` (engines "
-        "that were tried and why they were not used). Grad-CAM always runs on torch.",
+        "openvino, openvino-int8), `requested`, `detail` (precision, parity / re-measured metrics) and `fallbacks` "
+        "(engines that were tried and why they were not used). Grad-CAM always runs on torch.",
     )
     loaded: bool = True
     error: str | None = None
