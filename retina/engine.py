@@ -55,11 +55,15 @@ logger = logging.getLogger(__name__)
 ENGINES = ("torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 INT8_ENGINES = ("openvino-int8", "onnxruntime-int8")
 # ``auto``: the fastest engine that loads and passes its checks, in this order (measured on the
-# 2-core AVX2 box this project runs on; see benchmarks/engine_benchmark.py and backend/README.md).
+# 2-core AVX2 box this project runs on; see benchmarks/serve_benchmark.py and backend/README.md).
 AUTO_ORDER = ("openvino-int8", "onnxruntime-int8", "onnxruntime", "torch")
 CALIBRATION_SUFFIX = ".int8.json"
 # fp32 engines must reproduce torch: probabilities within this on the probe batch (measured ~1e-6).
 FP32_PROB_TOL = 1e-4
+# An int8 engine must reproduce, on the probe batch, the probabilities it gave when its val figures were
+# measured (stored beside them): other CPUs (VNNI, AMX) or library versions run other int8 kernels, and
+# a kernel difference is what moved ONNX Runtime's fundus refer point here.
+INT8_PROBE_TOL = 5e-3
 
 _INPUT, _OUTPUT = "input", "logits"
 
@@ -221,6 +225,11 @@ def _atomic_path(final: Path) -> contextlib.AbstractContextManager[Path]:
     return atomic_write(final, suffix=f".{os.getpid()}.tmp{final.suffix}")
 
 
+def engine_versions() -> str:
+    """The libraries behind the engines, e.g. ``torch2.9.1-onnxruntime1.23.2-openvino2025.3.0``."""
+    return _versions()
+
+
 @lru_cache(maxsize=1)
 def _versions() -> str:
     parts = [f"torch{torch.__version__}"]
@@ -270,7 +279,15 @@ def calibration_path(checkpoint_path: str | Path) -> Path:
 
 def int8_validation(doc: dict[str, Any], engine: str) -> dict[str, Any]:
     """The val re-measurement of one int8 engine in a calibration file (``{}`` if it was not measured)."""
-    return dict(doc.get("validation", {}).get("engines", {}).get(engine, {}))
+    validation = doc.get("validation", {})
+    if "engines" not in validation and "within_tolerance" in validation:
+        raise EngineError("calibration file of an older format (one engine): re-run python -m training.quantize")
+    return dict(validation.get("engines", {}).get(engine, {}))
+
+
+def probe_probabilities(engine: Engine, meta: CheckpointMeta) -> np.ndarray:
+    """``float64 (4, K)``: the engine's probabilities on :func:`probe_batch` (stored with int8 val figures)."""
+    return _probs(engine(probe_batch(meta)), meta.temperature)
 
 
 def read_calibration(checkpoint_path: str | Path, sha: str) -> dict[str, Any]:
@@ -399,12 +416,19 @@ def _build(
         if not q.is_file():
             quantize_int8(fp32, q, doc["ranges"], keep_fp32=keep)
         engine = OnnxRuntimeEngine(q, threads, name) if name == "onnxruntime-int8" else OpenVinoEngine(q, threads, name)
-        x = probe_batch(meta)
-        out = engine(x)
-        if out.shape != (x.shape[0], len(meta.class_names)) or not torch.isfinite(out).all():
-            raise EngineError(f"{name} gave {tuple(out.shape)} / non-finite logits on the probe batch")
+        got = probe_probabilities(engine, meta)
+        want = np.asarray(checked.get("probe_probabilities", []), dtype=np.float64)
+        if want.shape != got.shape:
+            raise EngineError(f"{name}: no probe probabilities recorded with its val figures: re-run training.quantize")
+        diff = float(np.abs(got - want).max())
+        if not np.isfinite(diff) or diff > INT8_PROBE_TOL:
+            raise EngineError(
+                f"{name} computes other int8 numbers here than when its val figures were measured (probe max "
+                f"|dp| {diff:.1e} > {INT8_PROBE_TOL:.0e}; measured with {checked.get('software', '?')}, here "
+                f"{_versions()}): re-run python -m training.quantize on this machine"
+            )
         calib = f"calibrated on {doc.get('calibration_images', '?')} training images"
-        return engine, f"int8 ({calib}; {checked.get('summary', '')})"
+        return engine, f"int8 ({calib}; probe max |dp| {diff:.1e}; {checked.get('summary', '')})"
     if name == "openvino":
         import openvino as ov
 

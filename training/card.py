@@ -169,8 +169,9 @@ def build_card(
         "## Model",
         f"- task `{ckpt['task']}`, architecture `{ckpt['arch']}` ({n_params / 1e6:.2f} M parameters, trained from "
         "scratch: no ImageNet weights were available), file "
-        f"{size_mb:.1f} MB ({ckpt.get('dtype', 'float32')} storage; inference runs in float32; every figure below "
-        "was measured on this very file)",
+        f"{size_mb:.1f} MB ({ckpt.get('dtype', 'float32')} storage; every figure below was measured on this very "
+        "file in float32; the service may serve an int8 engine only where its val figures, re-measured in "
+        "models/<id>.int8.json, held within 0.005: /models names the engine)",
         f"- input {spec['size']}x{spec['size']} px, {spec['channels']} channel(s); preprocessing `{spec['square']}`"
         + (", Graham local-contrast normalisation, circle mask" if spec.get("local_contrast") else "")
         + " (the exact spec is stored in the checkpoint and used by training and serving alike)",

@@ -14,7 +14,9 @@
    every served operating point (the referral levels the service would answer); the top-class
    and referral agreement too.
 4. Writes ``models/<id>.int8.json``: the checkpoint's SHA-256 (the engine refuses a file made
-   for another checkpoint), the ranges, and both sets of metrics. ``RETINA_ENGINE=auto``
+   for another checkpoint), the ranges, torch's val metrics and each int8 engine's, with the
+   library versions and the engine's probabilities on a fixed probe batch (re-checked at load, so
+   other int8 kernels, on another CPU or library version, are not served on these figures). ``RETINA_ENGINE=auto``
    serves an int8 engine only when every compared metric is within ``--tolerance`` (0.005) for it.
 """
 
@@ -37,8 +39,10 @@ from retina.engine import (
     OnnxRuntimeEngine,
     OpenVinoEngine,
     calibration_path,
+    engine_versions,
     export_onnx,
     file_sha256,
+    probe_probabilities,
     quantize_int8,
 )
 from retina.labels import DR_GRADES
@@ -172,15 +176,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p_torch = previous["torch_fp32"]  # torch's scores do not depend on the int8 choices
         else:
             p_torch, _ = evaluate(model, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
-        probs = {}
+        probs, probes = {}, {}
         for name, engine in int8_engines(q, threads):
             probs[name], _ = evaluate(engine, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
+            probes[name] = probe_probabilities(engine, meta).tolist()
     # The scores themselves, for anyone re-checking the comparison (not read by the service).
     np.savez_compressed(scores, torch_fp32=p_torch, labels=val_y, **{k.replace("-", "_"): v for k, v in probs.items()})
 
     names = tuple(meta.class_names)
     m_torch = {**summary_metrics(p_torch, val_y, names), **operating_point_metrics(p_torch, val_y, meta)}
     measured = {name: compare(p_torch, m_torch, p, val_y, meta, args.tolerance) for name, p in probs.items()}
+    for name, m in measured.items():
+        m["probe_probabilities"], m["software"] = probes[name], engine_versions()
     doc = {
         "checkpoint": ckpt.name,
         "checkpoint_sha256": file_sha256(ckpt),
@@ -215,6 +222,8 @@ def int8_engines(q: Path, threads: int) -> list[tuple[str, Any]]:
         engines.insert(0, ("openvino-int8", OpenVinoEngine(q, threads, "openvino-int8")))
     except ImportError:
         logger.warning("OpenVINO is not installed: openvino-int8 is not measured (nor served)")
+    except Exception as e:  # noqa: BLE001 - a compile failure must not cost the ONNX Runtime measurement
+        logger.error("OpenVINO could not compile the int8 file (%s): openvino-int8 is not measured (nor served)", e)
     assert {n for n, _ in engines} <= set(INT8_ENGINES)
     return engines
 

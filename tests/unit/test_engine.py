@@ -19,14 +19,19 @@ import torch
 
 from retina import checkpoint
 from retina.engine import (
+    AUTO_ORDER,
     FP32_PROB_TOL,
     INT8_ENGINES,
     EngineError,
+    OnnxRuntimeEngine,
     calibration_path,
+    export_onnx,
     file_sha256,
     int8_validation,
     load_engine,
     probe_batch,
+    probe_probabilities,
+    quantize_int8,
 )
 from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import decode_image, pil_to_uint8_tensor, prepare, tail
@@ -114,7 +119,8 @@ def test_auto_serves_int8_only_where_it_kept_every_validated_figure(tmp_path: Pa
         ok = [e for e in INT8_ENGINES if int8_validation(doc, e)["within_tolerance"]]
         model, meta = checkpoint.load(path)
         _, info = load_engine("auto", model, meta, path, cache_dir=tmp_path)
-        # The first int8 engine (in AUTO_ORDER) that kept every figure, else fp32 ONNX Runtime.
+        # The first int8 engine (INT8_ENGINES is AUTO_ORDER's int8 part) that kept every figure, else fp32.
+        assert AUTO_ORDER[: len(INT8_ENGINES)] == INT8_ENGINES
         assert info.name == (ok[0] if ok else "onnxruntime"), (task, info)
 
 
@@ -178,3 +184,38 @@ def test_engines_are_safe_to_call_from_several_threads(engine_name: str, tmp_pat
         together = list(pool.map(lambda v: gate.probabilities(v[None]), views))
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_auto_takes_the_next_int8_engine_and_rechecks_its_numbers_at_load(tmp_path: Path, make_checkpoint) -> None:  # noqa: ANN001
+    """openvino-int8 outside tolerance -> onnxruntime-int8; its probe probabilities are re-checked at load."""
+    path = _small_checkpoint(tmp_path, 0, make_checkpoint)
+    model, meta = checkpoint.load(path)
+    # Same architecture as the shipped OCT model: its activation ranges name the same tensors.
+    shipped = json.loads(calibration_path(SHIPPED["oct"]).read_text())
+    fp32, q = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, meta, fp32)
+    quantize_int8(fp32, q, shipped["ranges"], keep_fp32=shipped["fp32_layers"])
+    probe = probe_probabilities(OnnxRuntimeEngine(q, 1, "onnxruntime-int8"), meta)
+
+    def write(ort_probe: list, validation: dict | None = None) -> None:  # noqa: ANN001
+        engines = {
+            "openvino-int8": {"within_tolerance": False, "summary": "moved a figure"},
+            "onnxruntime-int8": {"within_tolerance": True, "summary": "kept", "probe_probabilities": ort_probe},
+        }
+        doc = {**shipped, "checkpoint_sha256": file_sha256(path), "validation": validation or {"engines": engines}}
+        calibration_path(path).write_text(json.dumps(doc))
+
+    write(probe.tolist())
+    _, info = load_engine("auto", model, meta, path, cache_dir=tmp_path / "c")
+    assert info.name == "onnxruntime-int8", info
+    assert any(f.startswith("openvino-int8:") and "outside tolerance" in f for f in info.fallbacks)
+    write((probe + 0.1).tolist())  # as if measured with other int8 kernels
+    _, info = load_engine("auto", model, meta, path, cache_dir=tmp_path / "c")
+    assert info.name == "onnxruntime" and any("other int8 numbers" in f for f in info.fallbacks), info
+    write([])
+    _, info = load_engine("auto", model, meta, path, cache_dir=tmp_path / "c")
+    assert info.name == "onnxruntime" and any("no probe probabilities" in f for f in info.fallbacks), info
+    write([], {"within_tolerance": True, "summary": "one engine"})
+    with pytest.raises(EngineError, match="older format"):
+        load_engine("onnxruntime-int8", model, meta, path, cache_dir=tmp_path / "c", fallback=False)

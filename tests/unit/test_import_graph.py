@@ -83,15 +83,26 @@ def _project_modules() -> list[str]:
 def test_every_module_imports() -> None:
     """Each module of the core, the trainers and the service imports: a name moved by a refactor
     (``training.quantize`` once imported ``setup_logging`` from where it no longer lived) fails here,
-    not on the first user who runs that command."""
-    import importlib
+    not on the first user who runs that command. In a subprocess: importing ``backend.main`` sets
+    process-wide defaults (``OMP_WAIT_POLICY``, ``TQDM_DISABLE``) that must not leak into other tests."""
+    import json
+    import subprocess
+    import sys
 
     modules = _project_modules()
     assert "training.quantize" in modules and "backend.main" in modules
-    failures = {}
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - every failure is reported, with its module
-            failures[name] = f"{type(e).__name__}: {e}"
-    assert failures == {}
+    script = (
+        "import importlib, json, sys\n"
+        "failures = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        failures[name] = f'{type(e).__name__}: {e}'\n"
+        "print(json.dumps(failures))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *modules], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
