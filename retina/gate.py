@@ -36,7 +36,7 @@ from torch import nn
 
 from retina import checkpoint
 from retina.engine import load_engine
-from retina.preprocessing import PreprocessSpec, pil_to_uint8_tensor, prepare, tail_fn
+from retina.preprocessing import PreprocessSpec, percentile, pil_to_uint8_tensor, prepare, tail_fn
 
 Modality = Literal["oct", "fundus", "other"]
 MODALITIES: tuple[str, ...] = ("oct", "fundus")
@@ -184,17 +184,8 @@ def _dark_level(vmax: np.ndarray) -> float:
 
 
 def _percentile(a: np.ndarray, q: float) -> float:
-    """``np.percentile(a, q)`` (linear interpolation), from a two-element partition: same value, 5x cheaper.
-
-    Written by hand because numpy's general quantile machinery costs ~0.3 ms per call here, a
-    tenth of the whole gate, for what is two order statistics.
-    """
-    flat = a.ravel()
-    pos = (flat.size - 1) * q / 100.0
-    lo = int(np.floor(pos))
-    hi = min(lo + 1, flat.size - 1)
-    part = np.partition(flat, [lo, hi])
-    return float(part[lo] + (pos - lo) * (part[hi] - part[lo]))
+    """``np.percentile(a, q)`` as a Python float (``retina.preprocessing.percentile``: same value, 5x cheaper)."""
+    return float(percentile(a, q))
 
 
 _KERNEL5 = np.ones((5, 5), np.uint8)

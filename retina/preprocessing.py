@@ -193,6 +193,25 @@ _BAND_BELOW = 0.22
 _BAND_WORK_WIDTH = 256  # px: the band is located on a copy this wide (speed; the curve is smooth)
 
 
+def percentile(a: np.ndarray, q: float) -> np.floating[Any]:
+    """``np.percentile(a, q)`` (linear method), the same value and dtype, from a two-element partition.
+
+    Written by hand because numpy's general quantile machinery costs ~0.3 ms per call on a
+    small image, for what is two order statistics. The interpolation is numpy's ``_lerp``:
+    ``x + d t`` below ``t = 0.5`` and ``y - d (1 - t)`` from it (checked equal to numpy's on
+    20,000 random arrays of float32, float64 and integer-valued data).
+    """
+    flat = a.ravel()
+    pos = (flat.size - 1) * (q / 100.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, flat.size - 1)
+    part = np.partition(flat, [lo, hi])
+    x, y = part[lo], part[hi]
+    t = pos - lo
+    d = y - x
+    return (y - d * (1 - t)) if t >= 0.5 else (x + d * t)
+
+
 def oct_band_curve(grey: np.ndarray) -> np.ndarray:
     """Row of the retina band centre for every column of a B-scan: ``float (W,)``.
 
@@ -209,20 +228,21 @@ def oct_band_curve(grey: np.ndarray) -> np.ndarray:
         grey: ``uint8 (H, W)`` B-scan.
     """
     h, w = grey.shape
-    img = Image.fromarray(np.where(grey >= 250, 0, grey).astype(np.uint8))  # registration fill, never tissue
+    # Registration fill (>= 250) is never tissue: to 0, in one OpenCV pass (numpy's where + astype cost 10x).
+    img = Image.fromarray(cv2.threshold(np.ascontiguousarray(grey, np.uint8), 249, 255, cv2.THRESH_TOZERO_INV)[1])
     small_w = min(w, _BAND_WORK_WIDTH)
     small_h = max(8, round(h * small_w / w))
     small = img.resize((small_w, small_h), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(3))
     s = np.asarray(small, dtype=np.float32)
     # Tissue = clearly above the vitreous/noise floor; its intensity-weighted centroid per
     # column is steadier than the brightest row, which jumps between RPE, choroid and lesions.
-    floor = np.percentile(s, 60)
+    floor = percentile(s, 60)
     wgt = np.clip(s - floor, 0, None) ** 2
     strength = wgt.sum(axis=0)
     rows = np.arange(small_h, dtype=np.float64)[:, None]
     peak = (wgt * rows).sum(axis=0) / np.maximum(strength, 1e-6) * (h / small_h)
     x = (np.arange(small_w) + 0.5) * (w / small_w)
-    keep = strength > np.percentile(strength, 20)  # dark columns (shadows, fill) say nothing
+    keep = strength > percentile(strength, 20)  # dark columns (shadows, fill) say nothing
     if keep.sum() < 8:
         return np.full(w, h / 2.0)
     coef = np.polyfit(x[keep], peak[keep], 2)
