@@ -205,3 +205,16 @@ def test_tail_fn_equals_tail_bit_for_bit(preset: str) -> None:
     spec = get_preset(preset)
     u8 = torch.randint(0, 256, (3, spec.channels, spec.size, spec.size), dtype=torch.uint8)
     assert torch.equal(tail_fn(spec)(u8), tail(spec)(u8))
+
+
+def test_percentile_equals_numpys_value_and_dtype() -> None:
+    """``retina.preprocessing.percentile`` replaces ``np.percentile`` in the OCT band and the gate: it must be exact."""
+    from retina.preprocessing import percentile
+
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        n = int(rng.integers(1, 3000))
+        a = [rng.integers(0, 256, n).astype(np.float32), rng.random(n).astype(np.float32) * 255, rng.random(n)][i % 3]
+        q = float(rng.choice([1, 20, 37.3, 50, 60, 99, 100]))
+        got, want = percentile(a, q), np.percentile(a, q)
+        assert got == want and np.asarray(got).dtype == np.asarray(want).dtype, (n, q, got, want)
