@@ -404,7 +404,15 @@ class Prepare:
 
 
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL ``L``/``RGB`` -> ``uint8`` tensor ``(C, H, W)``."""
+    """PIL ``L``/``RGB`` -> ``uint8`` tensor ``(C, H, W)`` (other modes: torchvision's ``pil_to_tensor``).
+
+    The same tensor as ``pil_to_tensor``, at half its cost (one numpy copy instead of
+    ``tobytes`` + view + permute): it runs for every upload, twice (the gate's view and the model's).
+    """
+    if img.mode == "RGB":
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1)))
+    if img.mode == "L":
+        return torch.from_numpy(np.array(img)[None])
     return v2.functional.pil_to_tensor(img)
 
 

@@ -218,3 +218,17 @@ def test_percentile_equals_numpys_value_and_dtype() -> None:
         q = float(rng.choice([1, 20, 37.3, 50, 60, 99, 100]))
         got, want = percentile(a, q), np.percentile(a, q)
         assert got == want and np.asarray(got).dtype == np.asarray(want).dtype, (n, q, got, want)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
+def test_pil_to_uint8_tensor_equals_torchvisions(mode: str) -> None:
+    from torchvision.transforms import v2
+
+    from retina.preprocessing import pil_to_uint8_tensor
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).convert(mode)
+    got, want = pil_to_uint8_tensor(img), v2.functional.pil_to_tensor(img)
+    assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+    if mode in ("RGB", "L"):  # the fast path also hands the batcher contiguous memory
+        assert got.is_contiguous()
