@@ -36,7 +36,7 @@ from torch import nn
 
 from retina import checkpoint
 from retina.engine import load_engine
-from retina.preprocessing import PreprocessSpec, percentile, pil_to_uint8_tensor, prepare, tail_fn
+from retina.preprocessing import PreprocessSpec, pil_to_uint8_tensor, prepare, tail_fn
 
 Modality = Literal["oct", "fundus", "other"]
 MODALITIES: tuple[str, ...] = ("oct", "fundus")
@@ -151,8 +151,9 @@ def _ellipse_iou(mask: np.ndarray) -> tuple[float, float]:
     ellipse is clipped by the same frame.
     """
     h, w = mask.shape
-    rows = np.flatnonzero(mask.mean(axis=1) > 0.05)
-    cols = np.flatnonzero(mask.mean(axis=0) > 0.05)
+    # count / n is the float64 mean of the bools exactly (an integer divided once), without the float copy.
+    rows = np.flatnonzero(np.count_nonzero(mask, axis=1) / w > 0.05)
+    cols = np.flatnonzero(np.count_nonzero(mask, axis=0) / h > 0.05)
     if rows.size < 4 or cols.size < 4:
         return 0.0, 0.0
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
@@ -168,24 +169,38 @@ def _ellipse_iou(mask: np.ndarray) -> tuple[float, float]:
         rx = ry
     yy, xx = np.ogrid[0:h, 0:w]  # broadcast: no (H, W) index grids
     ellipse = ((yy + 0.5 - cy) / max(ry, 1)) ** 2 + ((xx + 0.5 - cx) / max(rx, 1)) ** 2 <= 1.0
-    inter = np.logical_and(mask, ellipse).sum()
-    union = np.logical_or(mask, ellipse).sum()
+    inter = np.count_nonzero(mask & ellipse)
+    union = np.count_nonzero(mask | ellipse)
     box_share = float((bottom - top) * (right - left)) / float(h * w)
     return float(inter / max(union, 1)), box_share
 
 
-def _dark_level(vmax: np.ndarray) -> float:
-    """Grey level under which a pixel is surround, from the per-pixel channel max ``vmax (H, W)``.
+def _dark_level(vmax_u8: np.ndarray) -> float:
+    """Grey level under which a pixel is surround, from the per-pixel channel max ``vmax_u8 uint8 (H, W)``.
 
     It follows the exposure: in a dark (but real) fundus photo the retina itself is only
     ~0.1-0.2 grey, while the camera's black rim stays under ~0.03.
     """
-    return float(np.clip(0.2 * _percentile(vmax, 99.0), 0.03, _DARK))
+    return float(np.clip(0.2 * _percentile_u8_as_unit(vmax_u8, 99.0), 0.03, _DARK))
 
 
-def _percentile(a: np.ndarray, q: float) -> float:
-    """``np.percentile(a, q)`` as a Python float (``retina.preprocessing.percentile``: same value, 5x cheaper)."""
-    return float(percentile(a, q))
+def _percentile_u8_as_unit(v: np.ndarray, q: float) -> float:
+    """``percentile(v.astype(float32) / 255, q)`` for ``uint8`` ``v``: the same float32 value, from a histogram.
+
+    The two order statistics come from the cumulative 256-bin histogram (``float32(u) / 255`` is
+    monotone in ``u``, so the k-th smallest scaled value is the scaled k-th smallest byte), then
+    numpy's two-branch interpolation as in ``retina.preprocessing.percentile``: ~5x cheaper than
+    partitioning the scaled image.
+    """
+    flat = v.ravel()
+    pos = (flat.size - 1) * (q / 100.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, flat.size - 1)
+    cum = np.cumsum(np.bincount(flat, minlength=256))
+    x, y = (np.float32(np.searchsorted(cum, k, side="right")) / np.float32(255.0) for k in (lo, hi))
+    t = pos - lo
+    d = y - x
+    return float((y - d * (1 - t)) if t >= 0.5 else (x + d * t))
 
 
 _KERNEL5 = np.ones((5, 5), np.uint8)
@@ -208,12 +223,15 @@ def _sharpness(a: np.ndarray, bright: np.ndarray, g_mean: float) -> float:
 
 def quality(img: Image.Image, modality: str) -> dict[str, float]:
     """The quality measures of ``modality`` (see :data:`QUALITY_MEASURES`) for one image (at :data:`THUMB` px)."""
-    a = thumbnail(img)
+    small = gate_thumb(img)
+    u8 = np.asarray(small if small.mode == "RGB" else small.convert("RGB"))
+    a = u8.astype(np.float32) / 255.0  # as thumbnail(img)
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    vmax_u8 = np.maximum(np.maximum(u8[..., 0], u8[..., 1]), u8[..., 2])
     vmax = np.maximum(np.maximum(r, g), b)
     grey = (r + g + b) / 3.0
-    bright = vmax > _dark_level(vmax)
-    n_bright = max(int(bright.sum()), 1)
+    bright = vmax > _dark_level(vmax_u8)
+    n_bright = max(np.count_nonzero(bright), 1)
     if modality == "oct":
         std = float(grey.std())
         rows = grey.mean(axis=1)
@@ -222,14 +240,14 @@ def quality(img: Image.Image, modality: str) -> dict[str, float]:
         return {
             "band_contrast": float((smooth.max() - np.median(rows)) / (std + 1e-6)),
             "signal_std": std,
-            "overexposed_frac": float((vmax[bright] > 0.98).sum() / n_bright),
+            "overexposed_frac": float(np.count_nonzero((vmax > 0.98) & bright) / n_bright),
         }
     g_mean = float(g[bright].mean()) if bright.any() else 0.0
     # Sharpness: high-frequency energy of the green channel (vessels live there) inside the
     # retina relative to its brightness.
     return {
         "retina_brightness": float(grey[bright].mean()) if bright.any() else 0.0,
-        "overexposed_frac": float((vmax[bright] > 0.98).sum() / n_bright),
+        "overexposed_frac": float(np.count_nonzero((vmax > 0.98) & bright) / n_bright),
         "sharpness": _sharpness(a, bright, g_mean),
         # A whole disc in frame fits its ellipse (IoU ~0.9+); a crop inside the disc fills
         # the frame and scores pi/4 at best.
