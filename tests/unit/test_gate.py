@@ -237,3 +237,20 @@ def test_batched_augmentation_keeps_views_in_range_and_differs_per_image() -> No
     assert out.shape == (8, 3, 64, 64) and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     assert not torch.allclose(out[0], out[1])  # parameters drawn per image, not per batch
+
+
+def test_dark_level_percentile_from_the_histogram_equals_the_scaled_images() -> None:
+    """The gate's byte-histogram percentile gives exactly the float32 percentile of the scaled image it replaces."""
+    from retina.gate import _percentile_u8_as_unit
+    from retina.preprocessing import percentile
+
+    rng = np.random.default_rng(2)
+    for i in range(2000):
+        shape = tuple(int(s) for s in rng.integers(1, 90, 2))
+        v = (
+            (rng.random(shape) ** rng.uniform(0.2, 5) * 255).astype(np.uint8)
+            if i % 4
+            else np.full(shape, i % 256, np.uint8)
+        )
+        q = float(rng.choice([1.0, 50.0, 99.0, 100.0, 12.5]))
+        assert _percentile_u8_as_unit(v, q) == float(percentile(v.astype(np.float32) / 255.0, q)), (shape, q)
