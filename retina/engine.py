@@ -225,13 +225,9 @@ def _atomic_path(final: Path) -> contextlib.AbstractContextManager[Path]:
     return atomic_write(final, suffix=f".{os.getpid()}.tmp{final.suffix}")
 
 
+@lru_cache(maxsize=1)
 def engine_versions() -> str:
     """The libraries behind the engines, e.g. ``torch2.9.1-onnxruntime1.23.2-openvino2025.3.0``."""
-    return _versions()
-
-
-@lru_cache(maxsize=1)
-def _versions() -> str:
     parts = [f"torch{torch.__version__}"]
     for mod in ("onnxruntime", "openvino"):
         with contextlib.suppress(ImportError):
@@ -240,7 +236,7 @@ def _versions() -> str:
 
 
 def _key(sha: str, engine: str, extra: str = "") -> str:
-    digest = hashlib.sha256(f"{sha}|{engine}|{_versions()}|{extra}".encode()).hexdigest()[:20]
+    digest = hashlib.sha256(f"{sha}|{engine}|{engine_versions()}|{extra}".encode()).hexdigest()[:20]
     return f"{engine}-{digest}"
 
 
@@ -375,10 +371,9 @@ def _probs(logits: torch.Tensor, t: float) -> np.ndarray:
 
 def _check_parity(engine: Engine, reference: nn.Module, meta: CheckpointMeta, tol: float) -> float:
     """Max |p_engine - p_torch| on the probe batch; raises :class:`EngineError` over ``tol``."""
-    x = probe_batch(meta)
     with torch.inference_mode():
-        ref = _probs(reference(x), meta.temperature)
-    got = _probs(engine(x), meta.temperature)
+        ref = _probs(reference(probe_batch(meta)), meta.temperature)
+    got = probe_probabilities(engine, meta)
     diff = float(np.abs(got - ref).max())
     if not np.isfinite(diff) or diff > tol or (got.argmax(1) != ref.argmax(1)).any():
         raise EngineError(f"parity check failed: max probability difference {diff:.2e} (tolerance {tol:.0e})")
@@ -425,7 +420,7 @@ def _build(
             raise EngineError(
                 f"{name} computes other int8 numbers here than when its val figures were measured (probe max "
                 f"|dp| {diff:.1e} > {INT8_PROBE_TOL:.0e}; measured with {checked.get('software', '?')}, here "
-                f"{_versions()}): re-run python -m training.quantize on this machine"
+                f"{engine_versions()}): re-run python -m training.quantize on this machine"
             )
         calib = f"calibrated on {doc.get('calibration_images', '?')} training images"
         return engine, f"int8 ({calib}; probe max |dp| {diff:.1e}; {checked.get('summary', '')})"

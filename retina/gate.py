@@ -36,7 +36,7 @@ from torch import nn
 
 from retina import checkpoint
 from retina.engine import load_engine
-from retina.preprocessing import PreprocessSpec, pil_to_uint8_tensor, prepare, tail_fn
+from retina.preprocessing import PreprocessSpec, numpy_lerp, pil_to_uint8_tensor, prepare, tail_fn
 
 Modality = Literal["oct", "fundus", "other"]
 MODALITIES: tuple[str, ...] = ("oct", "fundus")
@@ -133,14 +133,13 @@ def gate_view(img: Image.Image, spec: PreprocessSpec = GATE_SPEC) -> torch.Tenso
     return pil_to_uint8_tensor(prepare(gate_thumb(img), spec))
 
 
-def thumbnail(img: Image.Image, size: int = THUMB) -> np.ndarray:
-    """Any PIL image -> ``float32 (H, W, 3)`` in ``[0, 1]``, long side at most ``size`` (aspect kept).
+def thumbnail_u8(img: Image.Image, size: int = THUMB) -> np.ndarray:
+    """Any PIL image -> ``uint8 (H, W, 3)``, long side at most ``size`` (aspect kept), from :func:`gate_thumb`.
 
     Grey images get three equal channels, so "grey" is measurable as zero chroma.
     """
     small = gate_thumb(img, size)
-    rgb = small if small.mode == "RGB" else small.convert("RGB")
-    return np.asarray(rgb, dtype=np.float32) / 255.0
+    return np.asarray(small if small.mode == "RGB" else small.convert("RGB"))
 
 
 def _ellipse_iou(mask: np.ndarray) -> tuple[float, float]:
@@ -198,9 +197,7 @@ def _percentile_u8_as_unit(v: np.ndarray, q: float) -> float:
     hi = min(lo + 1, flat.size - 1)
     cum = np.cumsum(np.bincount(flat, minlength=256))
     x, y = (np.float32(np.searchsorted(cum, k, side="right")) / np.float32(255.0) for k in (lo, hi))
-    t = pos - lo
-    d = y - x
-    return float((y - d * (1 - t)) if t >= 0.5 else (x + d * t))
+    return float(numpy_lerp(x, y, pos - lo))
 
 
 _KERNEL5 = np.ones((5, 5), np.uint8)
@@ -223,12 +220,11 @@ def _sharpness(a: np.ndarray, bright: np.ndarray, g_mean: float) -> float:
 
 def quality(img: Image.Image, modality: str) -> dict[str, float]:
     """The quality measures of ``modality`` (see :data:`QUALITY_MEASURES`) for one image (at :data:`THUMB` px)."""
-    small = gate_thumb(img)
-    u8 = np.asarray(small if small.mode == "RGB" else small.convert("RGB"))
-    a = u8.astype(np.float32) / 255.0  # as thumbnail(img)
+    u8 = thumbnail_u8(img)
+    a = u8.astype(np.float32) / 255.0  # float32 (H, W, 3) in [0, 1]
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
     vmax_u8 = np.maximum(np.maximum(u8[..., 0], u8[..., 1]), u8[..., 2])
-    vmax = np.maximum(np.maximum(r, g), b)
+    vmax = vmax_u8.astype(np.float32) / 255.0  # the channel max of ``a`` exactly: scaling is monotone
     grey = (r + g + b) / 3.0
     bright = vmax > _dark_level(vmax_u8)
     n_bright = max(np.count_nonzero(bright), 1)

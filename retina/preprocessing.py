@@ -206,8 +206,12 @@ def percentile(a: np.ndarray, q: float) -> np.floating[Any]:
     lo = int(np.floor(pos))
     hi = min(lo + 1, flat.size - 1)
     part = np.partition(flat, [lo, hi])
-    x, y = part[lo], part[hi]
-    t = pos - lo
+    return numpy_lerp(part[lo], part[hi], pos - lo)
+
+
+def numpy_lerp(x: Any, y: Any, t: float) -> Any:
+    """numpy's ``_lerp`` for the linear percentile between order statistics ``x <= y``: ``x + d t`` below
+    ``t = 0.5``, ``y - d (1 - t)`` from it (``d = y - x``), in ``x``'s dtype."""
     d = y - x
     return (y - d * (1 - t)) if t >= 0.5 else (x + d * t)
 

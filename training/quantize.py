@@ -35,7 +35,6 @@ import torch
 
 from retina import checkpoint
 from retina.engine import (
-    INT8_ENGINES,
     OnnxRuntimeEngine,
     OpenVinoEngine,
     calibration_path,
@@ -224,7 +223,6 @@ def int8_engines(q: Path, threads: int) -> list[tuple[str, Any]]:
         logger.warning("OpenVINO is not installed: openvino-int8 is not measured (nor served)")
     except Exception as e:  # noqa: BLE001 - a compile failure must not cost the ONNX Runtime measurement
         logger.error("OpenVINO could not compile the int8 file (%s): openvino-int8 is not measured (nor served)", e)
-    assert {n for n, _ in engines} <= set(INT8_ENGINES)
     return engines
 
 
