@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     ap.add_argument("--env", action="append", default=[], help="extra RETINA_X=Y for the server (repeatable)")
     ap.add_argument("--endpoints", default="predict,gradcam")
+    ap.add_argument("--models", default="", help="comma-separated model ids to measure (default: every served model)")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     ap.add_argument(
         "--baseline",
@@ -455,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     # Offline first, while nothing else of ours runs.
     from retina.gate import GATE_FILE  # the gate is no /predict model
 
-    targets = [(p.stem, p) for p in sorted(models_dir.glob("*.pt")) if p.name != GATE_FILE]
+    only = {m.strip() for m in args.models.split(",") if m.strip()}
+    targets = [
+        (p.stem, p) for p in sorted(models_dir.glob("*.pt")) if p.name != GATE_FILE and (not only or p.stem in only)
+    ]
     offline: dict[str, dict[int, float]] = {}
     for model_id, path in targets:
         meta = checkpoint.meta_from_dict(checkpoint.read(path))
@@ -465,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     served: list[dict[str, Any]] = []
     results: dict[str, list[Cell]] = {}
     with running_server(models_dir, args.workers, extra_env) as (base, proc):
-        served = httpx.get(f"{base}/models", timeout=10).json()
+        served = [m for m in httpx.get(f"{base}/models", timeout=10).json() if not only or m["id"] in only]
         for info in served:
             if info.get("loaded", True):
                 results[info["id"]] = measure(base, proc, info["id"], info["task"], endpoints, concurrencies, args)
