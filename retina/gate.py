@@ -50,6 +50,11 @@ THUMB = 128  # long side of the one small copy (gate_thumb) the CNN view and qua
 # shape), colour kept. 64 px is enough to tell a retina from a photograph and costs ~1 ms.
 GATE_SPEC = PreprocessSpec(size=64, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), square="pad")
 MIN_SIDE = 32  # px: smaller uploads (icons, thumbnails) cannot be graded
+# Grey levels: an upload whose small copy spans no more than this in every band is one flat tone
+# (a blank frame, a failed export). No retinal image is: both kinds have a black surround or
+# vitreous next to bright tissue. Checked before the CNN, which called some flat grey fields an
+# ungradable fundus (so an OCT upload got "wrong modality" instead of "not a retinal image").
+FLAT_RANGE = 8
 
 QUALITY_MEASURES: dict[str, tuple[str, ...]] = {
     "fundus": ("retina_brightness", "overexposed_frac", "sharpness", "retina_in_frame"),
@@ -126,6 +131,13 @@ def gate_thumb(img: Image.Image, size: int = THUMB) -> Image.Image:
     w, h = small.size
     s = size / max(w, h)
     return small.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
+
+
+def _tone_range(img: Image.Image) -> int:
+    """Largest ``max - min`` over the bands of an ``L`` or ``RGB`` image, in grey levels."""
+    ext = img.getextrema()
+    bands = ext if isinstance(ext[0], tuple) else (ext,)
+    return max(int(hi) - int(lo) for lo, hi in bands)  # type: ignore[misc]
 
 
 def gate_view(img: Image.Image, spec: PreprocessSpec = GATE_SPEC) -> torch.Tensor:
@@ -352,8 +364,13 @@ class ImageGate:
                 results[i] = GateResult("other", {}, False, [reason], {}, self.thresholds)
             else:
                 todo.append(i)
+        thumbs = {i: gate_thumb(images[i]) for i in todo}  # one small copy: view and quality
+        for i in list(todo):
+            if _tone_range(thumbs[i]) <= FLAT_RANGE:
+                reason = "the image is blank (one flat tone), not an OCT B-scan or a fundus photo"
+                results[i] = GateResult("other", {}, False, [reason], {}, self.thresholds)
+                todo.remove(i)
         if todo:
-            thumbs = {i: gate_thumb(images[i]) for i in todo}  # one small copy: view and quality
             probs = self.probabilities(torch.stack([gate_view(thumbs[i], self.spec) for i in todo]))
             for i, p in zip(todo, probs, strict=True):
                 pd = {c: float(v) for c, v in zip(GATE_CLASSES, p, strict=True)}
