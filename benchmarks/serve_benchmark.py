@@ -460,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [
         (p.stem, p) for p in sorted(models_dir.glob("*.pt")) if p.name != GATE_FILE and (not only or p.stem in only)
     ]
-    if only - {t[0] for t in targets}:
-        ap.error(f"--models: no checkpoint in {models_dir} for {', '.join(sorted(only - {t[0] for t in targets}))}")
+    if missing := only - {model_id for model_id, _ in targets}:
+        ap.error(f"--models: no checkpoint in {models_dir} for {', '.join(sorted(missing))}")
     offline: dict[str, dict[int, float]] = {}
     for model_id, path in targets:
         meta = checkpoint.meta_from_dict(checkpoint.read(path))

@@ -386,12 +386,11 @@ def _build(
     if name == "torch":
         return TorchEngine(model), "channels-last eager"
     needs = {"openvino": ("openvino",), "openvino-int8": ("openvino", "onnxruntime")}.get(name, ("onnxruntime",))
-    if name != "torch":
-        for lib in needs:  # the int8 file is made by ONNX Runtime's quantiser, whichever engine runs it
-            try:
-                __import__(lib)
-            except ImportError as e:
-                raise EngineError(f"{name} needs {lib}, which is not installed ({e})") from e
+    for lib in needs:  # the int8 file is made by ONNX Runtime's quantiser, whichever engine runs it
+        try:
+            __import__(lib)
+        except ImportError as e:
+            raise EngineError(f"{name} needs {lib}, which is not installed ({e})") from e
     if name in INT8_ENGINES:
         # The calibration is checked before anything is exported: a missing or stale one costs nothing.
         doc = read_calibration(checkpoint_path, sha)

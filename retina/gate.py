@@ -365,11 +365,11 @@ class ImageGate:
             else:
                 todo.append(i)
         thumbs = {i: gate_thumb(images[i]) for i in todo}  # one small copy: view and quality
-        for i in list(todo):
+        for i in todo:
             if _tone_range(thumbs[i]) <= FLAT_RANGE:
                 reason = "the image is blank (one flat tone), not an OCT B-scan or a fundus photo"
                 results[i] = GateResult("other", {}, False, [reason], {}, self.thresholds)
-                todo.remove(i)
+        todo = [i for i in todo if results[i] is None]
         if todo:
             probs = self.probabilities(torch.stack([gate_view(thumbs[i], self.spec) for i in todo]))
             for i, p in zip(todo, probs, strict=True):

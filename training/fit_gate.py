@@ -763,36 +763,32 @@ def run(
 
 
 def degraded_check(gate: ImageGate, root: Path) -> dict[str, Any]:
-    """Real dev images as they are, degraded, and as other cameras would give them: the shipped gate's verdicts."""
-    return {
-        "dev_and_degraded": _verdicts(gate, root, degraded, with_original=True),
-        "dev_other_cameras": _verdicts(gate, root, camera_variants, with_original=False),
+    """Real dev images as they are, degraded, and as other cameras would give them: the shipped gate's verdicts.
+
+    Returns ``{table: {"<modality>: <variant>": {verdict: count}}}``; each dev image is decoded once
+    for both tables. A ValueError when ``root`` holds no dev images.
+    """
+    tables: dict[str, Callable[[Image.Image, str], dict[str, Image.Image]]] = {
+        "dev_and_degraded": lambda img, m: {"as is": img, **degraded(img, m)},
+        "dev_other_cameras": camera_variants,
     }
-
-
-def _verdicts(
-    gate: ImageGate,
-    root: Path,
-    make: Callable[[Image.Image, str], dict[str, Image.Image]],
-    with_original: bool,
-) -> dict[str, dict[str, int]]:
-    """``{"<modality>: <variant>": {verdict: count}}`` over the dev images; a ValueError when there are none."""
-    out: dict[str, Counter[str]] = defaultdict(Counter)
+    out: dict[str, dict[str, Counter[str]]] = {t: defaultdict(Counter) for t in tables}
     for s, m, _, p in retinal_files(root):
         if s not in ("oct-dev", "fundus-dev"):
             continue
         img = load_image(str(p))
-        variants = {"as is": img, **make(img, m)} if with_original else make(img, m)
-        for kind, r in zip(variants, gate.assess_many(list(variants.values())), strict=True):
-            verdict = (
-                "gradable"
-                if r.modality == m and r.gradable
-                else ("ungradable" if r.modality == m else f"as {r.modality}")
-            )
-            out[f"{m}: {kind}"][verdict] += 1
-    if not out:
+        for table, make in tables.items():
+            variants = make(img, m)
+            for kind, r in zip(variants, gate.assess_many(list(variants.values())), strict=True):
+                verdict = (
+                    "gradable"
+                    if r.modality == m and r.gradable
+                    else ("ungradable" if r.modality == m else f"as {r.modality}")
+                )
+                out[table][f"{m}: {kind}"][verdict] += 1
+    if not out["dev_and_degraded"]:
         raise ValueError(f"no oct-dev or fundus-dev images under {root}")
-    return {k: dict(c) for k, c in out.items()}
+    return {t: {k: dict(c) for k, c in rows.items()} for t, rows in out.items()}
 
 
 def cost(gate: ImageGate, root: Path, n: int = 60) -> dict[str, float]:
