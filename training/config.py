@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,  # split seed (patient-disjoint, stratified)
         "cache_dir": "runs/cache",  # prepared-image cache; null = no cache
         "max_images": None,  # total cap for quick runs, stratified by class, whole patients only
+        "patients": "shared",  # shared | per_dataset: are patient ids comparable across the --data folders?
     },
     "preprocess": {"preset": "oct_28"},  # + optional PreprocessSpec field overrides
     "model": {"arch": "simplecnn", "args": {}},

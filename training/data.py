@@ -109,7 +109,9 @@ def read_config_table(cfg: dict[str, Any], path: str | Path | None = None) -> Im
     path = path or d["path"]
     if not path:
         raise ConfigError("no dataset: pass --data PATH or set data.path")
-    return read_tables(path, d["format"], label_scheme=d["label_scheme"], task=cfg["task"] or None)
+    return read_tables(
+        path, d["format"], label_scheme=d["label_scheme"], task=cfg["task"] or None, patients=d["patients"]
+    )
 
 
 def prepare_data(cfg: dict[str, Any], *, splits: bool = True) -> DataBundle:

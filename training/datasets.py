@@ -181,13 +181,23 @@ def read_table(
 
 
 def read_tables(
-    paths: str | Path | list[str | Path], fmt: str = "auto", *, label_scheme: str = "grade", task: str | None = None
+    paths: str | Path | list[str | Path],
+    fmt: str = "auto",
+    *,
+    label_scheme: str = "grade",
+    task: str | None = None,
+    patients: str = "shared",
 ) -> ImageTable:
     """One table from one dataset or several of one task (``a,b`` or a list): rows concatenated.
 
-    Groups are kept as they are, so a patient id found in two folders (two Kermany sets share
-    patients) is one group across both and never straddles a split.
+    ``patients="shared"`` keeps groups as they are, so a patient id found in two folders (two
+    Kermany sets share patients) is one group across both and never straddles a split.
+    ``patients="per_dataset"`` prefixes each group with its folder's name: datasets from
+    different sources number their patients independently (ODIR's patient 1005 is not
+    EyePACS's 1005_left), and a spurious match would merge their splits.
     """
+    if patients not in ("shared", "per_dataset"):
+        raise DatasetError(f"patients must be 'shared' or 'per_dataset', got {patients!r}")
     if isinstance(paths, str | Path):
         paths = [p for p in str(paths).split(",") if p.strip()]
     if len(paths) == 1:
@@ -203,7 +213,12 @@ def read_tables(
     return ImageTable(
         paths=[p for t in tables for p in t.paths],
         labels=np.concatenate([t.labels for t in tables]),
-        groups=np.concatenate([t.groups.astype(str) for t in tables]),
+        groups=np.concatenate(
+            [
+                np.char.add(f"{Path(t.root).name}:", t.groups.astype(str)) if patients == "per_dataset" else t.groups
+                for t in tables
+            ]
+        ).astype(str),
         class_names=first.class_names,
         task=first.task,
         split=None,

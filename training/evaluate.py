@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     d = {**config_mod.DEFAULTS["data"], **(meta.config or {}).get("data", {})}
     fmt = args.format or d["format"] or "auto"
     scheme = meta.label_scheme or d["label_scheme"]
-    full = read_tables(args.data, fmt, label_scheme=scheme, task=meta.task)
+    full = read_tables(args.data, fmt, label_scheme=scheme, task=meta.task, patients=d["patients"])
     if tuple(full.class_names) != tuple(meta.class_names):
         raise DatasetError(f"dataset classes {full.class_names} differ from the model's {meta.class_names}")
     table, idx, split, info = resolve_rows(meta, full, args.split)

@@ -151,7 +151,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = Path(args.checkpoint)
     model, meta = checkpoint.load(ckpt)
     d = {**config_mod.DEFAULTS["data"], **(meta.config or {}).get("data", {})}
-    full = read_tables(args.data, d["format"] or "auto", label_scheme=meta.label_scheme or d["label_scheme"])
+    full = read_tables(
+        args.data,
+        d["format"] or "auto",
+        label_scheme=meta.label_scheme or d["label_scheme"],
+        patients=d["patients"],
+    )
     table, train_idx, _, info = resolve_rows(meta, full, "train")
     if not info.get("fingerprint_matches_training"):
         raise DatasetError(f"{args.data} is not this checkpoint's training data: its train split cannot be recomputed")
