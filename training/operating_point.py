@@ -7,9 +7,15 @@
 
 The threshold is the largest score that keeps the sensitivity on the fitting predictions at or
 above the target (IDx-DR was held to 87.2 %), so the operating point is chosen on validation
-(or out-of-fold) predictions only; ``--check`` sets are scored at that fixed threshold, with
-95 % bootstrap intervals, and stored beside it. The service serves it (``/predict`` referral,
-``/models``, the UI and the PDF show it); ``RETINA_REFERRAL_*`` settings still override.
+(or out-of-fold) predictions only. With ``--fit-domain NAME=P.csv`` (repeated, one per camera /
+dataset) the target must hold on *every* domain's validation predictions: each domain's own
+point is the largest threshold meeting it there, and the served point is the smallest of them.
+That is the threshold that maximises the worst domain's specificity under the constraint
+(specificity only rises with the threshold), and it does not let the biggest domain's
+probabilities set the point for the others, which a pooled fit does. ``--check`` sets are scored
+at that fixed threshold, with 95 % bootstrap intervals over patients, and stored beside it. The
+service serves it (``/predict`` referral, ``/models``, the UI and the PDF show it);
+``RETINA_REFERRAL_*`` settings still override.
 
 Points (score -> positives):
 
@@ -46,6 +52,13 @@ POINTS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
 }
 
 
+def patient_of(path: str) -> str:
+    """The patient of an image path: ``<patient>`` of ``<patient>_<left|right>.jpeg`` (EyePACS, ODIR), else the stem."""
+    stem = Path(path).stem
+    head, _, eye = stem.rpartition("_")
+    return head if head and eye.lower() in ("left", "right") else stem
+
+
 def _is_raw_photo(path: str) -> bool:
     """A raw camera photo (long side > ``RAW_LONG_SIDE`` px), not a publisher's 256-px crop; header read only."""
     with Image.open(path) as im:
@@ -53,14 +66,16 @@ def _is_raw_photo(path: str) -> bool:
 
 
 def read_predictions(
-    path: Path | list[Path], classes: tuple[str, ...], *, raw_only: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(score (N,), positive (N,) bool)`` from ``predictions.csv`` files written by ``training.evaluate`` / ``cv``.
+    path: Path | list[Path], classes: tuple[str, ...], *, raw_only: bool = False, groups: bool = False
+) -> tuple[np.ndarray, ...]:
+    """``(score (N,), positive (N,) bool[, patient (N,) str])`` from ``predictions.csv`` files.
 
-    Several files are concatenated (e.g. two datasets' validation splits); ``raw_only`` keeps
-    raw camera photos only (what users upload), as ``training.evaluate --subset raw`` does.
+    The files are those ``training.evaluate`` / ``cv`` write. Several are concatenated (e.g. two
+    datasets' validation splits); ``raw_only`` keeps raw camera photos only (what users upload),
+    as ``training.evaluate --subset raw`` does; ``groups`` adds each row's patient (for a
+    bootstrap over patients: both eyes of one patient are not two independent draws).
     """
-    scores, pos = [], []
+    scores, pos, pats = [], [], []
     for one in path if isinstance(path, list) else [path]:
         with open(one, newline="") as f:
             for row in csv.DictReader(f):
@@ -68,7 +83,9 @@ def read_predictions(
                     continue
                 scores.append(sum(float(row[f"p_{c}"]) for c in classes))
                 pos.append(row["label"] in classes)
-    return np.asarray(scores), np.asarray(pos)
+                pats.append(f"{one}:{patient_of(row['path'])}")
+    out = (np.asarray(scores), np.asarray(pos))
+    return (*out, np.asarray(pats)) if groups else out
 
 
 def threshold_for_sensitivity(score: np.ndarray, positive: np.ndarray, target: float) -> float:
@@ -80,10 +97,23 @@ def threshold_for_sensitivity(score: np.ndarray, positive: np.ndarray, target: f
     return float(s[max(k, 1) - 1])
 
 
-def sens_spec(score: np.ndarray, positive: np.ndarray, t: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Sensitivity and specificity at ``t`` with 95 % bootstrap intervals (images resampled)."""
+def sens_spec(
+    score: np.ndarray,
+    positive: np.ndarray,
+    t: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Sensitivity and specificity at ``t`` with 95 % bootstrap intervals.
+
+    ``groups`` ``(N,)``: resample patients (all their images together), else images.
+    """
     pred = score >= t
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        _, inv = np.unique(groups, return_inverse=True)
+        members = [np.flatnonzero(inv == g) for g in range(inv.max() + 1)]
 
     def stats(idx: np.ndarray) -> tuple[float, float]:
         p, y = pred[idx], positive[idx]
@@ -92,7 +122,13 @@ def sens_spec(score: np.ndarray, positive: np.ndarray, t: float, n_boot: int = 1
         return sens, spec
 
     sens, spec = stats(np.arange(len(score)))
-    boots = np.array([stats(rng.integers(0, len(score), len(score))) for _ in range(n_boot)])
+
+    def draw() -> np.ndarray:
+        if groups is None:
+            return rng.integers(0, len(score), len(score))
+        return np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+
+    boots = np.array([stats(draw()) for _ in range(n_boot)])
     ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
     return {
         "sensitivity": sens,
@@ -101,14 +137,31 @@ def sens_spec(score: np.ndarray, positive: np.ndarray, t: float, n_boot: int = 1
         "specificity_ci95": [float(ci[0, 1]), float(ci[1, 1])],
         "n": int(len(score)),
         "n_positive": int(positive.sum()),
+        **({"n_patients": int(len(np.unique(groups)))} if groups is not None else {}),
     }
+
+
+def minimax_threshold(domains: dict[str, tuple[np.ndarray, np.ndarray]], target: float) -> tuple[float, str]:
+    """The largest threshold keeping sensitivity >= ``target`` on every domain, and the domain that binds it.
+
+    ``domains``: name -> ``(score (N,), positive (N,) bool)`` validation predictions.
+    """
+    own = {name: threshold_for_sensitivity(s, y, target) for name, (s, y) in domains.items()}
+    binding = min(own, key=lambda k: own[k])
+    return own[binding], binding
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.operating_point", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument(
-        "--fit", type=Path, action="append", required=True, help="predictions.csv of the validation / out-of-fold set"
+        "--fit", type=Path, action="append", default=[], help="predictions.csv of the validation / out-of-fold set"
+    )
+    p.add_argument(
+        "--fit-domain",
+        action="append",
+        default=[],
+        help="NAME=predictions.csv, one per domain (camera / dataset): the target sensitivity must hold on each",
     )
     p.add_argument("--raw-only", action="store_true", help="fit on raw camera photos only (long side > 300 px)")
     p.add_argument("--point", required=True, help="refer | urgent (fundus); urgent | routine (OCT)")
@@ -123,21 +176,35 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("no operating point %r for task %r; known: %s", args.point, meta.task, sorted(POINTS))
         return 2
     classes, positive_means = POINTS[key]
-    score, pos = read_predictions(args.fit, classes, raw_only=args.raw_only)
-    t = threshold_for_sensitivity(score, pos, args.sensitivity)
+    if bool(args.fit) == bool(args.fit_domain):
+        logger.error("give either --fit (pooled) or --fit-domain NAME=P.csv (every domain), not both or neither")
+        return 2
+    domains: dict[str, tuple[np.ndarray, ...]] = {}
+    for item in args.fit_domain:
+        name, _, path = item.partition("=")
+        domains[name] = read_predictions(Path(path), classes, raw_only=args.raw_only, groups=True)
+    if domains:
+        t, binding = minimax_threshold({k: v[:2] for k, v in domains.items()}, args.sensitivity)
+        score, pos, pats = (np.concatenate([v[i] for v in domains.values()]) for i in range(3))
+        logger.info("every-domain rule: threshold %.4f, bound by %s", t, binding)
+    else:
+        score, pos, pats = read_predictions(args.fit, classes, raw_only=args.raw_only, groups=True)
+        t = threshold_for_sensitivity(score, pos, args.sensitivity)
     point: dict[str, Any] = {
         "threshold": t,
         "score": f"P({' + '.join(classes)})",
         "positive": positive_means,
         "target_sensitivity": args.sensitivity,
         "fitted_on": args.fitted_on,
-        "fit": sens_spec(score, pos, t),
+        "rule": "every domain" if domains else "pooled",
+        "fit": sens_spec(score, pos, t, groups=pats),
+        "fit_domains": {k: sens_spec(v[0], v[1], t, groups=v[2]) for k, v in domains.items()},
         "checks": {},
     }
     for spec in args.check:
         name, _, path = spec.partition("=")
-        s, y = read_predictions(Path(path), classes)
-        point["checks"][name] = sens_spec(s, y, t)
+        s, y, g = read_predictions(Path(path), classes, groups=True)
+        point["checks"][name] = sens_spec(s, y, t, groups=g)
     points = dict((meta.extra or {}).get("operating_points") or {})
     points[args.point] = point
     checkpoint.update_meta(args.checkpoint, extra={**(meta.extra or {}), "operating_points": points})

@@ -104,3 +104,35 @@ def test_operating_point_fits_on_several_files_and_raw_photos_only(tmp_path) -> 
     assert len(score) == 3 and pos.tolist() == [True, True, False]
     score, pos = read_predictions([a, b], classes, raw_only=True)  # the 256-px crop is left out
     assert pos.tolist() == [True, False] and score == pytest.approx([0.5, 0.6])
+
+
+def test_every_domain_point_keeps_the_target_on_each_domain_and_is_the_largest_such() -> None:
+    from training.operating_point import minimax_threshold
+
+    rng = np.random.default_rng(1)
+    domains = {}
+    for name, shift in [("low", 0.0), ("high", 0.25)]:  # a camera whose probabilities run high
+        pos = rng.random(300) < 0.4
+        score = np.clip(np.where(pos, rng.beta(4, 2, 300), rng.beta(2, 4, 300)) + shift, 0, 1)
+        domains[name] = (score, pos)
+    t, binding = minimax_threshold(domains, 0.85)
+    for score, pos in domains.values():
+        assert (score[pos] >= t).mean() >= 0.85
+    assert binding == "low"  # the low-running camera binds: a higher point would miss its positives
+    s, y = domains[binding]
+    assert (s[y] >= np.nextafter(t, 1)).mean() < 0.85
+    pooled = threshold_for_sensitivity(
+        np.concatenate([d[0] for d in domains.values()]), np.concatenate([d[1] for d in domains.values()]), 0.85
+    )
+    assert t <= pooled  # pooling lets the high camera's positives carry the low one's misses
+
+
+def test_patients_are_resampled_together() -> None:
+    from training.operating_point import patient_of
+
+    assert patient_of("/x/1005_left.jpeg") == patient_of("/y/1005_right.jpeg") == "1005"
+    assert patient_of("IDRiD_012.jpeg") == "IDRiD_012"
+    score = np.array([0.9, 0.8, 0.2, 0.1])
+    pos = np.array([True, True, False, False])
+    r = sens_spec(score, pos, 0.5, n_boot=50, groups=np.array(["a", "a", "b", "b"]))
+    assert r["n_patients"] == 2 and r["sensitivity"] == 1.0 and r["specificity"] == 1.0
