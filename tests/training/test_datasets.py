@@ -283,3 +283,23 @@ def test_datasets_sharing_patients_are_split_jointly(tmp_path):
     parts = split_indices(t, val_frac=0.25, test_frac=0.25, seed=0)
     seen = [set(t.groups[v]) for v in parts.values()]
     assert all(not (x & y) for i, x in enumerate(seen) for y in seen[i + 1 :])
+
+
+def test_patient_ids_of_independent_sources_are_namespaced_per_dataset(tmp_path):
+    """Two EyePACS-layout sets numbering patients alike (ODIR's 1005 vs EyePACS's 1005_left) are not one patient."""
+    from training.datasets import DatasetError, read_tables
+
+    a = make_eyepacs(tmp_path / "eyepacs", patients=20)
+    b = make_eyepacs(tmp_path / "odir", patients=20)  # the same ids 100..119
+    shared = read_tables([a, b])
+    assert set(shared.groups[shared.parts == 0]) == set(shared.groups[shared.parts == 1])  # ids collide
+    per = read_tables([a, b], patients="per_dataset")
+    assert not set(per.groups[per.parts == 0]) & set(per.groups[per.parts == 1])
+    assert per.groups[0].startswith("eyepacs:")
+    alone = read_table(a)
+    s_alone = split_indices(alone, val_frac=0.2, test_frac=0.2, seed=0)
+    s_per = split_indices(per, val_frac=0.2, test_frac=0.2, seed=0)
+    for s in ("train", "val", "test"):  # namespaced, each keeps the split it has alone
+        assert sorted(per.paths[i] for i in s_per[s] if per.parts[i] == 0) == sorted(alone.paths[i] for i in s_alone[s])
+    with pytest.raises(DatasetError, match="per_dataset"):
+        read_tables([a, b], patients="bogus")
