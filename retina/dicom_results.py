@@ -212,12 +212,15 @@ def structured_report(
     *,
     fallback_key: str,
     summary: str,
+    kind: str = "sr",
 ) -> Dataset:
     """A TID 1500 Comprehensive 3D SR of ``findings`` (see the module docstring).
 
     ``sources``: headers (:func:`source_header`) of the DICOM inputs, one study; empty for
     non-DICOM input, which then gets a new study keyed by ``fallback_key`` (e.g. the files' SHA-256).
     ``summary``: one sentence (the patient's or the image's advice) written as a text item.
+    ``kind``: part of the result UIDs (``sr`` for one image, ``exam-sr`` for an exam), so different
+    answers about the same sources never share a SOP Instance UID.
     """
     import highdicom as hd
 
@@ -247,9 +250,9 @@ def structured_report(
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=result_uid("sr-series", keys, models),
+        series_instance_uid=result_uid(f"{kind}-series", keys, models),
         series_number=990,
-        sop_instance_uid=result_uid("sr", keys, models),
+        sop_instance_uid=result_uid(kind, keys, models),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -282,6 +285,7 @@ def encapsulated_pdf(
     *,
     fallback_key: str,
     title: str = "RetinaScope AI report (research use, not for diagnostic use)",
+    kind: str = "pdf",
 ) -> Dataset:
     """``pdf`` as an Encapsulated PDF instance in the sources' study (or a new one), UIDs as :func:`result_uid`."""
     keys = _keys(sources, fallback_key)
@@ -289,14 +293,14 @@ def encapsulated_pdf(
     now = datetime.now(UTC)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
-    meta.MediaStorageSOPInstanceUID = result_uid("pdf", keys, models)
+    meta.MediaStorageSOPInstanceUID = result_uid(kind, keys, models)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.update(ident)
     ds.SOPClassUID = ENCAPSULATED_PDF
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = result_uid("pdf-series", keys, models)
+    ds.SeriesInstanceUID = result_uid(f"{kind}-series", keys, models)
     ds.Modality = "DOC"
     ds.SeriesNumber = 991
     ds.InstanceNumber = 1
