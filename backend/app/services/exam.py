@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from backend.app.services.runtime import request_id_var, run_in
 from retina.dicom import is_dicom
 from retina.dicom_results import source_header
 from retina.exam import ExamAssessment, ExamItem, assess_exam
+from retina.exam_scoring import number_of_frames
 from retina.laterality import resolve, split_form
 
 
@@ -54,17 +54,6 @@ class _File:
     eye: str
     source: str
     frames: int
-
-
-def number_of_frames(data: bytes) -> int:
-    """``NumberOfFrames`` of a DICOM file (1 when absent or unreadable); only that element is parsed."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["NumberOfFrames"])
-        return int(ds.get("NumberOfFrames") or 1)
-    except Exception:  # an unreadable header is the pipeline's to refuse, with its own code
-        return 1
 
 
 async def _read(pipeline: Pipeline, uploads: Sequence[Upload], forms: list[str | None]) -> list[_File]:
