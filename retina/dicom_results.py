@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ from datetime import UTC, datetime
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
+
+# highdicom logs the source datasets' SOP Instance UIDs at INFO while it copies the Patient and
+# Study modules: identifiers of the input, which this service never logs. Its warnings still pass.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 MANUFACTURER = "RetinaScope"

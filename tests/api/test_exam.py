@@ -118,7 +118,7 @@ def test_exam_as_sr_and_its_pdf_report(client: TestClient, fundus_dcm: bytes, lo
     src = pydicom.dcmread(io.BytesIO(fundus_dcm))
     assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == src.StudyInstanceUID
     assert sr.PatientID == src.PatientID
-    assert not leaked(logs.text)
+    assert not leaked(logs.text) and src.SOPInstanceUID not in logs.text and src.StudyInstanceUID not in logs.text
     r = client.post("/report/exam", params={"model": "fundus"}, files=files, data={"laterality": ["", "right"]})
     assert r.status_code == 200 and r.content.startswith(b"%PDF")
     r = client.post(

@@ -93,3 +93,4 @@ def test_pacs_round_trip_adds_sr_and_pdf_once(
     assert second.stored == [] and second.already_present == ["sr", "pdf"]
     assert study_instance_count(orthanc, study) == 4
     assert not leaked(caplog.text) and study not in caplog.text
+    assert not any(r.sop_instance in caplog.text for r in refs)  # highdicom logs them at INFO unless told not to
