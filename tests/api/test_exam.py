@@ -164,3 +164,19 @@ def test_report_as_encapsulated_pdf_keeps_the_dicom_study(client: TestClient, fu
     r = client.post("/report", params={"model": "fundus", "format": "dicom"}, files=jpeg)
     doc = pydicom.dcmread(io.BytesIO(r.content))
     assert doc.StudyInstanceUID != src.StudyInstanceUID and not doc.PatientName
+
+
+def test_an_oct_volume_is_part_of_an_exam_and_answers_as_sr(client: TestClient) -> None:
+    volume = (REPO_ROOT / "samples/oct/DRUSEN-1237848-volume.dcm").read_bytes()
+    files = [*_files(RIGHT[:1]), ("files", ("vol.dcm", volume, "application/dicom"))]
+    r = client.post("/predict/exam", params={"model": "auto"}, files=files, data={"laterality": ["right", "left"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["kind"] for i in body["images"]] == ["image", "volume"]
+    assert body["images"][1]["result"]["task"] == "oct" and body["images"][1]["volume"]["n_frames"] > 1
+    assert body["eyes"][1]["images"] == [1]
+    r = client.post("/predict/volume", params={"model": "oct", "format": "dicom-sr"}, files={"file": ("v.dcm", volume)})
+    assert r.status_code == 200, r.text
+    sr = pydicom.dcmread(io.BytesIO(r.content))
+    src = pydicom.dcmread(io.BytesIO(volume), stop_before_pixels=True)
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == src.StudyInstanceUID
