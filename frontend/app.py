@@ -24,6 +24,7 @@ st.set_page_config(page_title="RetinaScope", page_icon=":material/visibility:", 
 pages = st.navigation(
     [
         st.Page("app_pages/analyze.py", title="Analyze scans", icon=":material/biotech:", default=True),
+        st.Page("app_pages/exam.py", title="Screening exam", icon=":material/visibility:"),
         st.Page("app_pages/models.py", title="Models", icon=":material/model_training:"),
     ]
 )

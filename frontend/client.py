@@ -30,7 +30,7 @@ import binascii
 import logging
 import mimetypes
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -503,6 +503,11 @@ def _upload_limit(resp: requests.Response) -> float | None:
     return value if value > 0 else None
 
 
+def _form(laterality: Sequence[str]) -> dict[str, list[str]]:
+    # requests sends a list value as repeated fields, the order the backend pairs with the files.
+    return {"laterality": list(laterality)}
+
+
 def _content_type(filename: str) -> str:
     # The backend sniffs the bytes (DICOM included); the part's type is informative only.
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
@@ -529,13 +534,14 @@ class BackendClient:
         params: Mapping[str, Any] | None = None,
         files: Any = None,
         read_timeout: float | None = None,
+        data: Any = None,
     ) -> requests.Response:
         """Send one request; returns a 2xx/3xx response or raises :class:`BackendError`."""
         url = f"{self.base_url}{path}"
         read = self.settings.timeout_s if read_timeout is None else read_timeout
         try:
             resp = self._session.request(
-                method, url, params=params, files=files, timeout=(self.settings.connect_timeout_s, read)
+                method, url, params=params, files=files, data=data, timeout=(self.settings.connect_timeout_s, read)
             )
         except requests.exceptions.ConnectTimeout as e:
             raise BackendUnreachable(
@@ -613,6 +619,27 @@ class BackendClient:
             return Prediction.from_json(body)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BackendError("bad_response", f"unexpected prediction from the backend: {e}") from None
+
+    def predict_exam(
+        self, uploads: Sequence[tuple[str, bytes]], laterality: Sequence[str], model: str
+    ) -> dict[str, Any]:
+        """``POST /predict/exam``: several images of one patient, ``laterality`` one per file (``right``/``left``,
+        or ``""`` to let the backend read the DICOM header or the file name). The answer as the backend sent it
+        (``patient``, ``eyes``, ``images``): the exam page prints it, it computes nothing."""
+        files = [("files", (name, data, _content_type(name))) for name, data in uploads]
+        resp = self._request("POST", "/predict/exam", params={"model": model}, files=files, data=_form(laterality))
+        body = self._json(resp)
+        if not isinstance(body, dict) or not {"patient", "eyes", "images"} <= set(body):
+            raise BackendError("bad_response", "unexpected exam answer from the backend")
+        return body
+
+    def report_exam(self, uploads: Sequence[tuple[str, bytes]], laterality: Sequence[str], model: str) -> bytes:
+        """``POST /report/exam``: the exam's PDF report (``bad_response`` when the answer is not a PDF)."""
+        files = [("files", (name, data, _content_type(name))) for name, data in uploads]
+        resp = self._request("POST", "/report/exam", params={"model": model}, files=files, data=_form(laterality))
+        if not resp.content.startswith(b"%PDF"):
+            raise BackendError("bad_response", "the backend's exam report is not a PDF file")
+        return resp.content
 
     def predict_volume(self, data: bytes, filename: str, model: str) -> VolumeResult:
         """``POST /predict/volume?model=model`` with a multi-frame DICOM (an OCT volume)."""

@@ -191,7 +191,18 @@ class BatchScorer:
             return error_row(path, sha, "internal_error", f"{type(e).__name__}: {e}")
 
     def _score_bytes(self, path: str, data: bytes) -> dict[str, Any]:
-        """The service's ``Pipeline._intake`` + ``_serve`` for one file, minus audit and metrics."""
+        """One file's row: :meth:`assess` as the batch table writes it."""
+        served, sha, result = self.assess(data)
+        if isinstance(result, Refusal):
+            return refusal_row(path, sha, served, result)
+        return assessment_row(path, sha, result)
+
+    def assess(self, data: bytes) -> tuple[LoadedModel | None, str, Assessment | Refusal]:
+        """The service's ``Pipeline._intake`` + ``_serve`` for one file, minus audit and metrics.
+
+        Returns the model that answered (None: ``auto`` and not retinal), the file's SHA-256 and the
+        refusal or assessment. ``retina.pacs`` scores a PACS study's images through this too.
+        """
         decoded = intake.decode_and_check(data, self.config.max_image_pixels, self.gate)
         verdict = decoded.gate
         assert verdict is not None  # the scorer always gates
@@ -199,17 +210,20 @@ class BatchScorer:
         if served is None:
             served = None if verdict.modality == "other" else self.by_task[verdict.modality]
         if served is None:  # auto and not retinal
-            return refusal_row(path, decoded.sha256, None, not_retinal(verdict))
+            return None, decoded.sha256, not_retinal(verdict)
         refused = refusal(verdict, served.id, served.task, _default_id(verdict.modality))
         if refused is not None:
-            return refusal_row(path, decoded.sha256, served, refused)
+            return served, decoded.sha256, refused
         if not verdict.gradable:
-            return assessment_row(path, decoded.sha256, ungradable(served.id, served.meta, verdict))
+            return served, decoded.sha256, ungradable(served.id, served.meta, verdict)
         prepared = intake.prepare_decoded(decoded, served.meta.preprocess)
-        u8 = prepared.pixels.unsqueeze(0).to(self.device)
-        probs = forward_probabilities(self.engines[served.id], self._tails[served.id], u8, served.meta.temperature)[0]
-        result = grade(served.id, served.meta, probs, 0.0, self.config.thresholds, verdict)
-        return assessment_row(path, decoded.sha256, result)
+        probs = self.probabilities(served, prepared.pixels)
+        return served, decoded.sha256, grade(served.id, served.meta, probs, 0.0, self.config.thresholds, verdict)
+
+    def probabilities(self, served: LoadedModel, pixels: torch.Tensor) -> Any:
+        """Prepared ``uint8 (C, S, S)`` -> calibrated ``float64 (K,)``, a forward pass of its own (batch of one)."""
+        u8 = pixels.unsqueeze(0).to(self.device)
+        return forward_probabilities(self.engines[served.id], self._tails[served.id], u8, served.meta.temperature)[0]
 
 
 def _default_id(modality: str) -> str | None:

@@ -25,6 +25,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
       || echo "[test] postgresql could not be installed; the PostgreSQL audit tests will skip" >&2
   fi
 fi
+# The PACS round-trip test (retina.pacs) starts a throwaway Orthanc from Debian's orthanc + orthanc-dicomweb
+# on a loopback port (tests/orthanc.py); without them it skips and says why.
+if ! command -v Orthanc >/dev/null 2>&1 && [ ! -x /usr/sbin/Orthanc ] && [ -z "${RETINA_NO_ORTHANC:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[test] installing Debian orthanc + orthanc-dicomweb for the PACS round-trip test" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null) \
+      || echo "[test] orthanc could not be installed; the PACS round-trip test will skip" >&2
+  fi
+fi
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check . || { echo "[test] run: $venv/bin/ruff format ." >&2; exit 1; }
 exec "$venv/bin/python" -m pytest "$@"

@@ -31,7 +31,7 @@ from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import errors
-from backend.app.api.routes import audit, gradcam, health, models, predict, report
+from backend.app.api.routes import audit, exam, gradcam, health, models, predict, report
 from backend.app.core import multiprocess
 from backend.app.core.config import Settings, get_settings
 from backend.app.services.audit import AuditLog
@@ -199,7 +199,7 @@ class UploadLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-ROUTERS = (predict, gradcam, report, models, health, audit)
+ROUTERS = (predict, exam, gradcam, report, models, health, audit)
 
 
 def upload_routes(routers: Iterable[APIRouter]) -> dict[str, bool]:

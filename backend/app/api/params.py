@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import File, Query, UploadFile
@@ -29,6 +29,10 @@ FrameParam = Annotated[
         description="For a multi-frame DICOM (an OCT volume): the 0-based B-scan to use (the volume limits "
         "RETINA_MAX_VOLUME_* apply). Without it a multi-frame file is refused (422): send it to /predict/volume.",
     ),
+]
+ResultFormatParam = Annotated[
+    Literal["json", "dicom-sr"],
+    Query(description="`dicom-sr`: the answer as a DICOM Structured Report (TID 1500, VerificationFlag UNVERIFIED)."),
 ]
 VolumeFileParam = Annotated[
     UploadFile, File(description="A multi-frame DICOM: Ophthalmic Tomography or multi-frame Secondary Capture.")

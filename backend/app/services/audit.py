@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("runs") / "audit.sqlite"
-ENDPOINTS = ("predict", "predict_batch", "predict_volume", "gradcam", "report")
+# predict_exam: one row per image of an exam; exam: one row per exam (its patient referral), issue 29.
+ENDPOINTS = ("predict", "predict_batch", "predict_volume", "gradcam", "report", "predict_exam", "exam")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
