@@ -16,19 +16,29 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from backend.app.api.deps import PipelineDep, require_api_key
-from backend.app.api.params import IMAGE_ERRORS, VOLUME_ERRORS, FileParam, FilesParam, ModelParam, VolumeFileParam
+from backend.app.api.params import (
+    IMAGE_ERRORS,
+    VOLUME_ERRORS,
+    FileParam,
+    FilesParam,
+    ModelParam,
+    SiteParam,
+    VolumeFileParam,
+)
 from backend.app.schemas import BatchResponse, PredictResponse, VolumeResponse
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
 
 @router.post("/predict", response_model=PredictResponse, summary="Classify one image", responses=IMAGE_ERRORS)
-async def predict(pipeline: PipelineDep, file: FileParam, model: ModelParam = "oct") -> PredictResponse:
+async def predict(
+    pipeline: PipelineDep, file: FileParam, model: ModelParam = "oct", site: SiteParam = None
+) -> PredictResponse:
     """Calibrated class probabilities for one OCT B-scan or fundus photo.
 
     Example: `curl -F file=@scan.jpeg 'localhost:8000/predict?model=oct'`.
     """
-    return PredictResponse.of(await pipeline.classify(file, model))
+    return PredictResponse.of(await pipeline.classify(file, model, site=site))
 
 
 @router.post(
@@ -37,14 +47,16 @@ async def predict(pipeline: PipelineDep, file: FileParam, model: ModelParam = "o
     summary="Classify several images (one result or error entry per file, in upload order)",
     responses=IMAGE_ERRORS,
 )
-async def predict_batch(pipeline: PipelineDep, files: FilesParam, model: ModelParam = "oct") -> BatchResponse:
+async def predict_batch(
+    pipeline: PipelineDep, files: FilesParam, model: ModelParam = "oct", site: SiteParam = None
+) -> BatchResponse:
     """Each file is decoded in parallel and all are scored in shared micro-batches.
 
     A file that is not a valid image gets `{"filename", "error", "detail"}` in its slot;
     the others are answered normally. More than `RETINA_MAX_BATCH_FILES` files is a 413
     `too_many_files` for the whole request.
     """
-    return BatchResponse.of(await pipeline.classify_batch(files, model))
+    return BatchResponse.of(await pipeline.classify_batch(files, model, site))
 
 
 @router.post(

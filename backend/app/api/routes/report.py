@@ -15,6 +15,7 @@ from backend.app.api.params import (
     FrameParam,
     MethodParam,
     ModelParam,
+    SiteParam,
     header_value,
 )
 
@@ -34,6 +35,7 @@ async def report(
     method: MethodParam = "gradcam",
     alpha: AlphaParam = 0.5,
     frame: FrameParam = None,
+    site: SiteParam = None,
 ) -> Response:
     """The image, its class activation map, the calibrated probabilities, the referral advice, the model's
     id/version and validation metrics, a timestamp and the research-use disclaimer, as a PDF.
@@ -46,7 +48,7 @@ async def report(
 
     Example: `curl -F file=@scan.jpeg 'localhost:8000/report?model=oct' -o report.pdf`.
     """
-    made = await pipeline.report(file, model, method, alpha, frame)
+    made = await pipeline.report(file, model, method, alpha, frame, site)
     return Response(
         made.pdf,
         media_type="application/pdf",
