@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pypdf
 import pytest
 from fastapi.testclient import TestClient
 
@@ -109,6 +111,8 @@ def test_site_applies_to_batch_gradcam_and_report(sited: TestClient) -> None:
     assert cam.status_code == 200 and cam.json()["referral"]["profile"] == "clinic-a"
     pdf = _post(sited, "/report?model=fundus&site=clinic-a", FUNDUS)
     assert pdf.status_code == 200 and pdf.headers["X-Referral"] == "refer"
+    text = " ".join(pypdf.PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text().split())
+    assert "site profile 'clinic-a' (150 photos, 60 referable)" in text
 
 
 def test_oct_ignores_the_site(sited: TestClient) -> None:
