@@ -147,3 +147,23 @@ def test_default_site_decides_requests_that_name_none(api_models_dir: Path, site
         assert c.get("/ready").status_code == 200
         assert _post(c, "/predict?model=fundus", FUNDUS).json()["referral"]["profile"] == "clinic-a"
         assert _post(c, "/predict?model=fundus&site=default", FUNDUS).json()["referral"]["profile"] == "default"
+
+
+def test_an_older_audit_log_gets_the_site_column(api_models_dir: Path, sites_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute(  # the table as services before site profiles created it
+        "CREATE TABLE audit_log (id INTEGER PRIMARY KEY, ts DATETIME NOT NULL, request_id VARCHAR(64) NOT NULL, "
+        "endpoint VARCHAR(32) NOT NULL, model_id VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL, "
+        "task VARCHAR(16) NOT NULL, input_sha256 VARCHAR(64) NOT NULL, outcome VARCHAR(64) NOT NULL, "
+        "label VARCHAR(128), confidence FLOAT, probabilities JSON, referral VARCHAR(32), modality VARCHAR(32))"
+    )
+    con.close()
+    with app_client(base_settings(api_models_dir, sites_dir=sites_dir, audit_db=f"sqlite:///{db}")) as c:
+        rid = uuid.uuid4().hex
+        assert _post(c, "/predict?model=fundus&site=clinic-a", FUNDUS, rid).status_code == 200
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT site FROM audit_log WHERE request_id = ?", (rid,)).fetchall() == [("clinic-a",)]
+    finally:
+        con.close()
