@@ -49,13 +49,15 @@ def predict(
     _data: bytes,
     _filename: str,
     _client: BackendClient,
+    site: str | None = None,
 ) -> Prediction:
     """Cached ``/predict``; ``digest`` must be ``file_digest(_data)``.
 
     ``model_version`` is part of the key so a backend restarted with a retrained model of the same
-    id is asked again. The file name is not: the answer depends on the bytes only.
+    id is asked again. The file name is not: the answer depends on the bytes only. ``site``: the site
+    profile (part of the key: it changes the referral).
     """
-    return _client.predict(_data, _filename, model)
+    return _client.predict(_data, _filename, model, site=site)
 
 
 @st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
@@ -86,9 +88,12 @@ def gradcam(
     _filename: str,
     _client: BackendClient,
     frame: int | None = None,
+    site: str | None = None,
 ) -> CamResult:
     """Cached ``/gradcam`` (JSON form); one entry per image, model, method, target, opacity, size and frame."""
-    return _client.gradcam(_data, _filename, model, method=method, target=target, alpha=alpha, size=size, frame=frame)
+    return _client.gradcam(
+        _data, _filename, model, method=method, target=target, alpha=alpha, size=size, frame=frame, site=site
+    )
 
 
 @st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
@@ -102,9 +107,10 @@ def report(
     _data: bytes,
     _client: BackendClient,
     frame: int | None = None,
+    site: str | None = None,
 ) -> bytes:
     """Cached ``/report`` (PDF bytes); one entry per image, model, CAM method, file name and frame.
 
     Unlike ``predict``, the file name is part of the key: the report prints it.
     """
-    return _client.report(_data, filename, model, method=method, frame=frame)
+    return _client.report(_data, filename, model, method=method, frame=frame, site=site)

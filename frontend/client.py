@@ -223,6 +223,8 @@ class ModelInfo:
     operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
     served_thresholds: dict[str, float] = field(default_factory=dict)
     informative: bool = True
+    # Site profiles fitted for this model (fundus): ``{name, loaded, default, error, profile}`` each.
+    sites: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ModelInfo:
@@ -250,6 +252,7 @@ class ModelInfo:
                 str(k): float(v) for k, v in (d.get("served_thresholds") or {}).items() if v is not None
             },
             informative=bool(d.get("informative", True)),
+            sites=tuple(dict(s) for s in d.get("sites") or () if isinstance(s, Mapping) and "name" in s),
         )
 
 
@@ -278,6 +281,7 @@ class Referral:
     probability: float | None = None
     threshold: float | None = None
     note: str = ""
+    profile: str = "default"  # the site profile whose operating points decided it, or "default"
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Referral:
@@ -288,6 +292,7 @@ class Referral:
             probability=_opt_float(d.get("probability")),
             threshold=_opt_float(d.get("threshold")),
             note=str(d.get("note") or ""),
+            profile=str(d.get("profile") or "default"),
         )
 
 
@@ -611,10 +616,11 @@ class BackendClient:
         except (KeyError, TypeError, ValueError) as e:
             raise BackendError("bad_response", f"unexpected model entry from the backend: {e}") from None
 
-    def predict(self, data: bytes, filename: str, model: str) -> Prediction:
-        """``POST /predict?model=model`` with the upload ``data`` (raw file bytes)."""
+    def predict(self, data: bytes, filename: str, model: str, *, site: str | None = None) -> Prediction:
+        """``POST /predict?model=model[&site=site]`` with the upload ``data`` (raw file bytes)."""
         files = {"file": (filename, data, _content_type(filename))}
-        body = self._json(self._request("POST", "/predict", params={"model": model}, files=files))
+        params = {"model": model} | ({"site": site} if site else {})
+        body = self._json(self._request("POST", "/predict", params=params, files=files))
         try:
             return Prediction.from_json(body)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -661,6 +667,7 @@ class BackendClient:
         alpha: float = 0.5,
         size: Literal["input", "original"] = "input",
         frame: int | None = None,
+        site: str | None = None,
     ) -> CamResult:
         """``POST /gradcam?format=json``; ``target=None`` explains the predicted class.
 
@@ -671,6 +678,8 @@ class BackendClient:
             params["target"] = target
         if frame is not None:
             params["frame"] = frame
+        if site:
+            params["site"] = site
         files = {"file": (filename, data, _content_type(filename))}
         body = self._json(self._request("POST", "/gradcam", params=params, files=files))
         try:
@@ -679,7 +688,14 @@ class BackendClient:
             raise BackendError("bad_response", f"unexpected CAM answer from the backend: {e}") from None
 
     def report(
-        self, data: bytes, filename: str, model: str, *, method: str = CAM_METHODS[0], frame: int | None = None
+        self,
+        data: bytes,
+        filename: str,
+        model: str,
+        *,
+        method: str = CAM_METHODS[0],
+        frame: int | None = None,
+        site: str | None = None,
     ) -> bytes:
         """``POST /report?model=model&method=method``: the one-page PDF report of one upload (``frame``: of
         that B-scan of a volume, headed by the volume's answer).
@@ -691,6 +707,8 @@ class BackendClient:
         params: dict[str, Any] = {"model": model, "method": method}
         if frame is not None:
             params["frame"] = frame
+        if site:
+            params["site"] = site
         resp = self._request("POST", "/report", params=params, files=files)
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/pdf":

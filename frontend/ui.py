@@ -21,7 +21,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageOps
 
-from frontend import cache
+from frontend import cache, sites
 from frontend.client import (
     AUTO_MODEL,
     CAM_METHODS,
@@ -113,6 +113,7 @@ class AppContext:
     models: list[ModelInfo] = field(default_factory=list)
     models_error: str | None = None
     model: ModelInfo | None = None
+    site: str | None = None  # the site profile fundus answers are decided by (None: the backend's default)
 
 
 def context() -> AppContext:
@@ -477,6 +478,7 @@ def render_sidebar() -> AppContext:
         if task == AUTO_MODEL:
             ctx.model = auto_model(ctx.models)
             _render_auto_summary(ctx.model, task_defaults(ctx.models))
+            ctx.site = sites.render_site_picker(ctx.models, ctx.model)
             return ctx
         candidates = {m.id: m for m in ctx.models if m.task == task}
         ids = list(candidates)
@@ -492,6 +494,7 @@ def render_sidebar() -> AppContext:
             key=f"model-{task}",
         )
         ctx.model = candidates.get(chosen) or candidates[ids[default]]
+        ctx.site = sites.render_site_picker(ctx.models, ctx.model)
         _render_model_summary(ctx.model)
     return ctx
 
@@ -678,6 +681,8 @@ def render_referral(pred: Prediction) -> None:
         why = "".join(f"\n- {r}" for r in reasons)
         body = f"**{title}**  \n{advice}" + (f"\n\nWhy:{why}" if why else "") + f"\n\n**{RETAKE}**"
     note = ref.note if ref is not None and ref.note else DISCLAIMER
+    if pred.gradable and ref is not None and (decided := sites.profile_text(ref.profile)):
+        body += f"  \n{decided}"
     left, right = st.columns([4, 1], vertical_alignment="center")
     with left:
         _alert(style, body)
@@ -764,6 +769,7 @@ def render_cam(
                 up.name,
                 ctx.client,
                 frame,
+                ctx.site,
             )
     except BackendError as e:
         (st.warning if e.code in GATE_ERRORS else st.error)(f"CAM unavailable: {e.message}")
@@ -820,6 +826,7 @@ def render_report(ctx: AppContext, model: ModelInfo, up: Upload, method: str, fr
                 up.data,
                 ctx.client,
                 frame,
+                ctx.site,
             )
     except BackendError as e:
         st.session_state[asked] = False  # the "Create" button comes back, to try again
@@ -1014,7 +1021,9 @@ def predict_all(
     args = (ctx.settings.backend_url,)
     for up in uploads:
         try:
-            results.append(cache.predict(up.digest, model.id, model.version, *args, up.data, up.name, ctx.client))
+            results.append(
+                cache.predict(up.digest, model.id, model.version, *args, up.data, up.name, ctx.client, ctx.site)
+            )
         except BackendError as e:
             if not is_volume_refusal(e):
                 results.append(e)

@@ -29,6 +29,7 @@ from retina.gate import GateResult, ImageGate
 from retina.labels import DR_GRADES, derived_dr_probabilities
 from retina.preprocessing import pil_to_uint8_tensor, prepare, tail
 from retina.referral import Thresholds, consistent_label, referral_for, ungradable_referral
+from retina.site_profile import DEFAULT_PROFILE
 
 _KIND = {"oct": "an OCT B-scan", "fundus": "a colour fundus photo"}
 _READS = {"oct": "OCT B-scans", "fundus": "colour fundus photos"}
@@ -134,11 +135,18 @@ def grade(
     inference_ms: float,
     thresholds: Thresholds,
     gate: GateResult | None = None,
+    profile: str = DEFAULT_PROFILE,
 ) -> Assessment:
     """Calibrated probabilities ``(num_classes,)`` -> the referral at the model's operating points and a
-    label consistent with it (see ``retina.referral``)."""
+    label consistent with it (see ``retina.referral``).
+
+    ``profile``: which site profile chose ``thresholds`` (and the temperature of ``probs``), recorded in
+    the referral; ``default`` for the model's own points (``retina.site_profile``).
+    """
     names = list(meta.class_names)
     referral = referral_for(meta.task, names, probs, thresholds, meta)
+    if referral is not None:
+        referral = {**referral, "profile": profile}
     best = consistent_label(meta.task, names, probs, referral)
     derived = derived_dr_probabilities(probs) if meta.task == "fundus" and tuple(names) == tuple(DR_GRADES) else None
     return Assessment(
@@ -162,6 +170,7 @@ def ungradable(
     gate: GateResult | None,
     reasons: list[str] | None = None,
     inference_ms: float = 0.0,
+    profile: str = DEFAULT_PROFILE,
 ) -> Assessment:
     """The assessment of an image (or volume) found ungradable: the reasons, no diagnosis.
 
@@ -177,7 +186,10 @@ def ungradable(
         probabilities=None,
         inference_ms=round(inference_ms, 3),
         derived=None,
-        referral=ungradable_referral(reasons if reasons is not None else (gate.reasons if gate else [])),
+        referral={
+            **ungradable_referral(reasons if reasons is not None else (gate.reasons if gate else [])),
+            "profile": profile,
+        },
         gate=gate,
     )
 

@@ -24,6 +24,7 @@ empty_file                 422     zero-byte upload
 invalid_image              422     truncated or undecodable image; a multi-frame DICOM without ``frame=``
 image_too_large            422     over ``max_image_pixels`` / ``max_volume_pixels`` (decompression bomb)
 invalid_parameter          422     missing field, bad query value, unknown target
+unknown_site               422     ``?site=`` names no loaded site profile
 not_retinal_image          422     the image gate saw neither an OCT B-scan nor a fundus photo
 wrong_modality             422     the other kind of image than the model reads (names the right one)
 ungradable_image           422     /gradcam of an image the gate found ungradable

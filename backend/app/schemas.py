@@ -78,6 +78,11 @@ class Referral(BaseModel):
     probability: float | None = Field(default=None, description="The probability compared with the threshold.")
     threshold: float | None = None
     note: str = Field(description="Research-use disclaimer.")
+    profile: str = Field(
+        default="default",
+        description="Which operating points decided it: a site profile's name (`site=`, `RETINA_DEFAULT_SITE`) or "
+        "`default` (the model's own). Site profiles apply to fundus answers only; OCT answers always say `default`.",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -291,6 +296,21 @@ class EvaluationFigures(BaseModel):
     figures: list[Figure]
 
 
+class SiteInfo(BaseModel):
+    """A site profile for a fundus model (`site=<name>`): loaded, or rejected with the reason."""
+
+    name: str
+    loaded: bool
+    default: bool = Field(default=False, description="Whether it is `RETINA_DEFAULT_SITE`.")
+    error: str | None = Field(default=None, description="Why it was rejected (e.g. fitted for other weights).")
+    profile: dict[str, Any] | None = Field(
+        default=None,
+        description="The profile as fitted (retina/site_profile.py `SiteProfile`): `temperature`, `refer` and "
+        "`urgent` points with sensitivity / specificity and 95% CIs on the site's photos, `n_images`, "
+        "`n_referable`, `n_patients`, `target_sensitivity`, the model identity, `created`.",
+    )
+
+
 class ModelInfo(BaseModel):
     """A servable model (or one that failed to load: `loaded` false and `error` set)."""
 
@@ -336,6 +356,11 @@ class ModelInfo(BaseModel):
         "carry `referral.level: not_informative`.",
     )
     cam_layer: str | None = None
+    sites: list[SiteInfo] = Field(
+        default_factory=list,
+        description="Site profiles fitted for this model (fundus only), loaded or rejected; profiles naming no "
+        "served model are listed under the default fundus model.",
+    )
     engine: dict[str, Any] | None = Field(
         default=None,
         description="What runs the forward pass (`RETINA_ENGINE`): `name` (torch, onnxruntime, onnxruntime-int8, "

@@ -43,6 +43,7 @@ EXPECTED_COLUMNS = {
     "probabilities",
     "referral",
     "modality",
+    "site",  # the site profile's name (or "default") that decided the referral: not a patient identifier
 }
 
 

@@ -271,6 +271,9 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
                 self._send(422, {"error": "wrong_modality", "detail": detail + f" (use model={modality} or auto)"})
                 return
             body = _prediction(state, model, modality, gradable="dark" not in filename)
+            if body["referral"] and model["task"] == "fundus" and query.get("site"):
+                # As the service: a site profile decides fundus referrals and the referral names it.
+                body["referral"]["profile"] = query["site"]
             if path == "/predict":
                 self._send(200, body)
             elif path == "/report":

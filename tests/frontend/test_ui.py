@@ -674,3 +674,54 @@ def test_ece_before_and_after_on_models_page(monkeypatch: pytest.MonkeyPatch) ->
     texts = [m.value for m in at.main.markdown]
     assert "Calibration: Temperature scaling (T = 1.50, fitted on val): ECE 0.081 → 0.023" in texts
     assert "Calibration: Not calibrated (raw softmax probabilities)." in texts
+
+
+# ----------------------------------------------------------------------------- site profiles
+
+SITE = {
+    "name": "clinic-a",
+    "loaded": True,
+    "default": False,
+    "error": None,
+    "profile": {
+        "name": "clinic-a",
+        "temperature": 1.4,
+        "n_images": 150,
+        "n_referable": 60,
+        "refer": {
+            "threshold": 0.31,
+            "fit": {
+                "sensitivity": 0.9,
+                "sensitivity_ci95": [0.8, 0.97],
+                "specificity": 0.74,
+                "specificity_ci95": [0.65, 0.82],
+            },
+        },
+    },
+}
+
+
+def test_a_site_profile_can_be_picked_and_decides_fundus_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        rejected = {"name": "old", "loaded": False, "error": "fitted for other weights", "profile": None}
+        fake.models[1]["sites"] = [SITE, rejected]
+        at = _app(monkeypatch, fake)
+        at.sidebar.radio(key="task").set_value("fundus").run()
+        picker = at.sidebar.selectbox(key="site")
+        assert picker.options == ["Service default (model operating points)", "Model operating points", "clinic-a"]
+        picker.set_value("clinic-a").run()
+        assert any("specificity 0.74 [0.65, 0.82]" in c.value for c in at.sidebar.caption)
+        _files(at, "fundus.png")
+    assert not at.exception
+    assert [r.query.get("site") for r in fake.calls("/predict")] == ["clinic-a"]
+    assert all(r.query.get("site") == "clinic-a" for r in fake.calls("/gradcam"))
+    alerts = [*at.warning, *at.error, *at.info, *at.success]
+    assert any("site profile **clinic-a**" in a.value for a in alerts)
+
+
+def test_no_site_picker_without_profiles_or_for_oct(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeServer() as fake:
+        at = _app(monkeypatch, fake)
+        assert not [s for s in at.sidebar.selectbox if s.key == "site"]
+        _files(at, "a.png")
+    assert "site" not in fake.calls("/predict")[0].query

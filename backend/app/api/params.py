@@ -18,6 +18,14 @@ ModelParam = Annotated[
         examples=["oct", "fundus", "auto"],
     ),
 ]
+SiteParam = Annotated[
+    str | None,
+    Query(
+        description="Site profile (see `sites` in GET /models): the clinic's own temperature and fundus operating "
+        "points. `default` = the model's own; omitted = `RETINA_DEFAULT_SITE` (else the model's own). Fundus only: "
+        "OCT answers ignore it. Unknown: 422 `unknown_site`.",
+    ),
+]
 FileParam = Annotated[UploadFile, File(description="The image (DICOM, JPEG, PNG, BMP, TIFF, WebP or GIF).")]
 FilesParam = Annotated[list[UploadFile], File(description="Images, repeated `files` fields (up to max_batch_files).")]
 MethodParam = Annotated[str, Query(description=f"CAM method: {', '.join(METHODS)}.")]
@@ -51,8 +59,9 @@ IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "`not_retinal_image` (the image gate saw neither an OCT B-scan nor a fundus photo), "
         "`wrong_modality` (e.g. a fundus photo sent to an OCT model; the detail names the right model), "
-        "`ungradable_image` (/gradcam only), `empty_file`, `invalid_image` (truncated/undecodable, multi-frame "
-        "DICOM without `frame=`: use /predict/volume), `image_too_large` (decompression bomb), `invalid_parameter`",
+        "`ungradable_image` (/gradcam only), `unknown_site` (no such site profile), `empty_file`, `invalid_image` "
+        "(truncated/undecodable, multi-frame DICOM without `frame=`: use /predict/volume), `image_too_large` "
+        "(decompression bomb), `invalid_parameter`",
     },
     503: {
         "model": ErrorResponse,

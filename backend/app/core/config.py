@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     referral_fundus_urgent: float | None = _threshold(
         "Fundus: urgent referral when P(proliferative DR, grade 4) >= this."
     )
+    sites_dir: Path = Field(
+        default=DEFAULT_MODELS_DIR / "sites",
+        description="Site profiles (<name>.json from python -m training.site_profile): a clinic's own temperature "
+        "and fundus operating points, chosen per request with site=<name>. May be empty or absent.",
+    )
+    default_site: str | None = Field(
+        default=None,
+        description="Site profile applied when a request names none (unset: the model's own points). A name "
+        "that is not loaded makes /ready answer 503.",
+    )
     audit_db: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the audit log (e.g. sqlite:////var/lib/retina/audit.sqlite or "

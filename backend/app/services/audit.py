@@ -49,10 +49,12 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -116,10 +118,28 @@ audit_table = Table(
     Column("probabilities", JSON, nullable=True),
     Column("referral", String(32), nullable=True),
     Column("modality", String(32), nullable=True),
+    Column("site", String(64), nullable=True),
     Index("ix_audit_log_ts", "ts"),
 )
 
 COLUMNS = tuple(c.name for c in audit_table.columns)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns newer than the log's table (``site``) in place; they are nullable, so old rows read NULL.
+
+    ``create_all`` never alters an existing table, and a log must survive an upgrade of the service.
+    """
+    have = {c["name"] for c in inspect(engine).get_columns(audit_table.name)}
+    for column in [c for c in audit_table.columns if c.name not in have]:
+        ddl = f"ALTER TABLE {audit_table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(ddl))
+        except (OperationalError, ProgrammingError):
+            # Another worker added it first (duplicate column); anything else shows on the next look.
+            if column.name not in {c["name"] for c in inspect(engine).get_columns(audit_table.name)}:
+                raise
 
 
 @dataclass
@@ -151,6 +171,10 @@ class AuditRecord:
     )
     modality: str | None = field(
         default=None, metadata={"description": "Modality seen by the image gate, when it ran."}
+    )
+    site: str | None = field(
+        default=None,
+        metadata={"description": "Which operating points decided the referral: a site profile's name or `default`."},
     )
     ts: datetime | None = field(default=None, metadata={"description": "When the answer was logged (UTC, ISO 8601)."})
 
@@ -392,6 +416,7 @@ class AuditLog:
                     # PostgreSQL lets one win and fails the others (duplicate pg_type row or relation).
                     # The second look finds the winner's table and creates nothing.
                     metadata.create_all(self._engine)
+                _add_missing_columns(self._engine)
             except Exception as e:  # bad URL, missing driver, unreachable server, unwritable directory
                 self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 raise
@@ -519,5 +544,7 @@ async def audit_prediction(
         probabilities=None if probabilities is None else {str(k): _finite(v) for k, v in probabilities.items()},
         referral=referral if isinstance(referral, str) else _field(referral, "level"),
         modality=_field(gate, "modality"),
+        # Answers built before site profiles existed (volumes) carry no profile: the model's own points decided.
+        site=None if referral is None or isinstance(referral, str) else (_field(referral, "profile") or "default"),
     )
     await audit.record(rec)

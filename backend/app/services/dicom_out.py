@@ -54,10 +54,10 @@ def _single_sr(result: Assessment, data: bytes, name: str) -> tuple[bytes, str]:
     return to_bytes(sr), str(sr.SOPInstanceUID)
 
 
-async def predict_sr(pipeline: Pipeline, upload: Upload, model: str) -> DicomAnswer:
-    """/predict?format=dicom-sr: the same answer as /predict, as a Structured Report."""
+async def predict_sr(pipeline: Pipeline, upload: Upload, model: str, site: str | None = None) -> DicomAnswer:
+    """/predict?format=dicom-sr: the same answer as /predict (``site``: its site profile), as a Structured Report."""
     data = await read_upload(upload, pipeline.settings.max_upload_bytes)
-    result = await pipeline.classify(Replay(upload.filename, data), model)
+    result = await pipeline.classify(Replay(upload.filename, data), model, site=site)
     sr, uid = await run_in(pipeline.cam_pool, _single_sr, result, data, "image")
     return DicomAnswer(sr, result, uid)
 
@@ -80,12 +80,18 @@ def _pdf_dicom(pdf: bytes, data: bytes, result: Assessment) -> tuple[bytes, str]
 
 
 async def report_dicom(
-    pipeline: Pipeline, upload: Upload, model: str, method: str, alpha: float, frame: int | None
+    pipeline: Pipeline,
+    upload: Upload,
+    model: str,
+    method: str,
+    alpha: float,
+    frame: int | None,
+    site: str | None = None,
 ) -> tuple[Report, DicomAnswer]:
     """/report?format=dicom: the same PDF as /report, as an Encapsulated PDF instance."""
     limit = pipeline.settings.max_volume_upload_bytes if frame is not None else pipeline.settings.max_upload_bytes
     data = await read_upload(upload, limit)
-    made = await pipeline.report(Replay(upload.filename, data), model, method, alpha, frame)
+    made = await pipeline.report(Replay(upload.filename, data), model, method, alpha, frame, site)
     dcm, uid = await run_in(pipeline.cam_pool, _pdf_dicom, made.pdf, data, made.assessment)
     return made, DicomAnswer(dcm, made.assessment, uid)
 

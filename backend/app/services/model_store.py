@@ -32,6 +32,7 @@ from backend.app.core.config import Settings
 from backend.app.services.batcher import MicroBatcher
 from backend.app.services.errors import not_ready, unknown_model
 from backend.app.services.metrics import ServiceMetrics
+from backend.app.services.sites import SiteRegistry, load_sites
 from retina import registry
 from retina.checkpoint import CheckpointError, CheckpointMeta
 from retina.engine import Engine, EngineError, EngineInfo, load_engine
@@ -142,6 +143,7 @@ class ModelStore:
         self.defaults: dict[str, str | None] = {}
         self.device = torch.device("cpu")
         self.gate: ImageGate | None = None
+        self.sites = SiteRegistry()  # RETINA_SITES_DIR profiles, read against the served models in load()
 
     # ----------------------------------------------------------------- loading
     def load(self) -> None:
@@ -177,6 +179,8 @@ class ModelStore:
             logger.error("models directory %s does not exist", models_dir)
         self._resolve_defaults()
         self._load_gate()
+        self.sites, site_problems = load_sites(Path(s.sites_dir), self.served.values(), s.default_site)
+        self.problems += site_problems
         for m in self.served.values():
             logger.info(
                 "serving %s (%s, %s, v%s, T=%.3g) from %s",

@@ -52,9 +52,11 @@ from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore, ServedModel
 from backend.app.services.report import DISCLAIMER, ReportInput, VolumeSummary, build_report, report_metrics
 from backend.app.services.runtime import request_id_var, run_in
+from backend.app.services.sites import Decision, decision_for
 from retina.assessment import Assessment, grade, not_retinal, refusal, ungradable
 from retina.dicom import is_dicom
 from retina.referral import label_chooser
+from retina.site_profile import SiteProfile
 from retina.volume import RULE_TEXT, VolumeAssessment, assess_volume
 
 AUTO = "auto"
@@ -158,21 +160,31 @@ class Pipeline:
             raise invalid_parameter("model=auto needs the image gate, which is disabled (RETINA_GATE_ENABLED=false)")
         return requested
 
-    async def classify(self, upload: Upload, model: str, endpoint: str = "predict") -> Assessment:
-        """One image scored in the model's shared micro-batches."""
-        _, _, result, _ = await self._serve(endpoint, upload, self.check(model), _batched, hold=True)
+    def site(self, site: str | None) -> SiteProfile | None:
+        """``?site=`` -> the site profile to apply (None: the model's own points); 422 ``unknown_site``."""
+        return self.store.sites.resolve(site)
+
+    async def classify(
+        self, upload: Upload, model: str, endpoint: str = "predict", site: str | None = None
+    ) -> Assessment:
+        """One image scored in the model's shared micro-batches; ``site`` decides a fundus answer (see sites.py)."""
+        requested, profile = self.check(model), self.site(site)
+        _, _, result, _ = await self._serve(endpoint, upload, requested, _batched, hold=True, profile=profile)
         return result
 
-    async def classify_batch(self, uploads: Sequence[Upload], model: str) -> list[BatchOutcome]:
+    async def classify_batch(
+        self, uploads: Sequence[Upload], model: str, site: str | None = None
+    ) -> list[BatchOutcome]:
         """Each upload as :meth:`classify`; an image's failure is its entry, a failed audit the whole batch's."""
         self.check(model)
+        self.site(site)  # an unknown site fails the whole request before any upload is read
         if len(uploads) > self.settings.max_batch_files:
             limit = self.settings.max_batch_files
             raise ServiceError(413, "too_many_files", f"{len(uploads)} files sent; at most {limit} per batch")
 
         async def one(upload: Upload) -> BatchOutcome:
             try:
-                return BatchOutcome(upload.filename, await self.classify(upload, model, "predict_batch"))
+                return BatchOutcome(upload.filename, await self.classify(upload, model, "predict_batch", site))
             except ServiceError as e:
                 if e.code == "audit_unavailable":
                     raise  # 503 for the whole batch: no item is answered unaudited
@@ -180,12 +192,14 @@ class Pipeline:
 
         return list(await asyncio.gather(*(one(u) for u in uploads)))
 
-    async def explain(self, upload: Upload, model: str, options: CamOptions, frame: int | None = None) -> Explanation:
+    async def explain(
+        self, upload: Upload, model: str, options: CamOptions, frame: int | None = None, site: str | None = None
+    ) -> Explanation:
         """The class activation map of the exact tensor /predict scores, and its assessment.
 
         ``frame``: which B-scan of a multi-frame DICOM (only that frame is decoded).
         """
-        requested = self.check(model)
+        requested, profile = self.check(model), self.site(site)
         method = parse_method(options.method)
         if requested is not None:
             parse_target(options.target, requested.class_names)  # a bad target fails before the upload is read
@@ -193,16 +207,27 @@ class Pipeline:
         def draw(served: ServedModel, prepared: PreparedImage, _submit: Submit) -> Awaitable[Scored]:
             target = parse_target(options.target, served.class_names)
             size = prepared.original_size if options.size == "original" else None
-            return run_in(self.cam_pool, self._draw, served, prepared, target, method, options.alpha, size, options)
+            decision = self._decision(served, profile)
+            return run_in(
+                self.cam_pool, self._draw, served, prepared, target, method, options.alpha, size, options, decision
+            )
 
-        _, prepared, result, drawing = await self._serve("gradcam", upload, requested, draw, frame=frame)
+        _, prepared, result, drawing = await self._serve(
+            "gradcam", upload, requested, draw, frame=frame, profile=profile
+        )
         if drawing is None:
             reasons = "; ".join(prepared.gate.reasons) if prepared.gate is not None else ""
             raise ServiceError(422, "ungradable_image", f"the image is not gradable: {reasons}; retake it")
         return Explanation(result, drawing)
 
     async def report(
-        self, upload: Upload, model: str, method: str = "gradcam", alpha: float = 0.5, frame: int | None = None
+        self,
+        upload: Upload,
+        model: str,
+        method: str = "gradcam",
+        alpha: float = 0.5,
+        frame: int | None = None,
+        site: str | None = None,
     ) -> Report:
         """A one-page PDF of the image, its CAM (when gradable), the assessment and the model's facts.
 
@@ -210,13 +235,18 @@ class Pipeline:
         volume's answer (every B-scan scored as /predict/volume does) and its deciding B-scans.
         """
         method = parse_method(method)
-        requested = self.check(model)
+        requested, profile = self.check(model), self.site(site)
 
         def draw(served: ServedModel, prepared: PreparedImage, _submit: Submit) -> Awaitable[Scored]:
-            return run_in(self.cam_pool, self._draw, served, prepared, None, method, alpha, None, CamOptions())
+            decision = self._decision(served, profile)
+            return run_in(
+                self.cam_pool, self._draw, served, prepared, None, method, alpha, None, CamOptions(), decision
+            )
 
         upload, data = await self._buffered(upload, frame)
-        served, prepared, result, drawing = await self._serve("report", upload, requested, draw, frame=frame)
+        served, prepared, result, drawing = await self._serve(
+            "report", upload, requested, draw, frame=frame, profile=profile
+        )
         volume = None
         if data is not None and is_dicom(data):  # frame= of a volume; a single image has no volume block
             scored = await self._score_volume(served, data)
@@ -224,7 +254,8 @@ class Pipeline:
                 volume = _volume_summary(scored, frame)
         rid = request_id_var.get()
         # PDF layout and image encoding stay off the event loop.
-        pdf = await run_in(self.cam_pool, _report_pdf, served, prepared, result, drawing, rid, volume)
+        points = self._decision(served, profile).points((served.meta.extra or {}).get("operating_points") or {})
+        pdf = await run_in(self.cam_pool, _report_pdf, served, prepared, result, drawing, rid, volume, points)
         return Report(result, pdf, rid)
 
     async def classify_volume(self, upload: Upload, model: str) -> VolumeAssessment:
@@ -325,17 +356,20 @@ class Pipeline:
         *,
         hold: bool = False,
         frame: int | None = None,
+        profile: SiteProfile | None = None,
     ) -> tuple[ServedModel, PreparedImage, Assessment, Any]:
         """Intake, scoring (if gradable), assessment, audit and metrics of one image.
 
         ``hold``: tell the requested model's batcher that this request is on its way, so it may
-        hold a batch open a few ms while it decodes. Returns the scorer's extra (None when ungradable).
+        hold a batch open a few ms while it decodes. ``profile``: the request's site profile (fundus
+        answers only). Returns the scorer's extra (None when ungradable).
         """
         start = time.perf_counter()
         name = requested.id if requested else AUTO
         try:
             with _expecting(requested if hold else None) as submit:
                 served, prepared = await self._intake(requested, upload, endpoint, frame)
+                decision = self._decision(served, profile)  # before scoring: a mismatched site is a 422
                 gradable = prepared.gate is None or prepared.gate.gradable
                 pending = score(served, prepared, submit or served.batcher.submit) if gradable else None
             scored = await pending if pending is not None else None
@@ -344,11 +378,13 @@ class Pipeline:
             raise
         if scored is None:
             assert prepared.gate is not None
-            result = ungradable(served.id, served.meta, prepared.gate)
+            result = ungradable(served.id, served.meta, prepared.gate, profile=decision.name)
             await self._audit(endpoint, served, result, prepared.sha256)
             self._count(served.id, endpoint, "ungradable", start)
             return served, prepared, result, None
-        result = grade(served.id, served.meta, scored.probabilities, scored.ms, self.settings, prepared.gate)
+        probs = decision.probabilities(served.temperature, scored.probabilities)
+        thresholds = decision.thresholds(self.settings)
+        result = grade(served.id, served.meta, probs, scored.ms, thresholds, prepared.gate, decision.name)
         await self._audit(endpoint, served, result, prepared.sha256)
         self.metrics.predictions.labels(served.id, result.label).inc()
         self._count(served.id, endpoint, "ok", start)
@@ -399,6 +435,10 @@ class Pipeline:
         self.metrics.decode_seconds.labels(served.id).observe(time.perf_counter() - start)
         return served, prepared
 
+    def _decision(self, served: ServedModel, profile: SiteProfile | None) -> Decision:
+        """The site profile for this model's answer (422 when it was fitted for another fundus model)."""
+        return decision_for(served.task, served.id, served.class_names, profile)
+
     def _draw(
         self,
         served: ServedModel,
@@ -408,9 +448,15 @@ class Pipeline:
         alpha: float,
         out_size: tuple[int, int] | None,
         options: CamOptions,
+        decision: Decision,
     ) -> Scored:
         """CAM of ``prepared`` for ``target`` (None = the label the answer shows), rendered (CAM pool)."""
-        choose = label_chooser(served.task, served.class_names, self.settings, served.meta)
+        label_of = label_chooser(served.task, served.class_names, decision.thresholds(self.settings), served.meta)
+
+        def choose(probs: np.ndarray) -> int:
+            # The label the answer will show: the site's temperature and points, as _serve applies them.
+            return label_of(decision.probabilities(served.temperature, probs))
+
         batch = self.settings.scorecam_batch_size
         probs = None
         if served.engine_info.name != "torch":
@@ -498,8 +544,9 @@ def _report_pdf(
     drawing: Drawing | None,
     request_id: str,
     volume: VolumeSummary | None = None,
+    operating_points: dict[str, Any] | None = None,
 ) -> bytes:
-    """The PDF of one assessment (blocking: the CAM pool)."""
+    """The PDF of one assessment (blocking: the CAM pool); ``operating_points``: the site profile's, if one decided."""
     # The image as the model saw it (cropped, resized, normalised): the overlay has the same geometry.
     view = prepared.pixels.permute(1, 2, 0).numpy()
     view = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
@@ -530,7 +577,9 @@ def _report_pdf(
         # Upload names often carry a patient's name; the SHA-256 identifies the image instead.
         filename=None,
         disclaimer=DISCLAIMER,
-        operating_points=(served.meta.extra or {}).get("operating_points") or {},
+        operating_points=operating_points
+        if operating_points is not None
+        else (served.meta.extra or {}).get("operating_points") or {},
         volume=volume,
     )
     return build_report(inp)

@@ -15,6 +15,7 @@ from backend.app.api.params import (
     FrameParam,
     MethodParam,
     ModelParam,
+    SiteParam,
     header_value,
 )
 from backend.app.schemas import GradcamResponse
@@ -55,6 +56,7 @@ async def gradcam(
     ] = "input",
     format: Annotated[Literal["png", "json"], Query(description="PNG body or JSON with base64 PNGs.")] = "png",
     frame: FrameParam = None,
+    site: SiteParam = None,
 ) -> Response:
     """Heatmap over the image as the model saw it (after cropping, resizing, normalising).
 
@@ -66,7 +68,7 @@ async def gradcam(
     Example: `curl -F file=@fundus.jpeg 'localhost:8000/gradcam?model=fundus' -o cam.png`.
     """
     options = CamOptions(method, target, alpha, size, heatmap=format == "json")
-    explained = await pipeline.explain(file, model, options, frame)
+    explained = await pipeline.explain(file, model, options, frame, site)
     if format == "json":
         return JSONResponse(GradcamResponse.of(explained).model_dump())
     result, drawing = explained.assessment, explained.drawing

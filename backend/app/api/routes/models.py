@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from backend.app.api.deps import SettingsDep, StoreDep, require_api_key
-from backend.app.schemas import ErrorResponse, ModelInfo
+from backend.app.schemas import ErrorResponse, ModelInfo, SiteInfo
+from backend.app.services.model_store import ModelStore
 from retina.checkpoint import CheckpointMeta
 from retina.figures import model_figures
 from retina.referral import informative, operating_points, served_thresholds
@@ -23,6 +24,21 @@ def calibration_summary(meta: CheckpointMeta) -> dict[str, Any]:
         out["ece_before"] = to_plain(cal["ece_val_before"], default=str)
         out["ece_after"] = to_plain(meta.ece_after, default=str)
     return out
+
+
+def site_rows(store: ModelStore, model_id: str) -> list[SiteInfo]:
+    """The site profiles fitted for ``model_id``; the default fundus model also lists profiles of no served model."""
+    fallback = store.defaults.get("fundus") == model_id
+    return [
+        SiteInfo(
+            name=e.name,
+            loaded=e.loaded,
+            default=store.sites.default == e.name,
+            error=e.error,
+            profile=e.profile.model_dump(mode="json") if e.profile is not None else None,
+        )
+        for e in store.sites.for_model(model_id, fallback=fallback)
+    ]
 
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
@@ -64,6 +80,7 @@ def list_models(store: StoreDep, settings: SettingsDep) -> list[ModelInfo]:
                 served_thresholds=served_thresholds(m.task, m.class_names, settings, meta),
                 informative=informative(meta),
                 cam_layer=m.cam_layer,
+                sites=site_rows(store, m.id),
                 engine=m.engine_info.to_dict(),
             )
         )

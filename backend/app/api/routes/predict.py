@@ -26,6 +26,7 @@ from backend.app.api.params import (
     FilesParam,
     ModelParam,
     ResultFormatParam,
+    SiteParam,
     VolumeFileParam,
 )
 from backend.app.schemas import BatchResponse, PredictResponse, VolumeResponse
@@ -36,7 +37,11 @@ router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
 @router.post("/predict", response_model=PredictResponse, summary="Classify one image", responses=IMAGE_ERRORS)
 async def predict(
-    pipeline: PipelineDep, file: FileParam, model: ModelParam = "oct", format: ResultFormatParam = "json"
+    pipeline: PipelineDep,
+    file: FileParam,
+    model: ModelParam = "oct",
+    format: ResultFormatParam = "json",
+    site: SiteParam = None,
 ) -> Any:
     """Calibrated class probabilities for one OCT B-scan or fundus photo.
 
@@ -44,8 +49,8 @@ async def predict(
     input's patient and study, referencing it). Example: `curl -F file=@scan.jpeg 'localhost:8000/predict?model=oct'`.
     """
     if format == "dicom-sr":
-        return _dicom(await predict_sr(pipeline, file, model))
-    return PredictResponse.of(await pipeline.classify(file, model))
+        return _dicom(await predict_sr(pipeline, file, model, site=site))
+    return PredictResponse.of(await pipeline.classify(file, model, site=site))
 
 
 @router.post(
@@ -54,14 +59,16 @@ async def predict(
     summary="Classify several images (one result or error entry per file, in upload order)",
     responses=IMAGE_ERRORS,
 )
-async def predict_batch(pipeline: PipelineDep, files: FilesParam, model: ModelParam = "oct") -> BatchResponse:
+async def predict_batch(
+    pipeline: PipelineDep, files: FilesParam, model: ModelParam = "oct", site: SiteParam = None
+) -> BatchResponse:
     """Each file is decoded in parallel and all are scored in shared micro-batches.
 
     A file that is not a valid image gets `{"filename", "error", "detail"}` in its slot;
     the others are answered normally. More than `RETINA_MAX_BATCH_FILES` files is a 413
     `too_many_files` for the whole request.
     """
-    return BatchResponse.of(await pipeline.classify_batch(files, model))
+    return BatchResponse.of(await pipeline.classify_batch(files, model, site))
 
 
 @router.post(

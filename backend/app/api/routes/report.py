@@ -15,6 +15,7 @@ from backend.app.api.params import (
     FrameParam,
     MethodParam,
     ModelParam,
+    SiteParam,
     header_value,
 )
 from backend.app.services.dicom_out import DICOM_MEDIA_TYPE, report_dicom
@@ -38,6 +39,7 @@ async def report(
     format: Annotated[
         Literal["pdf", "dicom"], Query(description="`dicom`: the PDF as an Encapsulated PDF DICOM instance.")
     ] = "pdf",
+    site: SiteParam = None,
 ) -> Response:
     """The image, its class activation map, the calibrated probabilities, the referral advice, the model's
     id/version and validation metrics, a timestamp and the research-use disclaimer, as a PDF.
@@ -54,13 +56,13 @@ async def report(
     Example: `curl -F file=@scan.jpeg 'localhost:8000/report?model=oct' -o report.pdf`.
     """
     if format == "dicom":
-        made, answer = await report_dicom(pipeline, file, model, method, alpha, frame)
+        made, answer = await report_dicom(pipeline, file, model, method, alpha, frame, site)
         return Response(
             answer.data,
             media_type=DICOM_MEDIA_TYPE,
             headers={"X-Model": header_value(made.assessment.model), "X-Referral": _level(made.assessment.referral)},
         )
-    made = await pipeline.report(file, model, method, alpha, frame)
+    made = await pipeline.report(file, model, method, alpha, frame, site)
     return Response(
         made.pdf,
         media_type="application/pdf",
