@@ -69,6 +69,9 @@ class HeaderSize:
     bytes: int
     elements: int
     complete: bool
+    # (rows, columns, samples per pixel, bits allocated, frames) of the top-level Image Pixel module,
+    # when the walk read Rows and Columns: what ``retina.memory`` sizes a decode by.
+    image: tuple[int, int, int, int, int] | None = None
 
 
 class _Spent(Exception):
@@ -99,12 +102,15 @@ def check_budget(data: bytes, budget: HeaderBudget = DEFAULT_BUDGET) -> HeaderSi
     implicit = syntax in _IMPLICIT
     fmt = ">" if syntax == _EXPLICIT_BE else "<"
     try:
-        size, count, complete = _walk_body(view, pos, end, implicit, fmt, budget, size, count)
+        size, count, complete, found = _walk_body(view, pos, end, implicit, fmt, budget, size, count)
     except _Spent as spent:
         size, count = spent.args
         logger.info("DICOM refused before parsing: over the header budget (%d elements, %d bytes)", count, size)
         raise _over(budget, size, count) from None
-    return HeaderSize(size, count, complete)
+    image = None
+    if found.get(0x0010) and found.get(0x0011):
+        image = (found[0x0010], found[0x0011], found.get(0x0002, 1), found.get(0x0100, 8), found.get(0x0008, 1))
+    return HeaderSize(size, count, complete, image)
 
 
 def _walk_meta(view: memoryview, pos: int, end: int) -> tuple[int, str | None, int, int]:
@@ -145,8 +151,11 @@ def _walk_body(
     budget: HeaderBudget,
     size: int,
     count: int,
-) -> tuple[int, int, bool]:
+) -> tuple[int, int, bool, dict[int, int]]:
     """Every element and item of the data set from ``pos``; raises ``_Spent`` past the budget.
+
+    Also returns the top-level Image Pixel values it passed (element number in group 0028 -> value):
+    samples per pixel, number of frames, rows, columns, bits allocated.
 
     ``open_`` is the stack of containers the walk is inside: ``(kind, end offset or None)`` with kind
     ``seq`` (a sequence), ``item`` (a sequence item, a nested data set) or ``frag`` (encapsulated pixel
@@ -156,6 +165,7 @@ def _walk_body(
     tag_fmt, l32, l16 = fmt + "HH", fmt + "I", fmt + "H"
     max_bytes, max_elements = budget.max_bytes, budget.max_elements
     open_: list[tuple[str, int | None]] = []
+    found: dict[int, int] = {}
     while pos + 8 <= end:
         while open_ and open_[-1][1] is not None and pos >= open_[-1][1]:  # type: ignore[operator]
             open_.pop()
@@ -173,7 +183,7 @@ def _walk_body(
             if elem == 0xE000:
                 if inside == "frag":
                     if length == _UNDEFINED or pos + length > end:
-                        return size, count, False
+                        return size, count, False, found
                     pos += length  # a pixel fragment: bounded by the pixel checks, not this budget
                 else:
                     open_.append(("item", None if length == _UNDEFINED else pos + length))
@@ -188,7 +198,7 @@ def _walk_body(
             vr = bytes(view[pos + 4 : pos + 6])
             if vr in _LONG_VRS:
                 if pos + 12 > end:
-                    return size, count, False
+                    return size, count, False, found
                 (length,) = struct.unpack_from(l32, view, pos + 8)
                 head = 12
             else:
@@ -202,14 +212,32 @@ def _walk_body(
             open_.append(("frag" if pixel else "seq", None))
             continue
         if pos + length > end:
-            return size, count, False  # truncated: the reader reports it
+            return size, count, False, found  # truncated: the reader reports it
         if vr == b"SQ":
             open_.append(("seq", pos + length))  # its items follow and are walked like any others
             continue
+        if group == 0x0028 and elem in _PIXEL_MODULE and not open_:
+            value = _pixel_module_value(view, pos, length, elem, l16)
+            if value is not None:
+                found[elem] = value
         pos += length
         if not pixel:  # native pixels are bounded by the pixel limits, not by this budget
             size += length
-    return size, count, pos >= end
+    return size, count, pos >= end, found
+
+
+# Image Pixel module elements (group 0028) the memory estimate needs; NumberOfFrames (0008) is IS text.
+_PIXEL_MODULE = frozenset({0x0002, 0x0008, 0x0010, 0x0011, 0x0100})
+
+
+def _pixel_module_value(view: memoryview, pos: int, length: int, elem: int, l16: str) -> int | None:
+    """An unsigned short (or, for NumberOfFrames, a decimal string) value; None when it is not one."""
+    if elem == 0x0008:
+        text = bytes(view[pos : pos + min(length, 16)]).strip(b"\x00 ")
+        return int(text) if text.isdigit() else None
+    if length < 2:
+        return None
+    return int(struct.unpack_from(l16, view, pos)[0])
 
 
 def _implicit_vr(group: int, elem: int) -> bytes:
