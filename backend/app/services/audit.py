@@ -56,8 +56,9 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from backend.app.services.audit_upgrade import add_missing_columns
 from backend.app.services.errors import audit_unavailable
-from backend.app.services.runtime import request_id_var
+from backend.app.services.runtime import client_var, request_id_var
 
 if TYPE_CHECKING:
     from backend.app.services.model_store import ServedModel
@@ -115,6 +116,7 @@ audit_table = Table(
     Column("probabilities", JSON, nullable=True),
     Column("referral", String(32), nullable=True),
     Column("modality", String(32), nullable=True),
+    Column("client", String(64), nullable=True),
     Index("ix_audit_log_ts", "ts"),
 )
 
@@ -151,6 +153,9 @@ class AuditRecord:
     modality: str | None = field(
         default=None, metadata={"description": "Modality seen by the image gate, when it ran."}
     )
+    client: str | None = field(
+        default=None, metadata={"description": "Name of the API key the answer was given to (never the key)."}
+    )
     ts: datetime | None = field(default=None, metadata={"description": "When the answer was logged (UTC, ISO 8601)."})
 
     def __post_init__(self) -> None:
@@ -173,7 +178,7 @@ def resolve_url(url: str | None) -> str:
     return f"sqlite:///{(Path.cwd() / DEFAULT_PATH).as_posix()}"
 
 
-def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> Engine:
+def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int, statement_timeout_ms: int = 5000) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         # SQLAlchemy's default PostgreSQL driver is psycopg2; the project installs psycopg (3).
@@ -183,7 +188,11 @@ def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> En
         # pre_ping: a server restarted under us costs one failed ping, not one failed commit.
         # connect_timeout: a readiness probe that retries an unreachable server must not hang on it for
         # ever (the default); 10 s, not less: a loaded host can take seconds to accept (seen in tests).
-        args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            # statement_timeout: a hung server (locks, full disk) fails a commit in seconds instead of
+            # holding every prediction that awaits its audit row.
+            args = {"connect_timeout": 10, "options": f"-c statement_timeout={int(statement_timeout_ms)}"}
         return create_engine(url, pool_pre_ping=True, connect_args=args)
     database = parsed.database or ""
     memory = database in ("", ":memory:") or "mode=memory" in url
@@ -226,6 +235,8 @@ class AuditLog:
             power loss). Ignored by other databases.
         busy_timeout_ms: how long SQLite waits for another writer (another worker process).
         max_batch: most records in one transaction.
+        timeout_s: longest a caller waits for its row's commit before it answers 503 ``audit_unavailable``
+            (also PostgreSQL's ``statement_timeout``), so a hung database cannot hang every request.
 
     Use ``start()`` once, ``await record(...)`` from the event loop (or ``submit(...)`` from any
     thread), ``query(...)`` from a worker thread, and ``stop()`` at shutdown (it commits what
@@ -239,11 +250,13 @@ class AuditLog:
         synchronous: Synchronous = "FULL",
         busy_timeout_ms: int = 5000,
         max_batch: int = 1000,
+        timeout_s: float = 10.0,
     ) -> None:
         self.url = resolve_url(url)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self.max_batch = max_batch
+        self.timeout_s = timeout_s
         self.error: str | None = None
         self.commits = 0  # transactions committed: records / commits is the group-commit factor
         self._engine: Engine | None = None
@@ -337,7 +350,10 @@ class AuditLog:
     async def record(self, rec: AuditRecord) -> None:
         """Append ``rec``; returns once it is committed, raises 503 ``audit_unavailable`` otherwise."""
         try:
-            await asyncio.wrap_future(self.submit(rec))
+            # shield: a timed-out row is still committed when the database comes back (see _commit).
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.submit(rec))), self.timeout_s)
+        except TimeoutError:
+            raise audit_unavailable(f"no commit within {self.timeout_s:g} s") from None
         except AuditUnavailable as e:
             raise audit_unavailable(str(e)) from e
 
@@ -383,7 +399,9 @@ class AuditLog:
         with self._connect_lock:  # the writer and a GET /audit thread may both get here
             try:
                 if self._engine is None:
-                    self._engine = _make_engine(self.url, self.synchronous, self.busy_timeout_ms)
+                    self._engine = _make_engine(
+                        self.url, self.synchronous, self.busy_timeout_ms, int(self.timeout_s * 1000)
+                    )
                 try:
                     metadata.create_all(self._engine)
                 except (IntegrityError, ProgrammingError):
@@ -391,6 +409,7 @@ class AuditLog:
                     # PostgreSQL lets one win and fails the others (duplicate pg_type row or relation).
                     # The second look finds the winner's table and creates nothing.
                     metadata.create_all(self._engine)
+                add_missing_columns(self._engine, audit_table)
             except Exception as e:  # bad URL, missing driver, unreachable server, unwritable directory
                 self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 raise
@@ -518,5 +537,6 @@ async def audit_prediction(
         probabilities=None if probabilities is None else {str(k): _finite(v) for k, v in probabilities.items()},
         referral=referral if isinstance(referral, str) else _field(referral, "level"),
         modality=_field(gate, "modality"),
+        client=client_var.get(),
     )
     await audit.record(rec)
