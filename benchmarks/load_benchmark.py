@@ -82,15 +82,15 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak = pid, interval, 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak = max(self.peak, rss_mb(self.pid))
             time.sleep(self.interval)
 
     def stop(self) -> float:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak
 
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid", type=Path, default=REPO_ROOT / "samples" / "fundus", help="a valid image (or dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     data = rgba_png(args.width, args.height)
     valid_path = args.valid if args.valid.is_file() else sorted(args.valid.glob("*.jp*g"))[0]
     valid = valid_path.read_bytes()
