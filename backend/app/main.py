@@ -358,8 +358,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
 
-    # Middleware: the last added is the outermost. Auth, then admission, then the body limit: none of
-    # them reads the body, so a refused request costs its headers only.
+    install_middleware(app, settings, metrics, admission)
+    return app
+
+
+def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics, admission: Admission) -> None:
+    """The middleware stack, outermost first: proxy prefix, request id, CORS, API key, metrics, admission, body limit.
+
+    The last added is the outermost. Auth, admission and the body limit all answer without reading
+    the body, so a refused request costs its headers only.
+    """
     app.add_middleware(UploadLimitMiddleware, limit_for=_body_limits(settings))
     app.add_middleware(AdmissionMiddleware, admission=admission)
     Instrumentator(
@@ -369,24 +377,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ).instrument(app).expose(app, endpoint="/metrics", include_in_schema=True, tags=["ops"])
     app.add_middleware(auth.AuthMiddleware, settings=settings)  # inside CORS: a 401 still carries CORS headers
     if settings.cors_origins:
+        headers = ["X-Request-ID", "X-Label", "X-Confidence", "X-Model", "X-Target", "X-Method", "X-Referral"]
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=[
-                "X-Request-ID",
-                "X-Label",
-                "X-Confidence",
-                "X-Model",
-                "X-Target",
-                "X-Method",
-                "X-Referral",
-            ],
+            expose_headers=headers,
         )
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(ProxyPrefixMiddleware, root_path=settings.root_path)
-    return app
 
 
 app = create_app()
