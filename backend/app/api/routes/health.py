@@ -61,6 +61,8 @@ def ready(store: StoreDep, settings: SettingsDep, request: Request) -> ReadyResp
     if not detailed and reasons:
         # Model ids are public (GET /models); why they failed (paths, exceptions) is the operator's.
         failed = [f"model {f.id} failed to load" for f in store.failed.values()]
+        if store.gate is None and settings.gate_enabled:
+            failed.append("the image gate is not loaded")
         rest = len(reasons) - len(failed)
         reasons = [*failed, *([f"{rest} other problem(s)"] if rest > 0 else []), "details with the operator key"]
     audit = getattr(request.app.state, "audit", None)
