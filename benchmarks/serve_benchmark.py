@@ -153,6 +153,7 @@ def start_server(
         "RETINA_MODELS_DIR": str(models_dir),
         "RETINA_DEVICE": "cpu",
         "RETINA_LOG_LEVEL": "WARNING",
+        "RETINA_INSECURE_NO_AUTH": "true",  # a loopback-only benchmark server: the explicit opt-out
         # A throwaway audit log (the real one's cost is part of what is measured).
         "RETINA_AUDIT_DB": f"sqlite:///{tempfile.mkdtemp(prefix='retina-bench-')}/audit.sqlite",
         # The app splits the cores between workers (torch and decode threads) from this.

@@ -1,26 +1,83 @@
-"""Streamlit caches around the client: one request per image and setting, never a cached failure.
+"""Per-session caches around the client: one request per image and setting, never a cached failure.
 
 Streamlit reruns the whole script on every widget change, so without these every slider move
-would re-send every upload. ``st.cache_data`` hashes the arguments without a leading underscore:
-the key is the file's SHA-256 (not its bytes), the model id and version, the CAM settings and
-the backend URL. Exceptions are not cached by ``st.cache_data``, which is exactly what makes the
-page recover by itself when the backend comes back.
+would re-send every upload. The key is made of the arguments without a leading underscore:
+the file's SHA-256 (not its bytes), the model id and version, the CAM settings and the backend
+URL. Exceptions are not cached, which is what makes the page recover by itself when the backend
+comes back.
+
+Answers are cached *per browser session* (in ``st.session_state``), never across sessions as
+``st.cache_data`` would: a second user who uploads the same bytes must get their own backend call,
+and with it their own audit row. Within a session a cached answer is one the user has already been
+shown (and that was audited when it was made).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Literal
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from frontend.client import BackendClient, CamResult, ClientSettings, ModelInfo, Prediction, VolumeResult
 
-# Uploads are a few MB at most; a few hundred results cover a long session without growing unbounded.
-_MAX_ENTRIES = 512
-_TTL_S = 3600
+# Per session: a few dozen results cover a long session without growing unbounded.
+_MAX_ENTRIES = 64
 # PDF reports are a few hundred kB each and made only on request: far fewer are ever needed.
-_MAX_REPORTS = 64
+_MAX_REPORTS = 8
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+_SESSION_KEY = "_retina_answers"
+# Outside a Streamlit script run (unit tests, bare imports) there is no session: one process-local store.
+_NO_SESSION: dict[str, OrderedDict[tuple[Any, ...], Any]] = {}
+
+
+def _session_store() -> MutableMapping[str, OrderedDict[tuple[Any, ...], Any]]:
+    """This browser session's caches (freed with the session), one ordered dict per cached function."""
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return _NO_SESSION
+    if _SESSION_KEY not in st.session_state:
+        st.session_state[_SESSION_KEY] = {}
+    return st.session_state[_SESSION_KEY]
+
+
+def session_cache(max_entries: int) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Like ``st.cache_data`` keyed on the arguments without a leading underscore, but per session (LRU)."""
+
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        signature = inspect.signature(fn)
+        keyed = [name for name in signature.parameters if not name.startswith("_")]
+
+        @functools.wraps(fn)
+        def cached(*args: P.args, **kwargs: P.kwargs) -> T:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            key = tuple(bound.arguments[name] for name in keyed)
+            entries = _session_store().setdefault(fn.__qualname__, OrderedDict())
+            if key in entries:
+                entries.move_to_end(key)
+                return entries[key]
+            value = fn(*args, **kwargs)  # an exception propagates and nothing is stored
+            entries[key] = value
+            while len(entries) > max_entries:
+                entries.popitem(last=False)
+            return value
+
+        return cached
+
+    return wrap
+
+
+def clear() -> None:
+    """Forget this session's answers (and, outside a session, the process-local ones)."""
+    _session_store().clear()
 
 
 def file_digest(data: bytes) -> str:
@@ -40,7 +97,7 @@ def list_models(backend_url: str, _client: BackendClient) -> list[ModelInfo]:
     return _client.models()
 
 
-@st.cache_data(ttl=_TTL_S, max_entries=_MAX_ENTRIES, show_spinner=False)
+@session_cache(_MAX_ENTRIES)
 def predict(
     digest: str,
     model: str,
@@ -60,7 +117,7 @@ def predict(
     return _client.predict(_data, _filename, model, site=site)
 
 
-@st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
+@session_cache(_MAX_REPORTS)
 def predict_volume(
     digest: str,
     model: str,
@@ -74,7 +131,7 @@ def predict_volume(
     return _client.predict_volume(_data, _filename, model)
 
 
-@st.cache_data(ttl=_TTL_S, max_entries=_MAX_ENTRIES, show_spinner=False)
+@session_cache(_MAX_ENTRIES)
 def gradcam(
     digest: str,
     model: str,
@@ -96,7 +153,7 @@ def gradcam(
     )
 
 
-@st.cache_data(ttl=_TTL_S, max_entries=_MAX_REPORTS, show_spinner=False)
+@session_cache(_MAX_REPORTS)
 def report(
     digest: str,
     model: str,

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from retina.dicom_guard import DEFAULT_BUDGET, HeaderBudget, check_budget
 from retina.errors import ImageDecodeError
 
 if TYPE_CHECKING:
@@ -252,11 +253,17 @@ class DicomFrames:
         return (self.frame(i) for i in range(self.n_frames))
 
 
-def open_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None) -> DicomFrames:
+def open_frames(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_frames: int | None = None,
+    budget: HeaderBudget = DEFAULT_BUDGET,
+) -> DicomFrames:
     """Parse and check a DICOM file (single- or multi-frame) without decoding any pixel data.
 
     ``Rows * Columns * NumberOfFrames`` over ``max_pixels`` -> ``image_too_large``; more than
-    ``max_frames`` frames -> ``too_many_frames``; otherwise as :func:`decode_dicom`.
+    ``max_frames`` frames -> ``too_many_frames``; non-pixel data over ``budget`` ->
+    ``dicom_header_too_large``, before pydicom reads any of it; otherwise as :func:`decode_dicom`.
     """
     try:
         import pydicom  # noqa: F401  (optional dependency: only DICOM uploads need it)
@@ -267,6 +274,8 @@ def open_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: i
     if data[PREAMBLE_LEN : PREAMBLE_LEN + 4] != MAGIC:
         # Preamble-less variant: give it an empty preamble so pydicom parses it normally.
         data = b"\x00" * PREAMBLE_LEN + MAGIC + data
+    # Outside the lock below, and before pydicom: its reader spends seconds on a file of many items.
+    check_budget(data, budget)
     with _silenced():
         ds = _read_dataset(data)
         rows, cols, frames, photometric = _check_header(ds, max_pixels, max_frames)

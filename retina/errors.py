@@ -6,7 +6,8 @@ from __future__ import annotations
 class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (empty, truncated, unknown format, bomb).
 
-    ``code``: ``empty_file``, ``unsupported_image``, ``invalid_image`` or ``image_too_large``.
+    ``code``: ``empty_file``, ``unsupported_image``, ``invalid_image``, ``image_too_large``,
+    ``too_many_frames`` or ``dicom_header_too_large``.
     """
 
     def __init__(self, detail: str, code: str = "invalid_image") -> None:
@@ -23,6 +24,7 @@ PUBLIC_DECODE_CODES: dict[str, str] = {
     "invalid_image": "invalid_image",
     "image_too_large": "image_too_large",
     "too_many_frames": "too_many_frames",
+    "dicom_header_too_large": "dicom_header_too_large",
 }
 
 

@@ -100,10 +100,15 @@ class PreparedImage:
     gate: GateResult | None = None
 
 
-def decode_and_check(data: bytes, max_pixels: int, gate: ImageGate | None) -> DecodedImage:
-    """Bytes -> decoded image plus the gate's verdict (CPU-bound); ``ImageDecodeError`` when not an image."""
+def decode_and_check(
+    data: bytes, max_pixels: int, gate: ImageGate | None, max_bytes: int | None = None
+) -> DecodedImage:
+    """Bytes -> decoded image plus the gate's verdict (CPU-bound); ``ImageDecodeError`` when not an image.
+
+    ``max_bytes``: most decode memory (``retina.memory`` estimate from the header), None = unbounded.
+    """
     fmt = sniff(data)
-    img = decode_image(data, max_pixels=max_pixels)
+    img = decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
     verdict = gate.assess(img) if gate is not None else None
     return DecodedImage(img, fmt, hashlib.sha256(data).hexdigest(), verdict)
 

@@ -14,8 +14,9 @@
 #   RETINA_VENV           virtual env to create/reuse (default .venv)
 #   RETINA_NO_INSTALL=1   use RETINA_VENV as it is, without running the bootstrap (no network)
 #   RETINA_START_TIMEOUT  seconds to wait for the backend to load its models (default 180)
-#   RETINA_MODELS_DIR, RETINA_API_KEY, RETINA_TORCH_THREADS, WEB_CONCURRENCY, ...: passed to the
+#   RETINA_MODELS_DIR, RETINA_API_KEY(S), RETINA_TORCH_THREADS, WEB_CONCURRENCY, ...: passed to the
 #                         backend as they are (see the README); RETINA_API_KEY reaches the UI too.
+#                         Without any key on a loopback bind, RETINA_INSECURE_NO_AUTH=true is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,6 +129,17 @@ prefix() {
   while IFS= read -r line || [ -n "$line" ]; do printf '[%s] %s\n' "$1" "$line"; done
 }
 export PYTHONUNBUFFERED=1
+
+# The backend refuses to start without an API key. A loopback-only run with no key configured opts out
+# explicitly (the image and compose never do); a key set in the environment is always used.
+if [ -z "${RETINA_API_KEY:-}" ] && [ -z "${RETINA_API_KEYS:-}" ] && [ -z "${RETINA_INSECURE_NO_AUTH:-}" ]; then
+  case "$bind" in
+    127.0.0.1 | localhost | ::1)
+      log "no RETINA_API_KEY(S): serving without keys on loopback only (RETINA_INSECURE_NO_AUTH=true)"
+      export RETINA_INSECURE_NO_AUTH=true
+      ;;
+  esac
+fi
 
 # The same commands as Dockerfile.backend / Dockerfile.frontend (only the bind address and ports vary).
 log "starting backend on $bind:$backend_port (models: ${RETINA_MODELS_DIR:-models/})"

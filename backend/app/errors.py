@@ -14,21 +14,24 @@ unknown_model              404     ``?model=`` names no served model or task
 unknown_method             404     ``?method=`` is not a CAM method
 not_found                  404     no such route
 method_not_allowed         405     wrong HTTP verb
-unauthorized               401     API key configured and missing or wrong
-audit_requires_api_key     403     GET /audit while no API key is configured
+unauthorized               401     API key missing or wrong (checked before the body is read)
+forbidden                  403     a client key on an operator route (GET /audit)
+audit_requires_api_key     403     GET /audit while no operator key is configured
 file_too_large             413     an upload (or the body) is over the limit
 too_many_files             413     /predict/batch got more than ``max_batch_files``
 too_many_frames            413     a volume with more than ``max_volume_frames`` B-scans
+dicom_header_too_large     413     a DICOM with more non-pixel data than ``retina.dicom_guard`` lets pydicom parse
 unsupported_media_type     415     the bytes are not an image we decode
 empty_file                 422     zero-byte upload
 invalid_image              422     truncated or undecodable image; a multi-frame DICOM without ``frame=``
-image_too_large            422     over ``max_image_pixels`` / ``max_volume_pixels`` (decompression bomb)
+image_too_large            422     over ``max_image_pixels`` / ``max_volume_pixels`` or the decode memory budget
 invalid_parameter          422     missing field, bad query value, unknown target
 unknown_site               422     ``?site=`` names no loaded site profile
 not_retinal_image          422     the image gate saw neither an OCT B-scan nor a fundus photo
 wrong_modality             422     the other kind of image than the model reads (names the right one)
 ungradable_image           422     /gradcam of an image the gate found ungradable
 not_ready                  503     a model, the image gate or the audit log is not ready
+overloaded                 503     the worker's in-flight memory budget is full (Retry-After)
 audit_unavailable          503     the answer could not be committed to the audit log
 internal_error             500     a bug; logged with the request id
 =========================  ======  ==============================================

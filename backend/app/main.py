@@ -32,8 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.app import errors
 from backend.app.api.routes import audit, exam, gradcam, health, models, predict, report
-from backend.app.core import multiprocess
+from backend.app.core import auth, multiprocess
+from backend.app.core.admission import AdmissionMiddleware
 from backend.app.core.config import Settings, get_settings
+from backend.app.services.admission import Admission
 from backend.app.services.audit import AuditLog
 from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.model_store import ModelStore
@@ -66,11 +68,13 @@ reasons and no diagnosis. `model=auto` picks OCT or fundus by what the gate saw.
 * `POST /gradcam?model=fundus&method=gradcam` -> PNG overlay (or `format=json`); `frame=` picks a volume's B-scan
 * `POST /report?model=auto` -> one-page PDF (image, CAM, probabilities, referral, model metrics)
 * `GET /models`, `GET /health`, `GET /ready`, `GET /metrics`
-* `GET /audit?since=2025-01-31T00:00Z` (operators, needs the API key) -> every answered prediction:
-  time, request id, model and version, SHA-256 of the upload, result, referral (no pixels)
+* `GET /audit?since=2025-01-31T00:00Z` (needs the operator key) -> every answered prediction:
+  time, request id, key name, model and version, SHA-256 of the upload, result, referral (no pixels)
 
 Errors always have the body `{"error": CODE, "detail": TEXT}`; every response carries
-`X-Request-ID`. When `RETINA_API_KEY` is set, send it as `X-API-Key`.
+`X-Request-ID`. Send a client key (`RETINA_API_KEYS` / `RETINA_API_KEY`) or the operator key as
+`X-API-Key` on everything but `/health`, `/ready`, `/metrics` and the docs. A busy worker answers
+503 `overloaded` with `Retry-After`.
 """
 
 
@@ -305,11 +309,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
+        auth.check_configured(settings)  # no open API unless explicitly opted out for loopback
         # One intra-op team for the forward passes; decode threads do PIL/numpy work, so
         # torch_threads + decode_threads ~ cores keeps 2 cores from being oversubscribed.
         torch.set_num_threads(settings.torch_threads)
         # Every answered prediction is committed here before its response goes out (routes await it).
-        audit_log = AuditLog(settings.audit_db)
+        audit_log = AuditLog(settings.audit_db, timeout_s=settings.audit_timeout_s)
         audit_log.start()
         app.state.audit = audit_log
         store = ModelStore(settings, metrics)
@@ -320,7 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # CAM itself is serialised per model (a lock around its hooks); a second thread lets
         # the PNG rendering of one request overlap the CAM of the next.
         cam_pool = ThreadPoolExecutor(max(2, settings.decode_threads), thread_name_prefix="retina-cam")
-        app.state.pipeline = Pipeline(store, settings, metrics, audit_log, decode_pool, cam_pool)
+        app.state.pipeline = Pipeline(store, settings, metrics, audit_log, decode_pool, cam_pool, admission)
         if store.ready:
             logger.info("ready: %s", ", ".join(f"{t}={k}" for t, k in store.defaults.items()))
         else:
@@ -346,36 +351,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_offline_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
+    # One per worker: the middleware counts uploads in flight, the pipeline reserves their decode memory.
+    admission = Admission(int(settings.memory_budget_mb * 1e6), settings.max_in_flight)
+    app.state.admission = admission
     errors.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
 
-    # Middleware: the last added is the outermost.
+    install_middleware(app, settings, metrics, admission)
+    return app
+
+
+def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics, admission: Admission) -> None:
+    """The middleware stack, outermost first: proxy prefix, request id, CORS, API key, metrics, admission, body limit.
+
+    The last added is the outermost. Auth, admission and the body limit all answer without reading
+    the body, so a refused request costs its headers only.
+    """
     app.add_middleware(UploadLimitMiddleware, limit_for=_body_limits(settings))
+    app.add_middleware(AdmissionMiddleware, admission=admission)
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics"],
         registry=metrics.registry,
     ).instrument(app).expose(app, endpoint="/metrics", include_in_schema=True, tags=["ops"])
+    app.add_middleware(auth.AuthMiddleware, settings=settings)  # inside CORS: a 401 still carries CORS headers
     if settings.cors_origins:
+        headers = ["X-Request-ID", "X-Label", "X-Confidence", "X-Model", "X-Target", "X-Method", "X-Referral"]
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=[
-                "X-Request-ID",
-                "X-Label",
-                "X-Confidence",
-                "X-Model",
-                "X-Target",
-                "X-Method",
-                "X-Referral",
-            ],
+            expose_headers=headers,
         )
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(ProxyPrefixMiddleware, root_path=settings.root_path)
-    return app
 
 
 app = create_app()

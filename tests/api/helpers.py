@@ -76,6 +76,8 @@ def base_settings(models_dir: Path, **overrides: Any) -> Settings:
         "audit_db": "sqlite://",
         # The shipped image gate: tests exercise the production path (real images pass it).
         "gate_file": DEFAULT_MODELS_DIR / GATE_FILE,
+        # No key unless a test sets one: the explicit loopback opt-out (TestClient never leaves the process).
+        "insecure_no_auth": True,
     }
     values.update(overrides)
     return Settings(**values)

@@ -44,6 +44,7 @@ EXPECTED_COLUMNS = {
     "referral",
     "modality",
     "site",  # the site profile's name (or "default") that decided the referral: not a patient identifier
+    "client",  # the API key's name (never the key)
 }
 
 
@@ -62,10 +63,11 @@ def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def keyed(api_models_dir: Path, audit_db: Path) -> Iterator[TestClient]:
-    """The default OCT and fundus models, an API key, and the audit log in a SQLite file."""
+    """The default OCT and fundus models, the operator key, and the audit log in a SQLite file."""
     settings = base_settings(
         api_models_dir,
-        api_key=KEY,
+        operator_key=KEY,
+        api_keys="clinic-a:client-secret-1",
         audit_db=f"sqlite:///{audit_db}",
         models=[default_for("oct").key, default_for("fundus").key],
     )
@@ -106,6 +108,7 @@ def test_predict_writes_one_row_with_request_model_hash_and_result(
     assert row["label"] == body["label"]
     assert row["confidence"] == pytest.approx(body["confidence"])
     assert row["referral"] == (body.get("referral") or {}).get("level")
+    assert row["client"] == "operator"  # the key's name, never the key
 
 
 def test_fundus_predict_is_logged_with_its_own_model(keyed: TestClient, audit_db: Path, fundus_image: Path) -> None:

@@ -108,13 +108,19 @@ def test_unexpected_exception_is_500_without_traceback(
 def strict(small_only_dir: Path) -> Iterator[TestClient]:
     """API key, a 50 kB upload limit, 2 files per batch, CORS for one origin; only the extra model."""
     settings = base_settings(
-        small_only_dir, api_key=KEY, max_upload_mb=LIMIT_MB, max_batch_files=2, cors_origins="http://ui.example"
+        small_only_dir,
+        api_key=KEY,
+        operator_key=OPERATOR_KEY,
+        max_upload_mb=LIMIT_MB,
+        max_batch_files=2,
+        cors_origins="http://ui.example",
     )
     with TestClient(create_app(settings)) as c:
         yield c
 
 
 AUTH = {"X-API-Key": KEY}
+OPERATOR_KEY = "operator-key-of-the-strict-app"
 
 
 def test_missing_api_key_is_401(strict: TestClient, oct_image: Path) -> None:
@@ -191,11 +197,13 @@ def test_too_many_batch_files_is_413(strict: TestClient, png_bytes_small: bytes)
 
 
 def test_missing_registered_checkpoint_is_not_ready(strict: TestClient) -> None:
-    r = strict.get("/ready")
+    r = strict.get("/ready", headers={"X-API-Key": OPERATOR_KEY})  # the reasons are the operator's to read
     assert r.status_code == 503
     body = r.json()
     assert body["error"] == "not_ready"
     assert "checkpoint not found" in body["detail"]
+    public = strict.get("/ready").json()
+    assert "checkpoint not found" not in public["detail"] and "/tmp" not in public["detail"]
     assert {m["id"] for m in body["models"] if not m["loaded"]} == set(MODELS)
 
 

@@ -19,6 +19,7 @@ def test_uvicorn_serves_predict_over_http(tiny_models_dir: Path, oct_image: Path
         "RETINA_MODELS_DIR": str(tiny_models_dir),
         "RETINA_DEVICE": "cpu",
         "RETINA_AUDIT_DB": f"sqlite:///{tiny_models_dir}/audit.sqlite",
+        "RETINA_INSECURE_NO_AUTH": "true",  # a loopback-only test server: the explicit opt-out
     }
     with uvicorn_server(env, tmp_path / "server.log") as (_proc, base):
         r = httpx.post(

@@ -26,12 +26,23 @@ def broken(api_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     oct_spec = default_for("oct")
     wrong = dataclasses.replace(oct_spec, class_names=("A", "B", "C", "D"))
     save_random_checkpoint(wrong, d / oct_spec.checkpoint)
-    with TestClient(create_app(base_settings(d))) as c:
+    with TestClient(create_app(base_settings(d, operator_key=OPERATOR))) as c:
         yield c
 
 
+OPERATOR = "operator-key-for-details"
+AS_OPERATOR = {"X-API-Key": OPERATOR}
+
+
+def test_public_ready_and_health_name_the_failed_models_but_no_paths(broken: TestClient) -> None:
+    for route in ("/ready", "/health"):
+        text = broken.get(route).text
+        assert default_for("fundus").key in text
+        assert "/tmp" not in text and "broken_models" not in text and "corrupt" not in text
+
+
 def test_ready_is_503_naming_corrupt_model(broken: TestClient) -> None:
-    r = broken.get("/ready")
+    r = broken.get("/ready", headers=AS_OPERATOR)
     assert r.status_code == 503
     body = r.json()
     assert body["error"] == "not_ready"
@@ -40,7 +51,7 @@ def test_ready_is_503_naming_corrupt_model(broken: TestClient) -> None:
 
 
 def test_ready_is_503_naming_mismatched_model(broken: TestClient) -> None:
-    body = broken.get("/ready").json()
+    body = broken.get("/ready", headers=AS_OPERATOR).json()
     key = default_for("oct").key
     assert key in body["detail"] and "class_names" in body["detail"]
     failed = {m["id"]: m for m in body["models"] if not m["loaded"]}

@@ -168,7 +168,7 @@ def test_gate_missing_or_broken_means_not_ready_and_nothing_is_classified(
 
 
 def test_auto_refusals_are_audited(make_client: Callable, api_models_dir: Path) -> None:
-    with make_client(api_models_dir, api_key="k") as c:
+    with make_client(api_models_dir, operator_key="k") as c:  # the operator key predicts and reads /audit
         r = c.post("/predict?model=auto", files={"file": _cat()}, headers={"X-API-Key": "k"})
         assert r.status_code == 422
         rid = r.headers["x-request-id"]

@@ -43,6 +43,7 @@ def _server_env(tmp_path: Path, audit_db: str) -> dict[str, str]:
     (tmp_path / "tmp").mkdir(exist_ok=True)
     return env | {
         "RETINA_DEVICE": "cpu",
+        "RETINA_INSECURE_NO_AUTH": "true",  # a loopback-only test server: the explicit opt-out
         # 2 workers x 1 thread on this 2-core machine (the README's rule: workers x threads <= cores).
         "RETINA_TORCH_THREADS": "1",
         "RETINA_DECODE_THREADS": "1",

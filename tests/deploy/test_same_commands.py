@@ -7,7 +7,9 @@ service's ``environment`` (every default). What changes, and why:
   registered model), since ``/app/models`` is a path inside the image;
 - a port only when the container's default is busy on this machine (passed with the same flag);
 - ``RETINA_BACKEND_URL``'s host ``backend`` (compose's DNS name) becomes ``127.0.0.1``;
-- ``HOME`` is a fresh folder, as the image user's home is.
+- ``HOME`` is a fresh folder, as the image user's home is;
+- ``RETINA_API_KEY`` is a test key for both, as the ``.env`` of a deployment sets it (the image
+  refuses to start without a key and never opts out).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +68,9 @@ def _container_env(instructions: list[Instruction], service: Mapping[str, Any], 
     return env
 
 
+DEPLOY_KEY = "same-commands-test-key"
+
+
 def _port(default: int) -> int:
     return default if port_is_free(default) else free_port()
 
@@ -79,6 +85,7 @@ def _start_backend(
     # The image's engine cache (/app/engines, filled at build) maps into the checkout here: keep
     # the exports of these throwaway checkpoints out of it. The engine itself stays the image's default.
     env["RETINA_ENGINE_CACHE"] = str(tmp / "engines")
+    env["RETINA_API_KEY"] = DEPLOY_KEY
     server = spawn("backend", with_flag(cmd, "--port", str(port)), env)
     return server, port
 
@@ -90,6 +97,7 @@ def _start_frontend(
     port = _port(int(flag_value(cmd, "--server.port")))
     env = _container_env(frontend_dockerfile, compose["services"]["frontend"], tmp / f"home-{name}")
     env["RETINA_BACKEND_URL"] = url
+    env["RETINA_API_KEY"] = DEPLOY_KEY
     return spawn(name, with_flag(cmd, "--server.port", str(port)), env), port
 
 
@@ -206,7 +214,14 @@ def test_tls_profile_proxy_routes_ui_and_api(stack: dict[str, Any], spawn: Spawn
     req = urllib.request.Request(f"{base}/_stcore/health", headers={"Authorization": login})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
-    assert http_status(f"{base}/api/no-such-route") == 404
+    # /api/ reaches the backend, which asks for its key before it says whether the route exists.
+    assert http_status(f"{base}/api/no-such-route") == 401
+    keyed = urllib.request.Request(f"{base}/api/no-such-route", headers={"X-API-Key": DEPLOY_KEY})
+    try:
+        urllib.request.urlopen(keyed, timeout=10)
+        raise AssertionError("an unknown route answered 2xx")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
     if _chromium() is None:
         pytest.skip("proxy routes checked; no chromium for the UI-through-the-proxy (websocket) check")
     # the UI through the proxy: Streamlit's websocket must pass for the sidebar to render at all

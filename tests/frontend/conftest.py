@@ -22,6 +22,7 @@ def backend_env(models_dir: Path) -> dict[str, str]:
         "RETINA_TORCH_THREADS": "1",
         "RETINA_DECODE_THREADS": "1",
         "RETINA_LOG_LEVEL": "WARNING",
+        "RETINA_INSECURE_NO_AUTH": "true",  # a loopback-only test server: the explicit opt-out
         "PYTHONUNBUFFERED": "1",
     }
     return env

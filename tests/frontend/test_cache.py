@@ -1,4 +1,5 @@
-"""frontend.cache: one request per image and setting; failures are never cached."""
+"""frontend.cache: one request per image and setting within a session; failures are never cached; no
+answer is shared between sessions (each user's answer has its own backend call and audit row)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from tests.frontend.fake_backend import FakeBackend, FakeServer, png_bytes
 @pytest.fixture
 def fake() -> Iterator[FakeBackend]:
     st.cache_data.clear()
+    cache.clear()
     with FakeServer() as state:
         yield state
     st.cache_data.clear()
+    cache.clear()
 
 
 def _predict(client: BackendClient, data: bytes, model: str = "oct-test", version: str = "1") -> object:
@@ -119,4 +122,19 @@ def test_report_failures_are_not_cached(fake: FakeBackend) -> None:
     with pytest.raises(BackendError, match="warming up"):
         _report(client, data)
     assert _report(client, data).startswith(b"%PDF")
+    assert len(fake.calls("/report")) == 2
+
+
+def test_answers_are_not_shared_between_sessions(fake: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two browser sessions uploading the same bytes: two backend calls (two audit rows), one per session."""
+    client = BackendClient(ClientSettings(backend_url=fake.url))
+    data = png_bytes(8)
+    sessions: dict[str, dict] = {"alice": {}, "bob": {}}
+    for who in ("alice", "bob", "alice", "bob"):
+        monkeypatch.setattr(cache, "_session_store", lambda who=who: sessions[who])
+        _predict(client, data)
+        _cam(client, data)
+        _report(client, data)
+    assert len(fake.calls("/predict")) == 2
+    assert len(fake.calls("/gradcam")) == 2
     assert len(fake.calls("/report")) == 2

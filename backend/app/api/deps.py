@@ -7,7 +7,6 @@ its thread pool, which for these attribute look-ups cost more than the work (mea
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -20,7 +19,11 @@ from backend.app.services.errors import audit_unavailable, not_ready
 from backend.app.services.model_store import ModelStore
 from backend.app.services.pipeline import Pipeline
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when RETINA_API_KEY is set.")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="A client key (RETINA_API_KEYS / RETINA_API_KEY), or the operator key.",
+)
 
 
 async def app_settings(request: Request) -> Settings:
@@ -50,15 +53,23 @@ async def audit_log(request: Request) -> AuditLog:
 
 
 async def require_api_key(
-    settings: Annotated[Settings, Depends(app_settings)],
-    key: Annotated[str | None, Security(_api_key_header)] = None,
+    request: Request,
+    _key: Annotated[str | None, Security(_api_key_header)] = None,
 ) -> None:
-    """401 ``unauthorized`` unless no key is configured or ``X-API-Key`` matches (constant time)."""
-    expected = settings.api_key
-    if expected is None:
-        return
-    if key is None or not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+    """401 ``unauthorized`` unless ``core/auth.AuthMiddleware`` let the request in.
+
+    The middleware checks the key before the body is read; this dependency only documents the
+    header in OpenAPI and refuses a request that somehow bypassed the middleware.
+    """
+    if getattr(request.state, "principal", None) is None:
         raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
+
+
+async def require_operator(request: Request) -> None:
+    """403 unless the caller holds the operator key (the middleware already refused others)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.role != "operator":
+        raise ApiError(403, "forbidden", "this route needs the operator key")
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]

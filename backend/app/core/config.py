@@ -8,6 +8,7 @@ tests build ``Settings(...)`` directly and pass it to ``create_app``.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from retina.paths import DEFAULT_MODELS_DIR
 from retina.runtime import usable_cores
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _threshold(rule: str) -> Any:
@@ -57,7 +59,10 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Typed configuration of the inference service; see the table in ``backend/README.md``."""
 
-    model_config = SettingsConfigDict(env_prefix="RETINA_", extra="ignore", protected_namespaces=())
+    # hide_input_in_errors: a validation error would otherwise echo the keys (RETINA_API_KEYS) into the log.
+    model_config = SettingsConfigDict(
+        env_prefix="RETINA_", extra="ignore", protected_namespaces=(), hide_input_in_errors=True
+    )
 
     models_dir: Path = Field(default=DEFAULT_MODELS_DIR, description="Directory with the checkpoints (*.pt) to serve.")
     omp_wait_policy: Literal["PASSIVE", "ACTIVE"] = Field(
@@ -105,6 +110,37 @@ class Settings(BaseSettings):
     volume_min_gradable_fraction: float = Field(
         default=0.5, ge=0, le=1, description="... and at least this share of its B-scans gradable; else ungradable."
     )
+    max_decode_mb: float = Field(
+        default=400.0,
+        gt=0,
+        description="Most memory one image (or one frame of a volume) may take to decode, in MB: pixels x bytes per "
+        "pixel x working copies, estimated from the header before decoding (retina/memory.py); more is a 422 "
+        "image_too_large. A 40 MP RGB JPEG needs ~200 MB, a 39 MP RGBA PNG ~350 MB.",
+    )
+    memory_budget_mb: float = Field(
+        default=1200.0,
+        gt=0,
+        description="Decode memory one worker reserves for uploads in flight (upload bytes + decode estimate), in MB; "
+        "an upload that does not fit is answered 503 overloaded with Retry-After. Size it to the container's memory "
+        "limit / WEB_CONCURRENCY minus ~1.4 GB for the models at rest.",
+    )
+    max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description="Most upload requests (POST) one worker holds at once; more are answered 503 overloaded before "
+        "their body is read. Bounds the decode, batcher and audit queues behind it.",
+    )
+    inference_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest wait for a forward pass (micro-batcher) before a 503 inference_timeout.",
+    )
+    audit_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for an audit row's commit before a 503 audit_unavailable; also PostgreSQL's "
+        "statement_timeout, so a hung database cannot hang every prediction.",
+    )
     batch_max_size: int = Field(default=16, ge=1, description="Micro-batcher: most requests in one forward pass.")
     batch_wait_ms: float = Field(
         default=5.0, ge=0, description="Micro-batcher: longest wait for more requests while others are being decoded."
@@ -136,7 +172,23 @@ class Settings(BaseSettings):
         default_factory=list, description="Allowed CORS origins (comma separated or JSON list); none by default."
     )
     api_key: SecretStr | None = Field(
-        default=None, description="When set, X-API-Key must carry it (all but /health, /ready, /metrics, /docs)."
+        default=None,
+        description="A client key (named `default` in the audit log); X-API-Key must carry a client or the "
+        "operator key on all but /health, /ready, /metrics, /docs.",
+    )
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="Named client keys, `name:key,name:key` (names: letters, digits, . _ -); the audit log records "
+        "the name of the key each answer was given to, never the key.",
+    )
+    operator_key: SecretStr | None = Field(
+        default=None, description="The operator's key: GET /audit needs it (client keys get 403), and it may predict."
+    )
+    insecure_no_auth: bool = Field(
+        default=False,
+        description="Serve without any client key (requests are `anonymous`): only for a loopback-only run "
+        "(scripts/run.sh sets it unless keys are given); refused with a non-loopback RETINA_BIND_ADDRESS. "
+        "Without it and without keys the service refuses to start.",
     )
     gate_enabled: bool = Field(
         default=True,
@@ -201,7 +253,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "api_keys", "operator_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         # RETINA_API_KEY= (empty) in a compose file means "no key", not "the empty key".
@@ -217,16 +269,44 @@ class Settings(BaseSettings):
     def _key_when_published(self) -> Settings:
         # Fail at startup, not at the first stranger's request: a service published beyond this
         # machine without a key lets anyone who reaches it run (and read the audit of) predictions.
-        if self.api_key is None and self.bind_address and self.bind_address.strip() not in LOOPBACK:
+        self.client_keys()  # a malformed RETINA_API_KEYS fails here, at startup
+        published = bool(self.bind_address and self.bind_address.strip() not in LOOPBACK)
+        if published and self.insecure_no_auth:
+            raise ValueError(
+                f"RETINA_INSECURE_NO_AUTH is for a loopback-only run, but RETINA_BIND_ADDRESS={self.bind_address}"
+            )
+        if not self.client_keys() and published:
             raise ValueError(
                 f"RETINA_BIND_ADDRESS={self.bind_address} publishes the API beyond this machine: set RETINA_API_KEY "
                 '(e.g. python3 -c "import secrets; print(secrets.token_urlsafe(32))"), or bind 127.0.0.1'
             )
         return self
 
+    def client_keys(self) -> dict[str, str]:
+        """Client key name -> key: ``RETINA_API_KEYS`` entries plus ``RETINA_API_KEY`` as ``default``."""
+        keys: dict[str, str] = {}
+        if self.api_key is not None:
+            keys["default"] = self.api_key.get_secret_value()
+        text = self.api_keys.get_secret_value() if self.api_keys is not None else ""
+        for entry in (e.strip() for e in text.split(",") if e.strip()):
+            name, sep, key = entry.partition(":")
+            name, key = name.strip(), key.strip()
+            # The message names the entry's position, never its text: it holds a secret.
+            if not sep or not _KEY_NAME.match(name) or len(key) < 8 or name in keys or name == "operator":
+                raise ValueError(
+                    f"RETINA_API_KEYS entry {len(keys) + 1} is not name:key (name of letters, digits, . _ -, unique, "
+                    "not `operator`; key of at least 8 characters)"
+                )
+            keys[name] = key
+        return keys
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return int(self.max_decode_mb * 1_000_000)
 
     @property
     def max_volume_upload_bytes(self) -> int:

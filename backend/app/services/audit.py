@@ -49,17 +49,16 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
-    inspect,
     select,
-    text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from backend.app.services.audit_upgrade import add_missing_columns
 from backend.app.services.errors import audit_unavailable
-from backend.app.services.runtime import request_id_var
+from backend.app.services.runtime import client_var, request_id_var
 
 if TYPE_CHECKING:
     from backend.app.services.model_store import ServedModel
@@ -119,27 +118,11 @@ audit_table = Table(
     Column("referral", String(32), nullable=True),
     Column("modality", String(32), nullable=True),
     Column("site", String(64), nullable=True),
+    Column("client", String(64), nullable=True),
     Index("ix_audit_log_ts", "ts"),
 )
 
 COLUMNS = tuple(c.name for c in audit_table.columns)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Add columns newer than the log's table (``site``) in place; they are nullable, so old rows read NULL.
-
-    ``create_all`` never alters an existing table, and a log must survive an upgrade of the service.
-    """
-    have = {c["name"] for c in inspect(engine).get_columns(audit_table.name)}
-    for column in [c for c in audit_table.columns if c.name not in have]:
-        ddl = f"ALTER TABLE {audit_table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
-        try:
-            with engine.begin() as conn:
-                conn.execute(text(ddl))
-        except (OperationalError, ProgrammingError):
-            # Another worker added it first (duplicate column); anything else shows on the next look.
-            if column.name not in {c["name"] for c in inspect(engine).get_columns(audit_table.name)}:
-                raise
 
 
 @dataclass
@@ -176,6 +159,9 @@ class AuditRecord:
         default=None,
         metadata={"description": "Which operating points decided the referral: a site profile's name or `default`."},
     )
+    client: str | None = field(
+        default=None, metadata={"description": "Name of the API key the answer was given to (never the key)."}
+    )
     ts: datetime | None = field(default=None, metadata={"description": "When the answer was logged (UTC, ISO 8601)."})
 
     def __post_init__(self) -> None:
@@ -198,7 +184,7 @@ def resolve_url(url: str | None) -> str:
     return f"sqlite:///{(Path.cwd() / DEFAULT_PATH).as_posix()}"
 
 
-def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> Engine:
+def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int, statement_timeout_ms: int = 5000) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         # SQLAlchemy's default PostgreSQL driver is psycopg2; the project installs psycopg (3).
@@ -208,7 +194,11 @@ def _make_engine(url: str, synchronous: Synchronous, busy_timeout_ms: int) -> En
         # pre_ping: a server restarted under us costs one failed ping, not one failed commit.
         # connect_timeout: a readiness probe that retries an unreachable server must not hang on it for
         # ever (the default); 10 s, not less: a loaded host can take seconds to accept (seen in tests).
-        args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            # statement_timeout: a hung server (locks, full disk) fails a commit in seconds instead of
+            # holding every prediction that awaits its audit row.
+            args = {"connect_timeout": 10, "options": f"-c statement_timeout={int(statement_timeout_ms)}"}
         return create_engine(url, pool_pre_ping=True, connect_args=args)
     database = parsed.database or ""
     memory = database in ("", ":memory:") or "mode=memory" in url
@@ -251,6 +241,8 @@ class AuditLog:
             power loss). Ignored by other databases.
         busy_timeout_ms: how long SQLite waits for another writer (another worker process).
         max_batch: most records in one transaction.
+        timeout_s: longest a caller waits for its row's commit before it answers 503 ``audit_unavailable``
+            (also PostgreSQL's ``statement_timeout``), so a hung database cannot hang every request.
 
     Use ``start()`` once, ``await record(...)`` from the event loop (or ``submit(...)`` from any
     thread), ``query(...)`` from a worker thread, and ``stop()`` at shutdown (it commits what
@@ -264,11 +256,13 @@ class AuditLog:
         synchronous: Synchronous = "FULL",
         busy_timeout_ms: int = 5000,
         max_batch: int = 1000,
+        timeout_s: float = 10.0,
     ) -> None:
         self.url = resolve_url(url)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self.max_batch = max_batch
+        self.timeout_s = timeout_s
         self.error: str | None = None
         self.commits = 0  # transactions committed: records / commits is the group-commit factor
         self._engine: Engine | None = None
@@ -362,7 +356,10 @@ class AuditLog:
     async def record(self, rec: AuditRecord) -> None:
         """Append ``rec``; returns once it is committed, raises 503 ``audit_unavailable`` otherwise."""
         try:
-            await asyncio.wrap_future(self.submit(rec))
+            # shield: a timed-out row is still committed when the database comes back (see _commit).
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.submit(rec))), self.timeout_s)
+        except TimeoutError:
+            raise audit_unavailable(f"no commit within {self.timeout_s:g} s") from None
         except AuditUnavailable as e:
             raise audit_unavailable(str(e)) from e
 
@@ -408,7 +405,9 @@ class AuditLog:
         with self._connect_lock:  # the writer and a GET /audit thread may both get here
             try:
                 if self._engine is None:
-                    self._engine = _make_engine(self.url, self.synchronous, self.busy_timeout_ms)
+                    self._engine = _make_engine(
+                        self.url, self.synchronous, self.busy_timeout_ms, int(self.timeout_s * 1000)
+                    )
                 try:
                     metadata.create_all(self._engine)
                 except (IntegrityError, ProgrammingError):
@@ -416,7 +415,7 @@ class AuditLog:
                     # PostgreSQL lets one win and fails the others (duplicate pg_type row or relation).
                     # The second look finds the winner's table and creates nothing.
                     metadata.create_all(self._engine)
-                _add_missing_columns(self._engine)
+                add_missing_columns(self._engine, audit_table)
             except Exception as e:  # bad URL, missing driver, unreachable server, unwritable directory
                 self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 raise
@@ -546,5 +545,6 @@ async def audit_prediction(
         modality=_field(gate, "modality"),
         # Answers built before site profiles existed (volumes) carry no profile: the model's own points decided.
         site=None if referral is None or isinstance(referral, str) else (_field(referral, "profile") or "default"),
+        client=client_var.get(),
     )
     await audit.record(rec)

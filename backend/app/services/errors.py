@@ -18,6 +18,8 @@ _DECODE_STATUS: dict[str, int] = {
     "invalid_image": 422,
     "image_too_large": 422,
     "too_many_frames": 413,
+    # More DICOM elements / non-pixel bytes than retina.dicom_guard lets pydicom parse.
+    "dicom_header_too_large": 413,
 }
 
 

@@ -26,25 +26,31 @@ this module adds the upload reading, frames and volumes, and turns the core's
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from backend.app.core.config import Settings
 from backend.app.services.errors import ServiceError, file_too_large, from_decode_error
 from retina import intake
-from retina.dicom import MultiFrameError, open_frames
+from retina.dicom import DicomFrames, MultiFrameError, open_frames
 from retina.gate import GateResult, ImageGate
 from retina.intake import ACCEPTED_FORMATS, DecodedImage, PreparedImage
+from retina.memory import check_decode_budget, estimate
 from retina.preprocessing import ImageDecodeError, PreprocessSpec, decode_image, pil_to_uint8_tensor, prepare
 
 __all__ = [
     "ACCEPTED_FORMATS",
     "DecodedImage",
     "DecodedVolume",
+    "Limits",
     "PreparedImage",
     "Upload",
+    "Checked",
     "decode_and_check",
+    "decode_gate_prepare",
     "decode_volume",
     "prepare_decoded",
     "read_upload",
@@ -86,22 +92,49 @@ def sniff(data: bytes) -> str:
         raise from_decode_error(e) from e
 
 
-def decode_and_check(
-    data: bytes, max_pixels: int, gate: ImageGate | None, frame: int | None = None, max_frames: int | None = None
-) -> DecodedImage:
+@dataclass(frozen=True)
+class Limits:
+    """What one upload may cost (``Settings``): a single image's, and a volume's, bytes and pixels.
+
+    ``max_pixels`` and ``max_bytes`` bound a single image and every frame of a volume; the volume
+    limits apply only to a multi-frame DICOM (``frame=`` on a PNG/JPEG keeps the image limits).
+    """
+
+    max_pixels: int
+    max_bytes: int
+    max_decode_bytes: int
+    max_volume_pixels: int
+    max_volume_frames: int
+
+    @classmethod
+    def of(cls, s: Settings) -> Limits:
+        return cls(s.max_image_pixels, s.max_upload_bytes, s.max_decode_bytes, s.max_volume_pixels, s.max_volume_frames)
+
+
+def decode_and_check(data: bytes, limits: Limits, gate: ImageGate | None, frame: int | None = None) -> DecodedImage:
     """Bytes -> decoded image plus the gate's verdict (CPU-bound: run it in the decode pool).
 
     ``frame``: the 0-based frame of a multi-frame DICOM to decode (only that one is); frame 0 of a
-    single image is the image itself. ``max_pixels`` then bounds the whole file (all its frames).
+    single image is the image itself. The volume limits bound a multi-frame DICOM as a whole; its
+    frame, and any single image, stays within the single-image limits.
     """
     try:
         if frame is None:
-            return intake.decode_and_check(data, max_pixels, gate)
+            if len(data) > limits.max_bytes:
+                raise file_too_large(limits.max_bytes)
+            return intake.decode_and_check(data, limits.max_pixels, gate, limits.max_decode_bytes)
         fmt = intake.sniff(data)
         if fmt == "DICOM":
-            img = open_frames(data, max_pixels, max_frames).frame(frame)
+            frames = _open_volume(data, limits)
+            if frames.n_frames == 1 and len(data) > limits.max_bytes:
+                raise file_too_large(limits.max_bytes, "a single-frame DICOM")
+            img = frames.frame(frame)
         elif frame == 0:
-            img = decode_image(data, max_pixels=max_pixels)
+            if len(data) > limits.max_bytes:
+                raise file_too_large(
+                    limits.max_bytes, f"a {fmt} (frame= lifts the limits only for a multi-frame DICOM)"
+                )
+            img = decode_image(data, max_pixels=limits.max_pixels, max_bytes=limits.max_decode_bytes)
         else:
             raise ServiceError(422, "invalid_parameter", f"frame={frame}: the upload is a single image (frame 0)")
     except MultiFrameError as e:
@@ -115,6 +148,19 @@ def decode_and_check(
         raise from_decode_error(e) from e
     verdict = gate.assess(img) if gate is not None else None
     return DecodedImage(img, fmt, hashlib.sha256(data).hexdigest(), verdict)
+
+
+def _open_volume(data: bytes, limits: Limits) -> DicomFrames:
+    """A DICOM's frames within the volume limits, each frame within the single image's pixels and decode memory."""
+    check_decode_budget(estimate(data), limits.max_decode_bytes)
+    frames = open_frames(data, limits.max_volume_pixels, limits.max_volume_frames)
+    if frames.rows * frames.cols > limits.max_pixels:
+        raise ImageDecodeError(
+            f"each frame is {frames.cols}x{frames.rows} = {frames.rows * frames.cols} pixels, over the "
+            f"single-image limit of {limits.max_pixels} (RETINA_MAX_IMAGE_PIXELS)",
+            code="image_too_large",
+        )
+    return frames
 
 
 @dataclass(frozen=True)
@@ -136,7 +182,7 @@ class DecodedVolume:
 
 
 def decode_volume(
-    data: bytes, max_pixels: int, max_frames: int, gate: ImageGate | None, spec: PreprocessSpec, task: str
+    data: bytes, limits: Limits, gate: ImageGate | None, spec: PreprocessSpec, task: str
 ) -> DecodedVolume:
     """A multi-frame DICOM -> every frame gated, the gradable ones of ``task`` prepared (decode pool).
 
@@ -149,7 +195,7 @@ def decode_volume(
             415, "unsupported_media_type", f"a volume is a multi-frame DICOM file; this is {fmt} (use POST /predict)"
         )
     try:
-        frames = open_frames(data, max_pixels, max_frames)
+        frames = _open_volume(data, limits)
         verdicts: list[GateResult | None] = []
         prepared: dict[int, torch.Tensor] = {}
         for i in range(frames.n_frames):
@@ -163,6 +209,40 @@ def decode_volume(
     except (OSError, ValueError) as e:  # a degenerate frame the resize cannot handle
         raise ServiceError(422, "invalid_image", f"a frame could not be preprocessed: {e}") from e
     return DecodedVolume(verdicts, prepared, hashlib.sha256(data).hexdigest(), (frames.cols, frames.rows))
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One upload after :func:`decode_gate_prepare`: the full-size image is gone, the model input kept.
+
+    Attributes:
+        sha256: hex SHA-256 of the upload.
+        gate: the gate's verdict (None when the gate is off).
+        prepared: the model's ``uint8 (C, S, S)`` input, or None when ``choose`` refused the image.
+    """
+
+    sha256: str
+    gate: GateResult | None
+    prepared: PreparedImage | None
+
+
+def decode_gate_prepare(
+    data: bytes,
+    limits: Limits,
+    gate: ImageGate | None,
+    choose: Callable[[GateResult | None], PreprocessSpec | None],
+    frame: int | None = None,
+) -> Checked:
+    """Decode, gate and prepare in one decode-pool job (CPU-bound).
+
+    ``choose(verdict)`` picks the spec of the model that will score the image, or None to refuse
+    it. One job, not three: the decoded full-size image (up to ``RETINA_MAX_DECODE_MB``) is freed
+    before this pool thread starts the next decode, so at most ``decode_threads`` of them exist.
+    """
+    decoded = decode_and_check(data, limits, gate, frame)
+    spec = choose(decoded.gate)
+    prepared = prepare_decoded(decoded, spec) if spec is not None else None
+    return Checked(decoded.sha256, decoded.gate, prepared)
 
 
 def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:

@@ -35,17 +35,18 @@ import numpy as np
 import torch
 
 from backend.app.core.config import Settings
+from backend.app.services.admission import Admission
 from backend.app.services.audit import AuditLog, audit_prediction
 from backend.app.services.batcher import BatchResult
-from backend.app.services.errors import ServiceError, invalid_parameter, not_ready
+from backend.app.services.errors import ServiceError, from_decode_error, invalid_parameter, not_ready
 from backend.app.services.explain import compute_cam_for, parse_method, parse_target, png_bytes
 from backend.app.services.intake import (
     DecodedVolume,
+    Limits,
     PreparedImage,
     Upload,
-    decode_and_check,
+    decode_gate_prepare,
     decode_volume,
-    prepare_decoded,
     read_upload,
 )
 from backend.app.services.metrics import ServiceMetrics
@@ -55,6 +56,10 @@ from backend.app.services.runtime import request_id_var, run_in
 from backend.app.services.sites import Decision, decision_for
 from retina.assessment import Assessment, grade, not_retinal, refusal, ungradable
 from retina.dicom import is_dicom
+from retina.errors import ImageDecodeError
+from retina.gate import GateResult
+from retina.memory import estimate
+from retina.preprocessing import PreprocessSpec
 from retina.referral import label_chooser
 from retina.site_profile import SiteProfile
 from retina.volume import RULE_TEXT, VolumeAssessment, assess_volume
@@ -139,8 +144,14 @@ class Pipeline:
         audit: AuditLog,
         decode_pool: Executor,
         cam_pool: Executor,
+        admission: Admission | None = None,
+        header_pool: Executor | None = None,
     ) -> None:
         self.store = store
+        # Without one given (tests, scripts): a budget from the settings, as the app's lifespan builds it.
+        self.admission = admission or Admission(int(settings.memory_budget_mb * 1e6), settings.max_in_flight)
+        # Header reads (estimate) are quick but not free (a DICOM walk): off the event loop, not behind decodes.
+        self.header_pool = header_pool or cam_pool
         self.settings = settings
         self.metrics = metrics
         self.audit = audit
@@ -169,7 +180,7 @@ class Pipeline:
     ) -> Assessment:
         """One image scored in the model's shared micro-batches; ``site`` decides a fundus answer (see sites.py)."""
         requested, profile = self.check(model), self.site(site)
-        _, _, result, _ = await self._serve(endpoint, upload, requested, _batched, hold=True, profile=profile)
+        _, _, result, _ = await self._serve(endpoint, upload, requested, self._batched, hold=True, profile=profile)
         return result
 
     async def classify_batch(
@@ -299,22 +310,17 @@ class Pipeline:
         """Decode, gate and prepare every frame (decode pool), score the graded ones (micro-batcher), assess."""
         s = self.settings
         start = time.perf_counter()
-        decoded: DecodedVolume = await run_in(
-            self.decode_pool,
-            decode_volume,
-            data,
-            s.max_volume_pixels,
-            s.max_volume_frames,
-            self.store.gate,
-            served.preprocess,
-            served.task,
-        )
+        cost = await self._decode_cost(data)  # one frame's: frames are decoded one at a time
+        with self.admission.reserve(cost + len(data), "volume"):
+            decoded: DecodedVolume = await run_in(
+                self.decode_pool, decode_volume, data, Limits.of(s), self.store.gate, served.preprocess, served.task
+            )
         self.metrics.decode_seconds.labels(served.id).observe(time.perf_counter() - start)
         await self._refuse_volume(served, decoded)
         # All graded frames are queued at once: the batcher runs them max_batch at a time, sharing
         # forward passes with concurrent /predict requests.
         futures = {i: served.batcher.submit(x) for i, x in decoded.prepared.items()}
-        results = {i: await asyncio.wrap_future(f) for i, f in futures.items()}
+        results = {i: await self._forward(f) for i, f in futures.items()}
         probs = {i: r.probabilities for i, r in results.items()}
         ms = sum(r.forward_ms / max(r.batch_size, 1) for r in results.values())
         assessment = assess_volume(
@@ -400,40 +406,64 @@ class Pipeline:
         """
         start = time.perf_counter()
         s = self.settings
-        # Decode and gate first; the model's (costlier) preparation only for images that pass.
-        if frame is None:
-            data = await read_upload(upload, s.max_upload_bytes)
-            decoded = await run_in(self.decode_pool, decode_and_check, data, s.max_image_pixels, self.store.gate)
-        else:
-            # One B-scan of a volume: the file may be up to the volume limits; only that frame is decoded.
-            data = await read_upload(upload, s.max_volume_upload_bytes)
-            decoded = await run_in(
-                self.decode_pool,
-                decode_and_check,
-                data,
-                s.max_volume_pixels,
-                self.store.gate,
-                frame,
-                s.max_volume_frames,
+        # frame=: one B-scan of a volume, read up to the volume limit; a PNG/JPEG keeps the image limits.
+        data = await read_upload(upload, s.max_upload_bytes if frame is None else s.max_volume_upload_bytes)
+        chosen: dict[str, Any] = {}
+
+        def choose(verdict: GateResult | None) -> PreprocessSpec | None:
+            # In the decode thread: pure look-ups, so the full-size image never waits for the event loop.
+            served = requested
+            if served is None:
+                assert verdict is not None  # check(): auto always has a gate
+                served = None if verdict.modality == "other" else self.store.resolve(verdict.modality)
+            if served is None:  # model=auto and not retinal: audited as model "auto"
+                assert verdict is not None
+                refused = not_retinal(verdict)
+            else:
+                right = self.store.defaults.get(verdict.modality) if verdict is not None else None
+                refused = refusal(verdict, served.id, served.task, right)
+            chosen.update(served=served, refused=refused)
+            return served.preprocess if served is not None and refused is None else None
+
+        cost = await self._decode_cost(data)
+        with self.admission.reserve(cost + len(data), "image"):
+            checked = await run_in(
+                self.decode_pool, decode_gate_prepare, data, Limits.of(s), self.store.gate, choose, frame
             )
-        verdict = decoded.gate
-        served = requested
-        if served is None:
-            assert verdict is not None  # check(): auto always has a gate
-            served = None if verdict.modality == "other" else self.store.resolve(verdict.modality)
-        if served is None:  # model=auto and not retinal: audited as model "auto"
-            assert verdict is not None
-            refused = not_retinal(verdict)
-        else:
-            right = self.store.defaults.get(verdict.modality) if verdict is not None else None
-            refused = refusal(verdict, served.id, served.task, right)
+        del data
+        served, refused = chosen["served"], chosen["refused"]
         if refused is not None:
             gate_seen = {"gate": refused.gate.to_dict()}
-            await audit_prediction(self.audit, endpoint, served, gate_seen, decoded.sha256, outcome=refused.code)
+            await audit_prediction(self.audit, endpoint, served, gate_seen, checked.sha256, outcome=refused.code)
             raise ServiceError(422, refused.code, refused.detail)
-        prepared = await run_in(self.decode_pool, prepare_decoded, decoded, served.preprocess)
+        assert served is not None and checked.prepared is not None
         self.metrics.decode_seconds.labels(served.id).observe(time.perf_counter() - start)
-        return served, prepared
+        return served, checked.prepared
+
+    def _batched(self, served: ServedModel, prepared: PreparedImage, submit: Submit) -> Awaitable[Scored]:
+        """Queue the image on the micro-batcher now; the awaitable resolves when its batch ran."""
+        future = submit(prepared.pixels)
+
+        async def wait() -> Scored:
+            result = await self._forward(future)
+            return Scored(result.probabilities, result.forward_ms)
+
+        return wait()
+
+    def _forward(self, future: Future[BatchResult]) -> Awaitable[BatchResult]:
+        return wait_forward(future, self.settings.inference_timeout_s)
+
+    async def _decode_cost(self, data: bytes) -> int:
+        """The decode's peak memory by its header (``retina.memory``), for the admission budget; 0 if unreadable.
+
+        An unreadable header is not refused here: the decode that follows says what is wrong with it.
+        """
+        try:
+            return (await run_in(self.header_pool, estimate, data)).bytes
+        except ImageDecodeError as e:
+            if e.code == "dicom_header_too_large":
+                raise from_decode_error(e) from e
+            return 0
 
     def _decision(self, served: ServedModel, profile: SiteProfile | None) -> Decision:
         """The site profile for this model's answer (422 when it was fitted for another fundus model)."""
@@ -462,7 +492,8 @@ class Pipeline:
         if served.engine_info.name != "torch":
             # The answer's probabilities come from the served engine, exactly as /predict's do (int8
             # can move a near-tie); torch, which CAM needs for gradients, only draws that label's map.
-            probs = served.batcher.submit(prepared.pixels).result().probabilities
+            timeout = self.settings.inference_timeout_s
+            probs = served.batcher.submit(prepared.pixels).result(timeout=timeout).probabilities
             target = choose(probs) if target is None else target
         cam = compute_cam_for(served, prepared.pixels, target, choose, method, alpha, out_size, batch, self.metrics)
         height, width = cam.overlay.shape[:2]
@@ -489,15 +520,17 @@ def _expecting(served: ServedModel | None) -> Iterator[Submit | None]:
         yield submit
 
 
-def _batched(served: ServedModel, prepared: PreparedImage, submit: Submit) -> Awaitable[Scored]:
-    """Queue the image on the micro-batcher now; the awaitable resolves when its batch ran."""
-    future = submit(prepared.pixels)
-
-    async def wait() -> Scored:
-        result = await asyncio.wrap_future(future)
-        return Scored(result.probabilities, result.forward_ms)
-
-    return wait()
+async def wait_forward(future: Future[BatchResult], timeout_s: float) -> BatchResult:
+    """A micro-batcher result, or 503 ``inference_timeout`` after ``timeout_s`` (a stuck forward pass)."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+    except TimeoutError:
+        raise ServiceError(
+            503,
+            "inference_timeout",
+            f"no forward pass within {timeout_s:g} s (RETINA_INFERENCE_TIMEOUT_S)",
+            headers={"Retry-After": "5"},
+        ) from None
 
 
 class _Replay:

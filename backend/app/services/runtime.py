@@ -14,6 +14,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The name of the API key the current request came with (``core/auth.py``); the audit row records it.
+client_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("client", default=None)
 
 
 class RequestIdFilter(logging.Filter):

@@ -1,4 +1,4 @@
-"""GET /audit: the operator's view of the prediction audit log (API key required)."""
+"""GET /audit: the operator's view of the prediction audit log (operator key required, RETINA_OPERATOR_KEY)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from backend.app.api.deps import AuditDep, SettingsDep, require_api_key
-from backend.app.errors import ApiError
+from backend.app.api.deps import AuditDep, require_api_key, require_operator
 from backend.app.schemas import AuditResponse, ErrorResponse
 from backend.app.services.errors import invalid_parameter
 
@@ -19,18 +18,9 @@ MAX_LIMIT = 1000
 _SPACED_OFFSET = re.compile(r" (\d{2}(?::?\d{2})?)$")
 
 
-async def require_operator_key(settings: SettingsDep) -> None:
-    """403 ``audit_requires_api_key`` when no API key is configured: the log is never open to all."""
-    if settings.api_key is None:
-        raise ApiError(
-            403,
-            "audit_requires_api_key",
-            "the audit log is served only when RETINA_API_KEY is set (send it as X-API-Key)",
-        )
-
-
-# require_api_key first: with a key configured, a missing or wrong one is a 401.
-router = APIRouter(tags=["ops"], dependencies=[Depends(require_api_key), Depends(require_operator_key)])
+# The key and the role are checked before the body by core/auth.AuthMiddleware; these dependencies
+# document the header and refuse anything that bypassed it.
+router = APIRouter(tags=["ops"], dependencies=[Depends(require_api_key), Depends(require_operator)])
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
@@ -53,10 +43,14 @@ def parse_time(name: str, value: str | None) -> datetime | None:
 @router.get(
     "/audit",
     response_model=AuditResponse,
-    summary="Audit log of answered predictions (operators; requires the API key)",
+    summary="Audit log of answered predictions (requires the operator key)",
     responses={
         401: {"model": ErrorResponse, "description": "`unauthorized`: missing or wrong X-API-Key"},
-        403: {"model": ErrorResponse, "description": "`audit_requires_api_key`: no RETINA_API_KEY configured"},
+        403: {
+            "model": ErrorResponse,
+            "description": "`forbidden`: a client key (the operator key is needed); "
+            "`audit_requires_api_key`: no RETINA_OPERATOR_KEY configured",
+        },
         422: {"model": ErrorResponse, "description": "`invalid_parameter`: bad `since`/`until`/`limit`"},
         503: {"model": ErrorResponse, "description": "`audit_unavailable`: the audit database cannot be read"},
     },
