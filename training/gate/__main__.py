@@ -1,12 +1,8 @@
-"""Old name of :mod:`training.fit_gate` (the image-gate fitter), kept so ``python -m training.gate`` still runs.
-
-The fitter was renamed so that it no longer shares a name with the served gate, ``retina/gate.py``.
-Import from ``training.fit_gate``; this module only forwards the command line.
-"""
+"""``python -m training.gate``: fit the image gate (see :mod:`training.gate.cli`)."""
 
 from __future__ import annotations
 
-from training.fit_gate import main
+from training.gate.cli import main
 
 if __name__ == "__main__":
     main()
