@@ -674,3 +674,11 @@ def test_ece_before_and_after_on_models_page(monkeypatch: pytest.MonkeyPatch) ->
     texts = [m.value for m in at.main.markdown]
     assert "Calibration: Temperature scaling (T = 1.50, fitted on val): ECE 0.081 → 0.023" in texts
     assert "Calibration: Not calibrated (raw softmax probabilities)." in texts
+
+
+def test_image_check_line_shows_the_learned_quality_grade() -> None:
+    gate = GateInfo.from_json({"modality": "fundus", "gradable": True, "quality_grade": "Usable"})
+    pred = Prediction("m", "1", "fundus", "No DR", 0.5, {"No DR": 0.5}, referral=_ref("rescreen"), gate=gate)
+    assert ui.gate_text(pred) == "Image check: colour fundus photo, gradable, quality Usable"
+    no_grade = Prediction("m", "1", "oct", "NORMAL", 0.5, {"NORMAL": 0.5}, gate=GateInfo("oct"))
+    assert ui.gate_text(no_grade) == "Image check: OCT B-scan, gradable"
