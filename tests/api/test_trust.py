@@ -252,3 +252,35 @@ def test_rgba_and_16bit_versions_of_real_scans_pass_the_gate(client: TestClient,
     for data in (encode(img.convert("RGBA"), "PNG"), encode(a16, "PNG")):
         r = client.post("/predict?model=oct", files={"file": data})
         assert r.status_code == 200, r.json()
+
+
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "samples" / "fundus"
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLE_DIR.glob("*-grade[34].jpeg")), ids=lambda p: p.stem)
+def test_severe_dr_samples_are_answered_with_a_quality_grade(client: TestClient, path: Path) -> None:
+    # Exudates and haemorrhages make a retina look less like EyePACS, never "not a retinal image".
+    r = client.post("/predict?model=auto", files={"file": path.read_bytes()})
+    assert r.status_code == 200, r.json()
+    gate = r.json()["gate"]
+    assert gate["modality"] == "fundus" and gate["quality_grade"] in ("Good", "Usable", "Reject")
+    assert set(gate["quality_grade_probabilities"]) == {"Good", "Usable", "Reject"}
+
+
+def test_a_dark_retina_is_ungradable_not_refused(client: TestClient) -> None:
+    img = Image.open(sorted(SAMPLE_DIR.glob("*-grade4.jpeg"))[0]).convert("RGB")
+    dark = Image.fromarray((np.asarray(img, dtype=np.float32) * 0.12).astype(np.uint8))
+    r = client.post("/predict?model=fundus", files={"file": encode(dark, "JPEG")})
+    assert r.status_code == 200, r.json()
+    body = r.json()
+    assert body["gradable"] is False and body["gate"]["reasons"] and body["label"] is None
+    assert body["referral"]["level"] == "ungradable"
+
+
+def test_report_shows_the_quality_grade(client: TestClient) -> None:
+    path = sorted(SAMPLE_DIR.glob("*-grade0.jpeg"))[0]
+    pred = client.post("/predict?model=fundus", files={"file": path.read_bytes()}).json()
+    r = client.post("/report?model=fundus", files={"file": path.read_bytes()})
+    assert r.status_code == 200
+    _, text = _pdf_text(r.content)
+    assert f"Quality grade: {pred['gate']['quality_grade']}" in " ".join(text.split())
