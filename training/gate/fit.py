@@ -48,9 +48,10 @@ FLOORS: tuple[float, ...] = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # f
 class FitConfig:
     """The recipe of one gate fit (saved with the run)."""
 
-    # 4 x 8 x 3,200: what two shared CPU cores fit in ~40 min (v1.2 was 5 x 12 x 4,000 on quiet cores).
-    folds: int = 4
-    epochs: int = 8
+    # 3 folds x 5 epochs x 3,200 views: what two CPU cores shared with other training fit in ~40 min
+    # (v1.2 was 5 x 12 x 4,000 on quiet cores).
+    folds: int = 3
+    epochs: int = 5
     per_epoch: int = 3200  # views drawn per epoch, classes evenly
     seed: int = 0
     limit: int | None = None  # at most this many images per set (smoke runs)
