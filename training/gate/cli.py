@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="gate views cache ('' for none)")
     p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="no CNN training: thresholds, floor, limits, grade and report anew from --report-dir/oof.npz and --out",
+    )
+    p.add_argument(
         "--check-only",
         action="store_true",
         help="no training: re-run the dev, degraded and other-camera checks on the gate at --out and log them",
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info("%s | %s | %s", table, k, v)
         return
     cfg = FitConfig(args.folds, args.epochs, args.per_epoch, args.seed, args.limit)
-    res = run(root, args.out, args.report_dir, cfg, cache_dir=args.cache_dir if str(args.cache_dir) else None)
+    cache = args.cache_dir if str(args.cache_dir) else None
+    res = run(root, args.out, args.report_dir, cfg, cache_dir=cache, reuse=args.reuse)
     logger.info("photos accepted (CV): %s", res["false_acceptance"]["photos"])
     logger.info("real retinal images not retinal (CV): %s", res["not_retinal_all"])
     logger.info("fundus-dev: %s", res["fundus_dev"])

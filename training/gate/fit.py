@@ -112,15 +112,18 @@ def accepted(probs: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
     return np.where(p_best >= thr, best, "other")
 
 
-def choose_thresholds(probs: np.ndarray, v: Views, fit_mask: np.ndarray) -> dict[str, float]:
+def choose_thresholds(
+    probs: np.ndarray, v: Views, fit_mask: np.ndarray, shipped: np.ndarray | None = None
+) -> dict[str, float]:
     """Acceptance thresholds with out-of-fold photo false acceptance <= :data:`TARGET_FA` for both modalities together.
 
     The budget of accepted photographs (1 % of them) is shared between OCT and fundus: every
     split of it is tried, each modality's threshold set just above its allowed number of most
     retina-like photos, and the split that refuses the fewest real retinal images (out of
     fold) is kept. No threshold may exceed 0.98 x the lowest-scored real dev image (``oct-dev``
-    out of fold, ``fundus-dev`` by the fold models): those must pass. If no split satisfies
-    both, the dev constraint wins and the report shows the false acceptance above target.
+    out of fold, ``fundus-dev`` by the fold models, and both by the ``shipped`` model's scores
+    when given): those must pass; a fundus-dev photo the field rule accepts sets no cap. If no
+    split satisfies both, the dev constraint wins and the report shows the false acceptance above target.
     """
     neg = fit_mask & (v.y == OTHER) & np.isin(v.source, ["imagenet", "samples"]) & (v.kind == "real")
     budget = int(math.floor(TARGET_FA * int(neg.sum())))
@@ -128,7 +131,10 @@ def choose_thresholds(probs: np.ndarray, v: Views, fit_mask: np.ndarray) -> dict
     for m in MODALITIES:
         i = GATE_CLASSES.index(m)
         pos = np.isin(v.source, ["oct-dev", "fundus-dev"]) & (v.y == i) & (v.kind == "real")
-        caps[m] = float(min(0.98 * probs[pos, i].min(), 0.9)) if pos.any() else 0.9
+        if m == "fundus":  # a dev photo with a fundus field is accepted by the field rule, whatever its P(fundus)
+            pos &= ~field_rule(v.field)
+        low = min(probs[pos, i].min(), shipped[pos, i].min()) if shipped is not None else probs[pos, i].min()
+        caps[m] = float(min(0.98 * low, 0.9)) if pos.any() else 0.9
         neg_sorted[m] = np.sort(probs[neg, i])[::-1]
     real = fit_mask & (v.y != OTHER) & (v.kind == "real")
     want = np.asarray(GATE_CLASSES)[v.y[real]]
@@ -269,20 +275,27 @@ def _fundus_dev(gate: ImageGate, root: Path) -> dict[str, Any]:
 
 
 def _fit_final(
-    v: Views, fit_mask: np.ndarray, cfg: FitConfig, root: Path, labels: dict
+    v: Views, fit_mask: np.ndarray, cfg: FitConfig, labels: dict, model: nn.Module | None
 ) -> tuple[ImageGate, dict[str, Any]]:
-    """The shipped model on everything but fundus-dev, its limits and the learned grade (not yet thresholded)."""
+    """The shipped model on everything but fundus-dev (``model`` when reused), its limits and the learned grade."""
     from training.gate.grade import fit_grade
 
-    model = train_model(v.x[fit_mask], v.y[fit_mask], epochs=cfg.epochs, per_epoch=cfg.per_epoch, seed=cfg.seed)
+    if model is None:
+        model = train_model(v.x[fit_mask], v.y[fit_mask], epochs=cfg.epochs, per_epoch=cfg.per_epoch, seed=cfg.seed)
     limits = quality_limits(v, fit_mask)
     grader, rule, grade_res = fit_grade(v, labels, limits["fundus"], seed=cfg.seed)
     gate = ImageGate(model, GATE_SPEC, dict.fromkeys(MODALITIES, 0.5), limits, grader=grader, gradable_rule=rule)
     return gate, {"quality_limits": limits, "grade": grade_res}
 
 
-def run(root: Path, out: Path, report_dir: Path, cfg: FitConfig, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Cross-validate, choose thresholds and the field floor, fit and save the gate, and write the report."""
+def run(
+    root: Path, out: Path, report_dir: Path, cfg: FitConfig, cache_dir: Path | None = None, reuse: bool = False
+) -> dict[str, Any]:
+    """Cross-validate, choose thresholds and the field floor, fit and save the gate, and write the report.
+
+    ``reuse``: no CNN training; the out-of-fold scores in ``report_dir/oof.npz`` and the CNN of the
+    gate at ``out`` (from an earlier run on the same views) get the thresholds, limits, grade and report anew.
+    """
     from training.gate import report
     from training.gate.data import cached_views, labels
 
@@ -290,18 +303,25 @@ def run(root: Path, out: Path, report_dir: Path, cfg: FitConfig, cache_dir: Path
     v = cached_views(root, cache_dir, seed=cfg.seed, limit=cfg.limit)
     lab = labels(root)
     fit_mask = v.source != "fundus-dev"
-    oof = cross_validate(v, fit_mask, cfg.folds, cfg.epochs, cfg.seed, cfg.per_epoch)
-    np.savez(report_dir / "oof.npz", oof=oof, y=v.y, source=v.source, kind=v.kind, name=v.name, group=v.group)
-    thresholds = choose_thresholds(oof, v, fit_mask)
+    model = None
+    if reuse:
+        z = np.load(report_dir / "oof.npz", allow_pickle=False)
+        if not (np.array_equal(z["name"], v.name) and np.array_equal(z["kind"], v.kind)):
+            raise SystemExit(f"{report_dir / 'oof.npz'} was scored on other views: run without --reuse")
+        oof, model = z["oof"], ImageGate.load(out).model
+    else:
+        oof = cross_validate(v, fit_mask, cfg.folds, cfg.epochs, cfg.seed, cfg.per_epoch)
+        np.savez(report_dir / "oof.npz", oof=oof, y=v.y, source=v.source, kind=v.kind, name=v.name, group=v.group)
+    gate, extra = _fit_final(v, fit_mask, cfg, lab, model)
+    thresholds = choose_thresholds(oof, v, fit_mask, shipped=predict(gate.model, v.x))
     floor = choose_field_floor(np.nan_to_num(oof), v, fit_mask, thresholds)
     out_cv = verdicts(np.nan_to_num(oof), v.field, thresholds, floor)
-    res: dict[str, Any] = {"version": VERSION, "config": cfg.__dict__, "folds": cfg.folds}
+    res: dict[str, Any] = {"version": VERSION, "config": cfg.__dict__ | {"reused_cnn": reuse}, "folds": cfg.folds}
     res |= {"thresholds": thresholds, "field_floor": floor}
     res["refusals"] = report.refusals(v, out_cv, lab)
     fitted_real = fit_mask & (v.y != OTHER) & (v.kind == "real")
     res["not_retinal_all"] = report._rate(fitted_real, out_cv == "other")
     res["false_acceptance"] = report.false_acceptance(v, out_cv, fit_mask)
-    gate, extra = _fit_final(v, fit_mask, cfg, root, lab)
     res |= extra
     gate.thresholds, gate.field_floor, gate.version = thresholds, floor, VERSION
     gate.fitted_on = {

@@ -6,7 +6,7 @@ colour, sharpness at two scales, field shape) is fitted on three quarters of the
 patients and measured on the rest (patient-disjoint: both eyes of a patient fall on one side),
 next to today's hand-set limits on the same held-out photos. The gradable rule the gate ships
 with (``limits``, ``grade`` or ``both``) is the one whose gradable / ungradable call agrees best
-with EyeQ's Reject there (Cohen's kappa). The shipped grader is then refitted on every graded photo.
+with EyeQ's Reject there (Cohen's kappa; ``both`` on a tie). The shipped grader is then refitted on every graded photo.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def fit_grade(
             "both": _binary(limit_bad | grade_bad, true_bad),
         },
     }
-    rule = max(("limits", "grade", "both"), key=lambda r: res["ungradable_vs_eyeq_reject"][r]["kappa"])
+    # On a tie "both" wins: the limits then still catch what EyeQ's photos seldom show (a very dark copy).
+    rule = max(("both", "grade", "limits"), key=lambda r: res["ungradable_vs_eyeq_reject"][r]["kappa"])
     res["gradable_rule"] = rule
     logger.info("quality grade held out: %s; rule %s", res["three_class"], rule)
     final = _grader(_model().fit(x, y), reject_at)  # shipped: every graded photo
