@@ -246,14 +246,19 @@ def verdicts(probs: np.ndarray, ev: np.ndarray, thresholds: dict[str, float], fl
 
 
 def choose_field_floor(probs: np.ndarray, v: Views, fit_mask: np.ndarray, thresholds: dict[str, float]) -> float:
-    """The lowest :data:`FLOORS` P(fundus) at which the field rule lets in no photograph the thresholds refused."""
+    """The lowest P(fundus) floor at which the field rule lets in no photograph the thresholds refused.
+
+    Tried: :data:`FLOORS`, then 0.3 and 0.4, all under the fundus threshold; when none keeps the
+    photographs out, the floor is the threshold itself (the rule then changes nothing).
+    """
     photos = fit_mask & (v.y == OTHER) & np.isin(v.source, ["imagenet", "samples"]) & (v.kind == "real")
     base = int((accepted(probs[photos], thresholds) != "other").sum())
-    for floor in FLOORS:
+    for floor in (f for f in (*FLOORS, 0.3, 0.4) if f < thresholds["fundus"]):
         if int((verdicts(probs[photos], v.field[photos], thresholds, floor) != "other").sum()) == base:
             logger.info("field-rule floor P(fundus) >= %s", floor)
             return float(floor)
-    return float(FLOORS[-1])
+    logger.warning("the field rule lets a photograph in at every floor: floor = the fundus threshold")
+    return float(thresholds["fundus"])
 
 
 def _fundus_dev(gate: ImageGate, root: Path) -> dict[str, Any]:
