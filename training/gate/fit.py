@@ -170,10 +170,12 @@ def choose_policy(
     """Thresholds and field-rule floor together: the pair that refuses the fewest real images within the budget.
 
     Floors tried: none (no rule), :data:`FLOORS`, 0.3 and 0.4; for each, :func:`choose_thresholds`
-    with the rule's photographs counted against the same 1 % budget.
+    with the rule's photographs counted against the same 1 % budget. Among equals the highest
+    floor wins: the rule is loose about hard copies of photographs (in a black disc, vignetted),
+    and a higher floor lets fewer of them in.
     """
     tried = [(choose_thresholds(probs, v, fit_mask, shipped, f), f) for f in (None, *FLOORS, 0.3, 0.4)]
-    (thr, fr, fa), floor = min(tried, key=lambda t: (t[0][1], t[0][2]))
+    (thr, fr, fa), floor = min(tried, key=lambda t: (t[0][1], t[0][2], -(t[1] or 0.0)))
     logger.info("chosen: floor %s, thresholds %s (%d real refused, %d photos accepted)", floor, thr, fr, fa)
     return thr, floor
 
