@@ -351,3 +351,17 @@ def test_capture_variants_are_retinal_copies_of_the_requested_kinds() -> None:
     assert all(min(v.size) >= 32 for v in out.values())
     oct_img = Image.new("L", (512, 496), 60)
     assert set(capture_variants(oct_img, "oct", np.random.default_rng(0), n=3)) <= set(OCT_CAPTURES)
+
+
+def test_noise_and_grey_rules_name_their_reason_and_spare_the_samples(gate: ImageGate) -> None:
+    """Uniform noise is refused before the CNN; a grey photo (moon) is never a colour fundus photo."""
+    v = gate.assess(noise())
+    assert v.modality == "other" and "noise-like" in v.reasons[0] and v.probabilities == {}
+    v = gate.assess(Image.fromarray(skimage_data.moon()).convert("RGB"))
+    assert v.modality == "other", (v.probabilities, v.reasons)
+    samples = sorted((Path(__file__).parents[2] / "samples").rglob("*.jpeg"))
+    assert samples
+    for f in samples:
+        r = gate.assess(load_image(f))
+        assert r.modality in ("oct", "fundus"), (f.name, r.reasons)
+        assert not any("noise-like" in x or "no colour" in x for x in r.reasons), f.name
