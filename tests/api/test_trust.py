@@ -55,7 +55,8 @@ def test_portrait_letter_noise_and_disc_photo_are_refused_everywhere(client: Tes
         assert r.status_code == 422, (name, r.status_code, r.text[:200])
         body = r.json()
         assert body["error"] == "not_retinal_image", (name, body)
-        assert "probabilities" in body["detail"]  # the gate's numbers that decided it
+        # the gate's numbers that decided it, or the rule that refused before the CNN (noise)
+        assert "probabilities" in body["detail"] or "noise-like" in body["detail"], (name, body)
 
 
 def test_batch_refuses_each_non_retinal_file_on_its_own(client: TestClient, oct_image: Path) -> None:
