@@ -306,6 +306,7 @@ class GateInfo:
         reasons: why it is not gradable (empty when gradable).
         probabilities: the gate's probability of each kind (``oct``, ``fundus``, ``other``).
         quality: quality measures of the detected modality.
+        quality_grade: the learned quality grade of a fundus photo (``Good``, ``Usable``, ``Reject``), else None.
     """
 
     modality: str
@@ -313,6 +314,7 @@ class GateInfo:
     reasons: tuple[str, ...] = ()
     probabilities: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
+    quality_grade: str | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> GateInfo:
@@ -322,6 +324,7 @@ class GateInfo:
             reasons=tuple(str(r) for r in d.get("reasons") or ()),
             probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
             quality={str(k): float(v) for k, v in (d.get("quality") or {}).items()},
+            quality_grade=str(d["quality_grade"]) if d.get("quality_grade") else None,
         )
 
 

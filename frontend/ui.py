@@ -645,11 +645,12 @@ def render_prediction(model: ModelInfo, pred: Prediction) -> None:
 
 
 def gate_text(pred: Prediction) -> str | None:
-    """``Image check: OCT B-scan, gradable``; ``None`` when the backend's gate is off."""
+    """``Image check: fundus photo, gradable, quality Good``; ``None`` when the backend's gate is off."""
     if pred.gate is None:
         return None
     what = MODALITY_NAMES.get(pred.gate.modality, pred.gate.modality)
-    return f"Image check: {what}, " + ("gradable" if pred.gate.gradable else "not gradable")
+    grade = f", quality {pred.gate.quality_grade}" if pred.gate.quality_grade else ""
+    return f"Image check: {what}, " + ("gradable" if pred.gate.gradable else "not gradable") + grade
 
 
 def referral_title(level: str) -> str:

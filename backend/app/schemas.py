@@ -62,6 +62,14 @@ class GateInfo(BaseModel):
         "acceptance of photographs).",
     )
     quality: dict[str, float] = Field(default_factory=dict, description="Quality measures of the detected modality.")
+    quality_grade: Literal["Good", "Usable", "Reject"] | None = Field(
+        default=None,
+        description="Learned quality grade of a fundus photo (EyeQ's Good / Usable / Reject); null for OCT, refusals "
+        "and gates without a grader.",
+    )
+    quality_grade_probabilities: dict[str, float] = Field(
+        default_factory=dict, description="The quality grade's probability of Good, Usable and Reject."
+    )
 
 
 class Referral(BaseModel):

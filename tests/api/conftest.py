@@ -82,8 +82,9 @@ def oct_image(oct_images: list[Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fundus_image(fundus_dev: Path) -> Path:
-    return sorted(fundus_dev.glob("train/*.jpeg"))[0]
+def fundus_image() -> Path:
+    """A gradable colour fundus photo from the repo's own samples (IDRiD, CC BY 4.0; grade 2)."""
+    return Path(__file__).parents[2] / "samples" / "fundus" / "IDRiD_003-grade2.jpeg"
 
 
 @pytest.fixture(scope="session")

@@ -725,3 +725,11 @@ def test_no_site_picker_without_profiles_or_for_oct(monkeypatch: pytest.MonkeyPa
         assert not [s for s in at.sidebar.selectbox if s.key == "site"]
         _files(at, "a.png")
     assert "site" not in fake.calls("/predict")[0].query
+
+
+def test_image_check_line_shows_the_learned_quality_grade() -> None:
+    gate = GateInfo.from_json({"modality": "fundus", "gradable": True, "quality_grade": "Usable"})
+    pred = Prediction("m", "1", "fundus", "No DR", 0.5, {"No DR": 0.5}, referral=_ref("rescreen"), gate=gate)
+    assert ui.gate_text(pred) == "Image check: colour fundus photo, gradable, quality Usable"
+    no_grade = Prediction("m", "1", "oct", "NORMAL", 0.5, {"NORMAL": 0.5}, gate=GateInfo("oct"))
+    assert ui.gate_text(no_grade) == "Image check: OCT B-scan, gradable"

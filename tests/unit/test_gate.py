@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from retina import checkpoint
-from retina.gate import GATE_CLASSES, GATE_FILE, GATE_SPEC, ImageGate, gate_view, quality
+from retina.gate import GATE_CLASSES, GATE_FILE, GATE_SPEC, GRADES, ImageGate, gate_view, quality
 from retina.paths import DEFAULT_MODELS_DIR
 from retina.preprocessing import load_image
 
@@ -45,14 +45,15 @@ def test_every_oct_dev_scan_is_a_gradable_oct(gate: ImageGate, oct_dev: Path) ->
 
 
 @pytest.mark.data
-def test_every_fundus_dev_photo_is_a_gradable_fundus(gate: ImageGate, fundus_dev: Path) -> None:
-    # fundus-dev was never fitted on: these are held-out raw camera photos.
+def test_every_fundus_dev_photo_is_a_fundus_photo_with_a_grade(gate: ImageGate, fundus_dev: Path) -> None:
+    # fundus-dev was never fitted on: these are held-out raw camera photos. None is "not retinal";
+    # one the learned quality grade rejects (EyeQ grades some of them Reject) says why.
     files = sorted(fundus_dev.glob("train/*.jpeg"))
     assert files
     wrong = {}
     for f in files:
         v = gate.assess(_open(f))
-        if v.modality != "fundus" or not v.gradable:
+        if v.modality != "fundus" or v.quality_grade not in GRADES or (not v.gradable and not v.reasons):
             wrong[f.name] = (v.modality, v.probabilities, v.reasons)
     assert not wrong
 
@@ -64,11 +65,12 @@ def test_dev_images_as_other_cameras_export_them_still_pass(
 ) -> None:
     """Mirrored (the other eye), rescaled copies, and copies with capture data burned into the corners.
 
-    The shipped gate must pass every such copy. Its report (``training.fit_gate``) lists the other
+    The shipped gate must see every such copy as its modality (a fundus copy may share its photo's
+    grade). Its report (``training.gate``) lists the other
     ``camera_variants`` (tone curves, colour casts), where a few dev photos are still refused. oct-dev
     is in the gate's training set, so only the fundus-dev half is held out.
     """
-    from training.fit_gate import camera_variants
+    from training.gate.augment import camera_variants
 
     files = sorted(oct_dev.glob("train/*/*.jpeg") if modality == "oct" else fundus_dev.glob("train/*.jpeg"))[::6]
     assert files
@@ -80,7 +82,8 @@ def test_dev_images_as_other_cameras_export_them_still_pass(
         variants = {k: v for k, v in camera_variants(_open(f), modality).items() if k in keep}
         assert set(variants) == set(keep)
         for kind, v in zip(variants, gate.assess_many(list(variants.values())), strict=True):
-            if v.modality != modality or not v.gradable:
+            # A fundus copy may be ungradable where the photo itself is (the learned grade); never another kind.
+            if v.modality != modality or (modality == "oct" and not v.gradable):
                 wrong[f"{f.name} {kind}"] = (v.modality, v.probabilities, v.reasons)
     assert not wrong
 
@@ -157,13 +160,30 @@ def test_tiny_images_are_refused_without_a_forward(gate: ImageGate) -> None:
 
 @pytest.mark.data
 def test_degraded_fundus_photos_are_flagged_with_a_reason(gate: ImageGate, fundus_dev: Path) -> None:
-    img = _open(sorted(fundus_dev.glob("train/*.jpeg"))[0])
-    assert gate.assess(img).gradable
+    # The first dev photo the gate grades gradable (EyeQ rejects some fundus-dev photos, and so does the grade).
+    img = next(im for im in map(_open, sorted(fundus_dev.glob("train/*.jpeg"))) if gate.assess(im).gradable)
     blurred = gate.assess(img.filter(ImageFilter.GaussianBlur(radius=max(img.size) / 40)))
-    assert not blurred.gradable
-    assert blurred.modality == "other" or any("blur" in r for r in blurred.reasons)
+    assert blurred.modality == "fundus" and not blurred.gradable and blurred.reasons  # a poor retina, not "other"
     dark = gate.assess(ImageEnhance.Brightness(img).enhance(0.1))
-    assert not dark.gradable
+    assert dark.modality == "fundus" and not dark.gradable and dark.reasons
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "fundus"
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("*-grade[34].jpeg")), ids=lambda p: p.stem)
+def test_severe_and_proliferative_dr_samples_are_fundus_photos(gate: ImageGate, path: Path) -> None:
+    # IDRiD grade 3-4 photos (exudates, haemorrhages, new vessels): a diseased retina is a retina.
+    v = gate.assess(_open(path))
+    assert v.modality == "fundus", (v.probabilities, v.reasons)
+    assert v.quality_grade in GRADES
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("*-grade4.jpeg")), ids=lambda p: p.stem)
+def test_a_darkened_sample_is_an_ungradable_fundus_with_a_reason(gate: ImageGate, path: Path) -> None:
+    v = gate.assess(ImageEnhance.Brightness(_open(path)).enhance(0.12))
+    assert v.modality == "fundus", (v.probabilities, v.reasons)
+    assert not v.gradable and v.reasons
 
 
 @pytest.mark.data
@@ -197,13 +217,15 @@ def test_batch_and_single_assessment_agree(gate: ImageGate) -> None:
 
 
 def test_gate_checkpoint_round_trips_and_refuses_other_files(gate: ImageGate, tmp_path: Path) -> None:
-    from training.fit_gate import MODEL_ARGS  # the shipped gate's architecture (stem stride 2)
+    from training.gate.fit import MODEL_ARGS  # the shipped gate's architecture (stem stride 2)
 
     path = gate.save(tmp_path / "g.pt", MODEL_ARGS)
     again = ImageGate.load(path)
     img = Image.fromarray(skimage_data.retina())
     assert again.assess(img).probabilities == pytest.approx(gate.assess(img).probabilities)
     assert again.thresholds == gate.thresholds and again.quality_limits == gate.quality_limits
+    assert again.grader == gate.grader and again.gradable_rule == gate.gradable_rule
+    assert again.field_floor == gate.field_floor
     ckpt = torch.load(path, weights_only=True)
     ckpt["extra"]["thresholds"] = {"oct": 0.5}
     torch.save(ckpt, path)
@@ -271,7 +293,7 @@ def test_fused_inference_copy_matches_the_saved_model() -> None:
 
 
 def test_batched_augmentation_keeps_views_in_range_and_differs_per_image() -> None:
-    from training.fit_gate import augment_batch
+    from training.gate.augment import augment_batch
 
     x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8).expand(8, -1, -1, -1).contiguous()
     out = augment_batch(x, torch.Generator().manual_seed(0))
@@ -295,3 +317,51 @@ def test_dark_level_percentile_from_the_histogram_equals_the_scaled_images() -> 
         )
         q = float(rng.choice([1.0, 50.0, 99.0, 100.0, 12.5]))
         assert _percentile_u8_as_unit(v, q) == float(percentile(v.astype(np.float32) / 255.0, q)), (shape, q)
+
+
+def test_shipped_gate_has_a_learned_quality_grade(gate: ImageGate) -> None:
+    assert gate.grader is not None and gate.gradable_rule in ("limits", "grade", "both")
+    assert gate.field_floor is not None and 0.0 <= gate.field_floor <= gate.thresholds["fundus"]
+    v = gate.assess(Image.fromarray(skimage_data.retina()))
+    assert v.quality_grade in GRADES
+    assert sum(v.quality_grade_probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+    assert v.to_dict()["quality_grade"] == v.quality_grade
+
+
+def test_quality_grader_round_trips_and_refuses_other_features() -> None:
+    from retina.quality import GRADE_FEATURES, QualityGrader, grade_features
+
+    n = len(GRADE_FEATURES)
+    g = QualityGrader(tuple([0.0] * n), tuple([1.0] * n), ((0.0,) * n,) * 3, (2.0, 0.0, 0.0), reject_at=0.4)
+    assert QualityGrader.from_dict(g.to_dict()) == g
+    feats = grade_features(Image.fromarray(skimage_data.retina()))
+    assert feats.shape == (n,) and np.isfinite(feats).all()
+    p = g.probabilities(feats)
+    assert p.shape == (3,) and g.grade(p) == "Good"
+    with pytest.raises(ValueError, match="features"):
+        QualityGrader.from_dict(g.to_dict() | {"features": ["x"]})
+
+
+def test_capture_variants_are_retinal_copies_of_the_requested_kinds() -> None:
+    from training.gate.augment import FUNDUS_CAPTURES, OCT_CAPTURES, capture_variants
+
+    img = Image.fromarray(skimage_data.retina())
+    out = capture_variants(img, "fundus", np.random.default_rng(0), n=5)
+    assert len(out) == 5 and set(out) <= set(FUNDUS_CAPTURES)
+    assert all(min(v.size) >= 32 for v in out.values())
+    oct_img = Image.new("L", (512, 496), 60)
+    assert set(capture_variants(oct_img, "oct", np.random.default_rng(0), n=3)) <= set(OCT_CAPTURES)
+
+
+def test_noise_and_grey_rules_name_their_reason_and_spare_the_samples(gate: ImageGate) -> None:
+    """Uniform noise is refused before the CNN; a grey photo (moon) is never a colour fundus photo."""
+    v = gate.assess(noise())
+    assert v.modality == "other" and "noise-like" in v.reasons[0] and v.probabilities == {}
+    v = gate.assess(Image.fromarray(skimage_data.moon()).convert("RGB"))
+    assert v.modality == "other", (v.probabilities, v.reasons)
+    samples = sorted((Path(__file__).parents[2] / "samples").rglob("*.jpeg"))
+    assert samples
+    for f in samples:
+        r = gate.assess(load_image(f))
+        assert r.modality in ("oct", "fundus"), (f.name, r.reasons)
+        assert not any("noise-like" in x or "no colour" in x for x in r.reasons), f.name

@@ -722,6 +722,8 @@ def _gate_lines(pg: _Page, gate: dict | None, lim: _Limits, with_reasons: bool) 
         f"Modality: {gate.get('modality', 'unknown')}",
         f"Gradable: {'yes' if gradable else 'no' if gradable is not None else 'unknown'}",
     ]
+    if gate.get("quality_grade"):
+        parts.append(f"Quality grade: {gate['quality_grade']}")
     quality = gate.get("quality") or {}
     if quality:
         parts.append("Quality: " + ", ".join(f"{k} {float(v):.2f}" for k, v in quality.items()))
