@@ -28,6 +28,7 @@ def test_sigkill_mid_load_loses_no_answered_request(
         "RETINA_MODELS_DIR": str(api_models_dir),
         "RETINA_DEVICE": "cpu",
         "RETINA_AUDIT_DB": f"sqlite:///{db}",
+        "RETINA_INSECURE_NO_AUTH": "true",  # a loopback-only test server
     }
     images = [p.read_bytes() for p in oct_images[:8]]
     answered: list[str] = []

@@ -49,6 +49,7 @@ def test_every_readme_curl_example_works_on_a_live_server(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETINA_")}
     env |= {
         "RETINA_API_KEY": KEY,
+        "RETINA_OPERATOR_KEY": "readme-operator-key",  # the audit example reads /audit with it
         "RETINA_DEVICE": "cpu",
         "RETINA_TORCH_THREADS": "1",
         "RETINA_DECODE_THREADS": "1",
@@ -62,7 +63,11 @@ def test_every_readme_curl_example_works_on_a_live_server(tmp_path: Path) -> Non
     (work / "samples").symlink_to(REPO_ROOT / "samples")
     with uvicorn_server(env, tmp_path / "server.log") as (_proc, base):
         shell_env = {**env, "API": base}
-        prelude = 'curl() { command curl --fail-with-body -sS -H "X-API-Key: $RETINA_API_KEY" "$@"; }\n'
+        # The client key on every call, unless the example sends its own (the operator's, for /audit).
+        prelude = (
+            'curl() { case "$*" in *X-API-Key*) command curl --fail-with-body -sS "$@" ;; '
+            '*) command curl --fail-with-body -sS -H "X-API-Key: $RETINA_API_KEY" "$@" ;; esac; }\n'
+        )
         for cmd in commands:
             line = cmd.replace("http://localhost:8000", base).replace("localhost:8000", base)
             r = subprocess.run(
