@@ -79,7 +79,7 @@ def keyword_table(predictions: Path, labels: Path, threshold: float) -> list[dic
 
 def render(rows: list[dict[str, object]], threshold: float, title: str) -> str:
     lines = [
-        f"### {title}",
+        f"**{title}** (`python -m training.keyword_report`)",
         "",
         f"Non-referable eyes (grade < 2) referred at P(grade >= 2) >= {threshold:.3f}, by finding "
         "(95 % bootstrap interval over patients).",

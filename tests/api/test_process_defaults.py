@@ -52,8 +52,10 @@ def test_upload_routes_are_read_from_the_file_parameters() -> None:
         "/predict": False,
         "/predict/batch": True,
         "/predict/volume": False,
+        "/predict/exam": True,
         "/gradcam": False,
         "/report": False,
+        "/report/exam": True,
     }
     s = Settings(max_upload_mb=1.0, max_batch_files=4)
     limit_for = _body_limits(s, uploads)

@@ -136,8 +136,11 @@ def test_a_rejected_profile_is_not_usable(sited: TestClient) -> None:
 
 
 def test_unknown_default_site_makes_the_service_not_ready(api_models_dir: Path, sites_dir: Path) -> None:
-    with app_client(base_settings(api_models_dir, sites_dir=sites_dir, default_site="nowhere")) as c:
+    settings = base_settings(api_models_dir, sites_dir=sites_dir, default_site="nowhere", operator_key="op-key")
+    with app_client(settings) as c:
         r = c.get("/ready")
+        assert r.status_code == 503 and "RETINA_DEFAULT_SITE" not in r.text  # the public answer names no setting
+        r = c.get("/ready", headers={"X-API-Key": "op-key"})  # the operator sees why
         assert r.status_code == 503
         assert "RETINA_DEFAULT_SITE=nowhere" in r.text
 

@@ -59,5 +59,7 @@ def oct_image(oct_dev: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fundus_image(fundus_dev: Path) -> Path:
-    return sorted(fundus_dev.rglob("*.jpeg"))[0]
+def fundus_image() -> Path:
+    """A gradable colour fundus photo from the repo's samples (IDRiD, CC BY 4.0): the gate v2.0's learned
+    quality grade calls the first fundus-dev photo Reject."""
+    return Path(__file__).parents[2] / "samples" / "fundus" / "IDRiD_003-grade2.jpeg"

@@ -842,6 +842,9 @@ def _primary(evaluations: list[Evaluation]) -> Evaluation:
     return next((ev for ev in evaluations if ev.kind != "validation"), evaluations[0])
 
 
+ONE_PAGE_SKIPS = ("any_dr_roc_auc", "referable_sensitivity_at_90_specificity")
+
+
 def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str, str]:
     """The model's headline figures for the PDF, the heading naming their split, and where they come from.
 
@@ -861,8 +864,9 @@ def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str, st
     if evaluations:
         lead = _primary(evaluations)
         heading = lead.heading
-        # Any-DR AUC is in the card and /models; one page keeps the referable-DR figures, which decide referral.
-        rows += [(f.label, f.text) for f in lead.figures if f.key != "any_dr_roc_auc"]
+        # Any-DR AUC and the sensitivity at 90% specificity are in the card and /models; one page keeps the
+        # referable-DR AUC (the served operating point's own figures are printed beside the referral).
+        rows += [(f.label, f.text) for f in lead.figures if f.key not in ONE_PAGE_SKIPS]
         others = [ev for ev in evaluations if ev is not lead and ev.kind != "validation"]
         if others:
             by_key = [{f.key: f for f in ev.figures} for ev in others]
@@ -876,10 +880,8 @@ def report_metrics(meta: CheckpointMeta) -> tuple[list[tuple[str, str]], str, st
         source = f"{meta.card.get('markdown') or 'model card'}: {lead.title}" if lead.title else "training run"
     cal = meta.calibration
     if "ece_val_before" in cal:
-        where = cal.get("fitted_on", "val")
-        where = "validation split" if where == "val" else str(where)
-        n = f", n = {cal['n']}" if isinstance(cal.get("n"), int) else ""
-        rows.append((f"Temperature fitted on the {where}{n}", ""))
+        # One row (where it was fitted is in /models and the card), not a sub-heading plus a row: a
+        # model with four held-out sets fills the page's rows.
         rows.append(
             (
                 "ECE before -> after temperature scaling",
