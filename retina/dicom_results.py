@@ -31,8 +31,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -109,6 +112,9 @@ def source_header(data: bytes) -> Dataset | None:
         return None
     if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
         return None
+    for elem in list(ds):
+        if elem.VR == "PN":  # person names are single-valued here; highdicom refuses several
+            elem.value = _single_value(elem)
     _fill_type2(ds)
     return ds
 
@@ -139,6 +145,16 @@ def result_uid(kind: str, keys: Sequence[str], models: Sequence[ModelId]) -> str
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}"
 
 
+def _single_value(elem: DataElement) -> Any:
+    """An element's value with at most one value: real files put backslashes (the DICOM value separator) in
+    single-valued elements such as PatientName, which pydicom then reads as several values and highdicom
+    refuses; the first value is kept (None when there is none)."""
+    value = elem.value
+    if isinstance(value, MultiValue):
+        return value[0] if len(value) else None
+    return value
+
+
 def _identity(sources: Sequence[Dataset], fallback_key: str, models: Sequence[ModelId]) -> Dataset:
     """The Patient/Study elements of the first source, or of a new study (non-DICOM input), all present."""
     ident = Dataset()
@@ -146,7 +162,7 @@ def _identity(sources: Sequence[Dataset], fallback_key: str, models: Sequence[Mo
         first = sources[0]
         for kw in PATIENT_STUDY:
             if kw in first:
-                setattr(ident, kw, first[kw].value)
+                setattr(ident, kw, _single_value(first[kw]))
         if "SpecificCharacterSet" in first:
             ident.SpecificCharacterSet = first.SpecificCharacterSet
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
+# A DICOM UID (dotted digits, three or more parts, as 2.25.<n>): blanked out of server error text before
+# it can reach a log.
+UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")
 
 
 class DicomWebError(RuntimeError):
@@ -75,7 +79,10 @@ class DicomWebClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - the operator's URL
                 return resp.status, resp.headers.get("Content-Type", ""), resp.read()
         except urllib.error.HTTPError as e:
-            raise DicomWebError(what, e.code, e.read()[:300].decode("latin-1")) from None
+            # A server's error body may echo the request's URI, and so the study's UIDs: UID-shaped runs are
+            # blanked before the text can reach a log.
+            body = UID_LIKE.sub("<uid>", e.read()[:300].decode("latin-1"))
+            raise DicomWebError(what, e.code, body) from None
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             raise DicomWebError(what, 0, f"{type(e).__name__}: {getattr(e, 'reason', '')}") from e
 

@@ -154,6 +154,12 @@ def watch(
             except DicomWebError as e:
                 log.warning("study #%d: %s", number, e)
                 continue
+            except Exception as e:  # noqa: BLE001 - one bad study must not stop a clinic's watcher
+                # The type only: a DICOM library's message may quote the study's identifiers. The study is
+                # marked done at its current count, so it is retried only when new instances arrive.
+                log.warning("study #%d: not scored (%s)", number, type(e).__name__)
+                done[study] = last[study] = count
+                continue
             _log_outcome(number, outcome)
             done[study] = count + len(outcome.stored)
             last[study] = done[study]

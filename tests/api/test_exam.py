@@ -180,3 +180,18 @@ def test_an_oct_volume_is_part_of_an_exam_and_answers_as_sr(client: TestClient) 
     sr = pydicom.dcmread(io.BytesIO(r.content))
     src = pydicom.dcmread(io.BytesIO(volume), stop_before_pixels=True)
     assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == src.StudyInstanceUID
+
+
+def test_a_backslash_in_the_patient_name_is_an_sr_not_a_500(client: TestClient) -> None:
+    """Real files put the DICOM value separator in PatientName; the SR keeps the first value."""
+    img = Image.open(RIGHT[1]).convert("RGB")
+    img.thumbnail((512, 512))
+    dcm = make_dicom(
+        np.asarray(img), sop_class=OPHTHALMIC_PHOTOGRAPHY_8BIT, ImageLaterality="L", PatientName="DOE^JANE\\DOE^J"
+    )
+    for route, params in [("/predict", {"format": "dicom-sr"}), ("/report", {"format": "dicom"})]:
+        r = client.post(route, params={"model": "fundus", **params}, files={"file": ("a.dcm", dcm)})
+        assert r.status_code == 200, (route, r.text)
+        assert str(pydicom.dcmread(io.BytesIO(r.content)).PatientName) == "DOE^JANE"
+    r = _exam(client, [("files", ("a.dcm", dcm, "application/dicom"))], format="dicom-sr")
+    assert r.status_code == 200, r.text

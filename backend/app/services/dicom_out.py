@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from backend.app.services.errors import ServiceError
 from backend.app.services.exam import ExamOutcome
 from backend.app.services.intake import Upload, read_upload
 from backend.app.services.pipeline import Pipeline, Report
@@ -36,8 +37,28 @@ class DicomAnswer:
     sop_instance_uid: str
 
 
+def _unwritable(e: Exception) -> ServiceError:
+    """422 for a DICOM input whose patient/study data highdicom cannot copy into a result object.
+
+    Only the exception's type is said: its message may quote the identifiers.
+    """
+    return ServiceError(
+        422,
+        "invalid_dicom_header",
+        f"the DICOM input's patient/study data cannot be written into a result object ({type(e).__name__}); "
+        "ask for the JSON answer, or send the image without its DICOM header",
+    )
+
+
 def _single_sr(result: Assessment, data: bytes, name: str) -> tuple[bytes, str]:
     """SR of one image's (or volume's) assessment; the source referenced when ``data`` is DICOM (CAM pool)."""
+    try:
+        return _single_sr_unchecked(result, data, name)
+    except (TypeError, ValueError) as e:
+        raise _unwritable(e) from None
+
+
+def _single_sr_unchecked(result: Assessment, data: bytes, name: str) -> tuple[bytes, str]:
     header = source_header(data) if is_dicom(data) else None
     sources = [header] if header is not None else []
     eye = from_dicom(data) if header is not None else None
@@ -71,6 +92,13 @@ async def volume_sr(pipeline: Pipeline, upload: Upload, model: str) -> tuple[Dic
 
 
 def _pdf_dicom(pdf: bytes, data: bytes, result: Assessment) -> tuple[bytes, str]:
+    try:
+        return _pdf_dicom_unchecked(pdf, data, result)
+    except (TypeError, ValueError) as e:
+        raise _unwritable(e) from None
+
+
+def _pdf_dicom_unchecked(pdf: bytes, data: bytes, result: Assessment) -> tuple[bytes, str]:
     header = source_header(data) if is_dicom(data) else None
     models = [ModelId(result.model, result.model_version)]
     ds = encapsulated_pdf(
@@ -98,9 +126,15 @@ async def report_dicom(
 
 def exam_sr(outcome: ExamOutcome) -> bytes:
     """SR of an exam (``retina.exam_dicom``; CAM pool)."""
-    return to_bytes(exam_structured_report(outcome.exam, outcome.sources, outcome.sha256))
+    try:
+        return to_bytes(exam_structured_report(outcome.exam, outcome.sources, outcome.sha256))
+    except (TypeError, ValueError) as e:
+        raise _unwritable(e) from None
 
 
 def exam_pdf_dicom(pdf: bytes, outcome: ExamOutcome) -> bytes:
     """The exam's PDF report as Encapsulated PDF, in the inputs' study (CAM pool)."""
-    return to_bytes(exam_encapsulated_pdf(pdf, outcome.exam, outcome.sources, outcome.sha256))
+    try:
+        return to_bytes(exam_encapsulated_pdf(pdf, outcome.exam, outcome.sources, outcome.sha256))
+    except (TypeError, ValueError) as e:
+        raise _unwritable(e) from None
