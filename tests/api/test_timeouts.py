@@ -9,8 +9,8 @@ from concurrent.futures import Future
 import pytest
 
 from backend.app.services.audit import AuditLog, AuditRecord
+from backend.app.services.batcher import wait_forward
 from backend.app.services.errors import ServiceError
-from backend.app.services.pipeline import wait_forward
 
 
 def test_a_forward_pass_that_never_ends_is_503_inference_timeout() -> None:

@@ -16,6 +16,7 @@ one to wait for, so a lone request pays no extra latency) or ``wait_s`` has pass
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend.app.services.errors import ServiceError
 from backend.app.services.metrics import ServiceMetrics
 from retina.assessment import forward_probabilities
 
@@ -221,3 +223,16 @@ class MicroBatcher:
                 self.metrics.queue_wait_seconds.labels(self.name).observe(max(0.0, start - j.enqueued))
         for i, j in enumerate(jobs):
             j.future.set_result(BatchResult(probs[i], elapsed * 1000.0, n))
+
+
+async def wait_forward(future: Future[BatchResult], timeout_s: float) -> BatchResult:
+    """A micro-batcher result, or 503 ``inference_timeout`` after ``timeout_s`` (a stuck forward pass)."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+    except TimeoutError:
+        raise ServiceError(
+            503,
+            "inference_timeout",
+            f"no forward pass within {timeout_s:g} s (RETINA_INFERENCE_TIMEOUT_S)",
+            headers={"Retry-After": "5"},
+        ) from None

@@ -9,14 +9,16 @@ the event loop), as the PDF does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from backend.app.services.errors import ServiceError
 from backend.app.services.exam import ExamOutcome
-from backend.app.services.intake import Upload, read_upload
+from backend.app.services.intake import Replay, Upload, read_upload
 from backend.app.services.pipeline import Pipeline, Report
-from backend.app.services.pipeline import _Replay as Replay
 from backend.app.services.runtime import run_in
 from retina.assessment import Assessment
 from retina.dicom import is_dicom
@@ -37,6 +39,10 @@ class DicomAnswer:
     sop_instance_uid: str
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def _unwritable(e: Exception) -> ServiceError:
     """422 for a DICOM input whose patient/study data highdicom cannot copy into a result object.
 
@@ -50,15 +56,22 @@ def _unwritable(e: Exception) -> ServiceError:
     )
 
 
+def _writable(build: Callable[P, R]) -> Callable[P, R]:
+    """``build`` with highdicom's refusals of a DICOM input's patient/study data answered 422 (:func:`_unwritable`)."""
+
+    @functools.wraps(build)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return build(*args, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise _unwritable(e) from None
+
+    return checked
+
+
+@_writable
 def _single_sr(result: Assessment, data: bytes, name: str) -> tuple[bytes, str]:
     """SR of one image's (or volume's) assessment; the source referenced when ``data`` is DICOM (CAM pool)."""
-    try:
-        return _single_sr_unchecked(result, data, name)
-    except (TypeError, ValueError) as e:
-        raise _unwritable(e) from None
-
-
-def _single_sr_unchecked(result: Assessment, data: bytes, name: str) -> tuple[bytes, str]:
     header = source_header(data) if is_dicom(data) else None
     sources = [header] if header is not None else []
     eye = from_dicom(data) if header is not None else None
@@ -91,14 +104,8 @@ async def volume_sr(pipeline: Pipeline, upload: Upload, model: str) -> tuple[Dic
     return DicomAnswer(sr, scored.volume, uid), scored
 
 
+@_writable
 def _pdf_dicom(pdf: bytes, data: bytes, result: Assessment) -> tuple[bytes, str]:
-    try:
-        return _pdf_dicom_unchecked(pdf, data, result)
-    except (TypeError, ValueError) as e:
-        raise _unwritable(e) from None
-
-
-def _pdf_dicom_unchecked(pdf: bytes, data: bytes, result: Assessment) -> tuple[bytes, str]:
     header = source_header(data) if is_dicom(data) else None
     models = [ModelId(result.model, result.model_version)]
     ds = encapsulated_pdf(
@@ -124,17 +131,13 @@ async def report_dicom(
     return made, DicomAnswer(dcm, made.assessment, uid)
 
 
+@_writable
 def exam_sr(outcome: ExamOutcome) -> bytes:
     """SR of an exam (``retina.exam_dicom``; CAM pool)."""
-    try:
-        return to_bytes(exam_structured_report(outcome.exam, outcome.sources, outcome.sha256))
-    except (TypeError, ValueError) as e:
-        raise _unwritable(e) from None
+    return to_bytes(exam_structured_report(outcome.exam, outcome.sources, outcome.sha256))
 
 
+@_writable
 def exam_pdf_dicom(pdf: bytes, outcome: ExamOutcome) -> bytes:
     """The exam's PDF report as Encapsulated PDF, in the inputs' study (CAM pool)."""
-    try:
-        return to_bytes(exam_encapsulated_pdf(pdf, outcome.exam, outcome.sources, outcome.sha256))
-    except (TypeError, ValueError) as e:
-        raise _unwritable(e) from None
+    return to_bytes(exam_encapsulated_pdf(pdf, outcome.exam, outcome.sources, outcome.sha256))

@@ -26,9 +26,8 @@ from pydicom.dataset import Dataset
 from backend.app.services.audit import audit_prediction
 from backend.app.services.errors import ServiceError
 from backend.app.services.exam_report import build_exam_report
-from backend.app.services.intake import Upload, read_upload
+from backend.app.services.intake import Replay, Upload, read_upload
 from backend.app.services.pipeline import AUTO, Pipeline
-from backend.app.services.pipeline import _Replay as Replay
 from backend.app.services.runtime import request_id_var, run_in
 from retina.dicom import is_dicom
 from retina.dicom_results import source_header

@@ -68,6 +68,20 @@ class Upload(Protocol):
     async def read(self, size: int = -1) -> bytes: ...
 
 
+class Replay:
+    """An upload already read into memory, read again by the single-image path (``Upload`` protocol)."""
+
+    def __init__(self, filename: str | None, data: bytes) -> None:
+        self.filename = filename
+        self._data = data
+        self._pos = 0
+
+    async def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else min(len(self._data), self._pos + size)
+        chunk, self._pos = self._data[self._pos : end], end
+        return chunk
+
+
 async def read_upload(upload: Upload, limit: int) -> bytes:
     """The upload's bytes, refusing (413) as soon as more than ``limit`` bytes were read."""
     parts: list[bytes] = []

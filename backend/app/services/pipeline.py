@@ -37,13 +37,14 @@ import torch
 from backend.app.core.config import Settings
 from backend.app.services.admission import Admission
 from backend.app.services.audit import AuditLog, audit_prediction
-from backend.app.services.batcher import BatchResult
+from backend.app.services.batcher import BatchResult, wait_forward
 from backend.app.services.errors import ServiceError, from_decode_error, invalid_parameter, not_ready
 from backend.app.services.explain import compute_cam_for, parse_method, parse_target, png_bytes
 from backend.app.services.intake import (
     DecodedVolume,
     Limits,
     PreparedImage,
+    Replay,
     Upload,
     decode_gate_prepare,
     decode_volume,
@@ -304,7 +305,7 @@ class Pipeline:
         if frame is None:
             return upload, None
         data = await read_upload(upload, self.settings.max_volume_upload_bytes)
-        return _Replay(upload.filename, data), data
+        return Replay(upload.filename, data), data
 
     async def _score_volume(self, served: ServedModel, data: bytes) -> ScoredVolume:
         """Decode, gate and prepare every frame (decode pool), score the graded ones (micro-batcher), assess."""
@@ -518,33 +519,6 @@ def _expecting(served: ServedModel | None) -> Iterator[Submit | None]:
         return
     with served.batcher.expect() as submit:
         yield submit
-
-
-async def wait_forward(future: Future[BatchResult], timeout_s: float) -> BatchResult:
-    """A micro-batcher result, or 503 ``inference_timeout`` after ``timeout_s`` (a stuck forward pass)."""
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
-    except TimeoutError:
-        raise ServiceError(
-            503,
-            "inference_timeout",
-            f"no forward pass within {timeout_s:g} s (RETINA_INFERENCE_TIMEOUT_S)",
-            headers={"Retry-After": "5"},
-        ) from None
-
-
-class _Replay:
-    """An upload already read into memory, read again by the single-image path (``Upload`` protocol)."""
-
-    def __init__(self, filename: str | None, data: bytes) -> None:
-        self.filename = filename
-        self._data = data
-        self._pos = 0
-
-    async def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else min(len(self._data), self._pos + size)
-        chunk, self._pos = self._data[self._pos : end], end
-        return chunk
 
 
 def _volume_summary(scored: ScoredVolume, frame: int) -> VolumeSummary:
