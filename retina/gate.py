@@ -12,7 +12,7 @@ otherwise come back "referable DR". Two questions, asked in turn:
    modality when that modality's probability reaches the checkpoint's acceptance threshold
    (chosen on grouped cross-validation for <= 1 % false acceptance of photographs of unseen
    classes). A fundus the CNN doubts is still an (ungradable) fundus when it has a fundus
-   photo's round, black-rimmed, red field (:func:`retina.quality.looks_like_fundus_field`,
+   photo's round, black-rimmed field (:func:`retina.quality.looks_like_fundus_field`,
    above a small probability floor): "ungradable", never "not a retinal image".
 2. **Is it gradable?** For a fundus photo, the learned quality grade (Good / Usable / Reject,
    :class:`retina.quality.QualityGrader`, fitted on EyeQ's grades) and/or the hand-set limits
@@ -248,12 +248,12 @@ class ImageGate:
     def _field_rescue(self, thumb: Image.Image, p: np.ndarray) -> list[str] | None:
         """Reasons for calling a doubted image an ungradable fundus, or None when it is not one.
 
-        The CNN's "other" is overruled only with a fundus photo's own look (a round, black-rimmed,
-        red field with some detail) and P(fundus) at or above :attr:`field_floor`: a poor or
+        The CNN's "other" is overruled only with a fundus photo's own look (a round, black-rimmed
+        field with some detail, in colour) and P(fundus) at or above :attr:`field_floor`: a poor or
         unusual retina should be "ungradable", never "not a retinal image".
         """
         p_fundus = float(p[GATE_CLASSES.index("fundus")])
-        if self.field_floor is None or p_fundus < self.field_floor:
+        if self.field_floor is None or p_fundus < self.field_floor or _is_grey(thumb):
             return None
         if not looks_like_fundus_field(fundus_field(thumb)):
             return None
