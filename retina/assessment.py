@@ -2,7 +2,7 @@
 
 The domain step of the service, without HTTP, threads or audit. The API's pipeline
 (``backend/app/services/pipeline.py``) splits it across its pools and micro-batcher; the batch
-scorer (``retina/batch.py``) runs it in a loop per worker; :func:`assess_image` is the one-call
+scorer (``scoring/batch.py``) runs it in a loop per worker; :func:`assess_image` is the one-call
 form for scripts. All go through :func:`refusal`, :func:`forward_probabilities` and :func:`grade`
 (or :func:`ungradable`), so the probabilities, the label, the referral and the derived figures
 are computed in one place and every reader (the JSON answer, the PDF, the audit row, a batch

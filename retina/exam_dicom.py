@@ -1,7 +1,7 @@
 """An exam's answer as DICOM results: the SR's findings (every image, each eye, the patient) and the PDF wrapper.
 
 Shared by the API (``/predict/exam?format=dicom-sr``, ``/report/exam?format=dicom``) and the PACS
-tool (``retina.pacs``), so both write the same objects with the same deterministic UIDs.
+tool (``scoring.pacs``), so both write the same objects with the same deterministic UIDs.
 ``sources``: the DICOM inputs' headers by exam index (``retina.dicom_results.source_header``); the
 results join the first DICOM input's study and reference its instances of that study.
 """

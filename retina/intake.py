@@ -15,7 +15,7 @@ Steps, each failing with :class:`~retina.errors.ImageDecodeError` and a code of 
    ``tail(spec)`` turns into the model input: together exactly ``eval_transform(spec)``.
 
 The service (``backend/app/services/intake.py``) turns these errors into its HTTP answers; the
-batch scorer (``retina/batch.py``) into error rows.
+batch scorer (``scoring/batch.py``) into error rows.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loading the shipped (or any self-describing) models and the image gate the way the service does.
 
 The service's model store (``backend/app/services/model_store.py``) and the batch scorer
-(``retina/batch.py``) both call :func:`load_model` and :func:`gate_path`, so a checkpoint that
+(``scoring/batch.py``) both call :func:`load_model` and :func:`gate_path`, so a checkpoint that
 the service would refuse to serve is refused by the scorer too, with the same message:
 
 * a registered model (``retina.registry.MODELS``) must match its registry entry (arch, task,

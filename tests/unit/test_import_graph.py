@@ -76,8 +76,39 @@ def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
             assert not {d for d in deps if d.startswith("backend.app.api.routes.")}, name
 
 
+def imported_packages(package: str) -> dict[str, set[str]]:
+    """``module -> top-level packages it imports``, counting imports inside functions too."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[_module(path)] = names
+    return found
+
+
+def test_the_core_imports_neither_the_service_nor_batch_scoring() -> None:
+    """``retina`` is the bottom layer: ``backend`` and ``scoring`` import it, never the other way round."""
+    upward = {
+        m: deps & {"backend", "scoring", "training", "frontend"} for m, deps in imported_packages("retina").items()
+    }
+    assert {m: d for m, d in upward.items() if d} == {}
+
+
+def test_scoring_has_no_import_cycle_and_nothing_imports_it() -> None:
+    graph = import_graph("scoring")
+    assert "scoring.batch" in graph["scoring.cli"]
+    assert cycles(graph) == []
+    for package in ("retina", "backend", "training", "frontend"):
+        assert not [m for m, deps in imported_packages(package).items() if "scoring" in deps], package
+
+
 def _project_modules() -> list[str]:
-    return [m for pkg in ("retina", "training", "backend") for m in sorted(import_graph(pkg)) if m != f"{pkg}.__main__"]
+    packages = ("retina", "training", "backend", "scoring")
+    return [m for pkg in packages for m in sorted(import_graph(pkg)) if m != f"{pkg}.__main__"]
 
 
 def test_every_module_imports() -> None:

@@ -1,4 +1,4 @@
-"""Batch scoring (``python -m retina.score``): one row per file, error rows, resume, and Ray = local.
+"""Batch scoring (``python -m scoring``): one row per file, error rows, resume, and Ray = local.
 
 The scoring runs use the shipped models on ``samples/`` (real Kermany OCT scans, IDRiD photos and
 a DICOM), so they are ``slow``; listing the inputs is not.
@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from retina.batch import COLUMN_NAMES, list_inputs, read_rows
 from retina.labels import DR_GRADES, OCT_CLASSES
 from retina.paths import REPO_ROOT
-from retina.score import main
+from scoring.batch import COLUMN_NAMES, list_inputs, read_rows
+from scoring.cli import main
 
 SAMPLES = REPO_ROOT / "samples"
 SAMPLE_FILES = sorted(p for p in SAMPLES.rglob("*") if p.is_file())

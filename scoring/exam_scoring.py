@@ -1,8 +1,8 @@
 """An exam scored in-process: files -> eyes -> the batch scorer's assessments -> ``retina.exam``'s answer.
 
 The same steps as ``POST /predict/exam`` without HTTP, audit or micro-batching (what
-``retina.pacs`` runs next to a PACS): each file gets its eye (``retina.laterality``), a photo or
-B-scan goes through :meth:`retina.batch.BatchScorer.assess` (the service's gate, model,
+``scoring.pacs`` runs next to a PACS): each file gets its eye (``retina.laterality``), a photo or
+B-scan goes through :meth:`scoring.batch.BatchScorer.assess` (the service's gate, model,
 calibration and referral), a multi-frame OCT DICOM through every B-scan and
 ``retina.volume.assess_volume`` with the service's defaults (rule ``mean``, at least half the
 B-scans gradable), and ``retina.exam.assess_exam`` decides each eye and the patient.
@@ -10,7 +10,6 @@ B-scans gradable), and ``retina.exam.assess_exam`` decides each eye and the pati
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ import numpy as np
 import torch
 
 from retina.assessment import Refusal
-from retina.batch import BatchScorer
-from retina.dicom import is_dicom, open_frames
+from retina.dicom import is_dicom, number_of_frames, open_frames
 from retina.errors import ImageDecodeError, public_code
 from retina.exam import ExamAssessment, ExamItem, assess_exam
 from retina.gate import GateResult
 from retina.laterality import resolve
 from retina.preprocessing import pil_to_uint8_tensor, prepare
 from retina.volume import assess_volume
+from scoring.batch import BatchScorer
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +45,6 @@ class ExamFile:
     name: str | None
     data: bytes
     laterality: str | None = None
-
-
-def number_of_frames(data: bytes) -> int:
-    """``NumberOfFrames`` of a DICOM file (1 when absent or unreadable); only that element is parsed."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["NumberOfFrames"])
-        return int(ds.get("NumberOfFrames") or 1)
-    except Exception:  # an unreadable header is the decoder's to refuse, with its own code
-        return 1
 
 
 def _volume(scorer: BatchScorer, f: ExamFile, eye: str, source: str) -> ExamItem:

@@ -1,6 +1,6 @@
 """A small DICOMweb client (QIDO-RS search, WADO-RS retrieve, STOW-RS store) on the standard library.
 
-Only what ``retina.pacs`` needs, against any DICOMweb root (Orthanc's ``/dicom-web``, dcm4chee's
+Only what ``scoring.pacs`` needs, against any DICOMweb root (Orthanc's ``/dicom-web``, dcm4chee's
 ``/dcm4chee-arc/aets/DCM4CHEE/rs``, a cloud healthcare API): PS3.18 paths and media types, JSON
 search results (``application/dicom+json``), ``multipart/related; type="application/dicom"``
 bodies both ways. No dependency beyond ``urllib``: the PACS tool runs where the batch scorer

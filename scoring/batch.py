@@ -1,6 +1,6 @@
 """Batch scoring of image archives: the service's one pipeline, one row per file, locally or on Ray.
 
-``python -m retina.score`` (``retina/score.py``) is the command line; this module is the library
+``python -m scoring`` (``scoring/cli.py``) is the command line; this module is the library
 it, the tests and the benchmark import.
 
 Every file goes through the same steps as an upload to ``POST /predict`` (the core functions
@@ -201,7 +201,7 @@ class BatchScorer:
         """The service's ``Pipeline._intake`` + ``_serve`` for one file, minus audit and metrics.
 
         Returns the model that answered (None: ``auto`` and not retinal), the file's SHA-256 and the
-        refusal or assessment. ``retina.pacs`` scores a PACS study's images through this too.
+        refusal or assessment. ``scoring.pacs`` scores a PACS study's images through this too.
         """
         decoded = intake.decode_and_check(data, self.config.max_image_pixels, self.gate)
         verdict = decoded.gate

@@ -1,13 +1,13 @@
 """Score a PACS study over DICOMweb and store the results back into it (SR + Encapsulated PDF).
 
-    python -m retina.pacs --url DICOMWEB_ROOT --study STUDY_UID [--model auto|fundus|oct]
+    python -m scoring.pacs --url DICOMWEB_ROOT --study STUDY_UID [--model auto|fundus|oct]
         [--header "Authorization: Bearer TOKEN"] [--timeout 30] [--models-dir models/]
-    python -m retina.pacs --url DICOMWEB_ROOT --watch [--interval 10] [--since 20260101]
+    python -m scoring.pacs --url DICOMWEB_ROOT --watch [--interval 10] [--since 20260101]
 
 For a study: QIDO-RS lists its instances; every image or volume (not SRs, PDFs, presentation
 states ...) is fetched by WADO-RS and scored **in-process with the service's own pipeline**
-(``retina.batch.BatchScorer``, which loads the served models and gate as ``python -m retina.score``
-does, and ``retina.exam_scoring``), as one exam: each instance's eye from its DICOM laterality
+(``scoring.batch.BatchScorer``, which loads the served models and gate as ``python -m scoring``
+does, and ``scoring.exam_scoring``), as one exam: each instance's eye from its DICOM laterality
 (instances without one are left out and counted). The exam's TID 1500 SR and its PDF report as
 Encapsulated PDF (``retina.exam_dicom``; the PDF is the API's ``/report/exam`` page) are stored
 with STOW-RS into the same study. Their UIDs derive from the source instances' UIDs and the models'
@@ -15,7 +15,7 @@ versions, and an instance already in the study is not sent again: rerunning adds
 
 In-process rather than through the HTTP API: no image leaves the machine twice, the tool runs
 where the PACS is reachable without a backend deployed, and the answers equal the API's
-(``retina.batch`` is the same gate/model/referral code the API runs, tested for parity).
+(``scoring.batch`` is the same gate/model/referral code the API runs, tested for parity).
 
 ``--watch`` polls QIDO-RS ``/studies`` (works with any DICOMweb server, Orthanc included) and
 scores a study once its instance count is unchanged between two polls (a study still arriving
@@ -35,15 +35,16 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from retina.batch import AUTO, BatchScorer, ScoreConfig
+from backend.app.services.exam_report import build_exam_report
 from retina.dicom_results import source_header, to_bytes
-from retina.dicomweb import DicomWebClient, DicomWebError, InstanceRef, value
 from retina.exam import ExamAssessment
 from retina.exam_dicom import exam_encapsulated_pdf, exam_structured_report
-from retina.exam_scoring import ExamFile, score_exam
 from retina.paths import DEFAULT_MODELS_DIR
+from scoring.batch import AUTO, BatchScorer, ScoreConfig
+from scoring.dicomweb import DicomWebClient, DicomWebError, InstanceRef, value
+from scoring.exam_scoring import ExamFile, score_exam
 
-log = logging.getLogger("retina.pacs")
+log = logging.getLogger("scoring.pacs")
 
 # SOP classes that are not images to score: SR documents, encapsulated documents, presentation
 # states, key objects, segmentations/registrations, RT objects (this tool's own results among them).
@@ -77,10 +78,7 @@ def is_image(ref: InstanceRef) -> bool:
 
 
 def _pdf(exam: ExamAssessment) -> bytes:
-    # The API's exam page (one author for its words). Imported here, not at the top: the core does
-    # not need the PDF stack (fpdf2, in the backend's dependency group) for anything else.
-    from backend.app.services.exam_report import build_exam_report
-
+    # The API's exam page (one author for its words): scoring sits above the service and reuses it.
     return build_exam_report(exam, "pacs")
 
 
@@ -191,7 +189,7 @@ def _headers(values: Sequence[str]) -> dict[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m retina.pacs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m scoring.pacs", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://orthanc:8042/dicom-web")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--study", help="StudyInstanceUID to score")

@@ -1,12 +1,12 @@
 """Score an archive of OCT scans / fundus photos: one row per file, the API's pipeline, resumable.
 
-    python -m retina.score INPUT --model oct|fundus|auto --out results.parquet|results.csv
+    python -m scoring INPUT --model oct|fundus|auto --out results.parquet|results.csv
         [--workers N] [--chunk-size 32] [--models-dir models/]
         [--ray ADDRESS|auto|local --ray-actors 2 --ray-batch-size 32 --ray-cpus-per-actor 1]
 
 INPUT is a folder (recursive; DICOM folders too), a CSV with a ``path`` column, or one file.
 Each file is decoded, gated, prepared, scored, calibrated and given its referral exactly as
-``POST /predict?model=...`` would (``retina/batch.py`` says how); a file that is not a usable
+``POST /predict?model=...`` would (``scoring/batch.py`` says how); a file that is not a usable
 image is an error row. ``--out``: ``.parquet`` (a folder of part files) or ``.csv``. Rerunning
 with the same ``--out`` skips the files already in it, so a killed or interrupted run resumes.
 
@@ -33,7 +33,10 @@ from pathlib import Path  # noqa: E402
 
 from tqdm import tqdm  # noqa: E402
 
-from retina.batch import (  # noqa: E402
+from retina.errors import CheckpointError  # noqa: E402
+from retina.paths import DEFAULT_MODELS_DIR  # noqa: E402
+from retina.referral import ReferralThresholds  # noqa: E402
+from scoring.batch import (  # noqa: E402
     AUTO,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -46,11 +49,8 @@ from retina.batch import (  # noqa: E402
     score_ray,
     write_rows,
 )
-from retina.errors import CheckpointError  # noqa: E402
-from retina.paths import DEFAULT_MODELS_DIR  # noqa: E402
-from retina.referral import ReferralThresholds  # noqa: E402
 
-log = logging.getLogger("retina.score")
+log = logging.getLogger("scoring.cli")
 
 
 def cpu_count() -> int:
@@ -62,7 +62,7 @@ def cpu_count() -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m retina.score", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m scoring", description=__doc__.split("\n\n")[0])
     p.add_argument("input", type=Path, help="folder (recursive), CSV of paths (column 'path'), or one file")
     p.add_argument("--model", default=AUTO, help="oct | fundus | auto (by the image gate) | a model id (default auto)")
     p.add_argument("--out", type=Path, required=True, help="results.parquet (folder of parts) or results.csv")
