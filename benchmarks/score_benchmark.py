@@ -46,8 +46,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.serve_benchmark import free_port, loadavg, start_server, wait_ready  # noqa: E402
 from retina.paths import DEFAULT_MODELS_DIR, data_dir  # noqa: E402
-from scoring.batch import BatchScorer, ParquetParts, ScoreConfig, score_local, score_ray  # noqa: E402
+from scoring.batch import BatchScorer, ScoreConfig, score_local, score_ray  # noqa: E402
 from scoring.cli import cpu_count  # noqa: E402
+from scoring.sinks import ParquetParts  # noqa: E402
 
 log = logging.getLogger("score_benchmark")
 

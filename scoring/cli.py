@@ -41,14 +41,14 @@ from scoring.batch import (  # noqa: E402
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     BatchScorer,
-    ResultSink,
+    RayUnavailable,
     ScoreConfig,
-    list_inputs,
-    read_rows,
+    connect_ray,
     score_local,
     score_ray,
-    write_rows,
 )
+from scoring.inputs import list_inputs  # noqa: E402
+from scoring.sinks import ResultSink, read_rows, write_rows  # noqa: E402
 
 log = logging.getLogger("scoring.cli")
 
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the scoring; 0 when every file has its row (error rows included), 2 on a usage/model problem."""
+    """Run the scoring; 0 when every file has its row (error rows included), 2 on a usage, model or cluster problem."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     thresholds = ReferralThresholds(
@@ -120,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         paths = list_inputs(args.input)
+        if args.ray:
+            connect_ray(args.ray)  # before the models load: a missing cluster is one line, not a traceback
         # Load once here first: a model the service would refuse stops the run before any worker
         # starts, with one clear message instead of one traceback per worker.
         scorer = BatchScorer(config)
         sink = ResultSink.open(args.out)
-    except (FileNotFoundError, ValueError, KeyError, CheckpointError) as e:
+    except (FileNotFoundError, ValueError, KeyError, CheckpointError, RayUnavailable) as e:
         log.error("%s", e)
         return 2
     done = sink.done()
