@@ -65,7 +65,7 @@ def test_training_has_no_import_cycle() -> None:
 
 
 def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
-    for path in sorted((REPO_ROOT / "backend/app/services").glob("*.py")):
+    for path in sorted((REPO_ROOT / "backend/app/services").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -104,6 +104,15 @@ def test_scoring_has_no_import_cycle_and_nothing_imports_it() -> None:
     assert cycles(graph) == []
     for package in ("retina", "backend", "training", "frontend"):
         assert not [m for m, deps in imported_packages(package).items() if "scoring" in deps], package
+
+
+def test_the_api_contract_depends_on_no_service() -> None:
+    """Routes -> services -> schemas / retina, never schemas -> services (type-checking imports included)."""
+    graph = import_graph("backend")
+    contract = [m for m in graph if m.startswith("backend.app.") and m.endswith("schemas")]
+    assert {"backend.app.schemas", "backend.app.exam_schemas", "backend.app.audit_schemas"} <= set(contract)
+    for name in contract:
+        assert not {d for d in graph[name] if d.startswith(("backend.app.services", "backend.app.api"))}, name
 
 
 def _project_modules() -> list[str]:

@@ -136,3 +136,31 @@ def test_patients_are_resampled_together() -> None:
     pos = np.array([True, True, False, False])
     r = sens_spec(score, pos, 0.5, n_boot=50, groups=np.array(["a", "a", "b", "b"]))
     assert r["n_patients"] == 2 and r["sensitivity"] == 1.0 and r["specificity"] == 1.0
+
+
+def test_every_block_carries_its_headline_and_the_one_disclaimer() -> None:
+    from retina.referral import DISCLAIMER, HEADLINES, ReferralThresholds, ungradable_referral
+
+    blocks = [
+        referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, ReferralThresholds(), FUNDUS),
+        referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, ReferralThresholds(), meta()),
+        referral_for("oct", OCT_CLASSES, np.array([0.6, 0.1, 0.1, 0.2]), ReferralThresholds(), meta(k=4)),
+        referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, ReferralThresholds(), meta(ci=[0.1, 0.3])),
+        ungradable_referral(["too dark"]),
+    ]
+    for block in blocks:
+        assert block is not None
+        assert block["headline"] == HEADLINES[block["level"]] and block["note"] == DISCLAIMER
+    levels = {b["level"] for b in blocks if b}
+    assert levels == {"refer", "rescreen_12_months", "urgent", "not_informative", "ungradable"}
+
+
+def test_the_operating_point_sentence_names_the_rule_and_its_figures() -> None:
+    from retina.referral import operating_point_text
+
+    point = {"threshold": 0.4, "fitted_on": "OCT validation", "fit": {"sensitivity": 0.9, "n": 100, "n_positive": 40}}
+    assert operating_point_text("oct", "routine", point, 0.4) == (
+        "Routine referral when P(CNV) + P(DME) + P(DRUSEN) >= 0.400, chosen on OCT validation: "
+        "sensitivity 0.90 (n = 100, 40 positive)."
+    )
+    assert operating_point_text("oct", "urgent", None, None) == ""
