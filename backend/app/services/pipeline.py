@@ -64,7 +64,7 @@ from retina.errors import ImageDecodeError
 from retina.gate import GateResult
 from retina.memory import estimate
 from retina.preprocessing import PreprocessSpec
-from retina.referral import label_chooser
+from retina.referral import NO_POLICY, label_chooser
 from retina.site_profile import SiteProfile
 from retina.volume import RULE_TEXT, VolumeAssessment, assess_volume
 
@@ -568,7 +568,7 @@ def _report_pdf(
         derived=body["derived"],
         # One B-scan of a volume: the page is headed by the volume's referral, the decision a clinic takes.
         referral=(volume.referral if volume is not None else body["referral"])
-        or {"level": "n/a", "advice": "no referral policy for this model", "reason": ""},
+        or dict(NO_POLICY),
         gate=body["gate"],
         metrics=rows,
         metrics_source=source,
