@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from retina import checkpoint
-from training.cv import inner_val
 from training.cv import main as cv_main
-from training.datasets import grouped_folds, read_table
+from training.data.splits import grouped_folds, inner_val
+from training.data.tables import read_table
 
 from . import synth
 

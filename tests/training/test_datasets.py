@@ -11,15 +11,9 @@ from PIL import Image
 
 from retina.labels import OCT_CLASSES
 from retina.preprocessing import get_preset
-from training.datasets import (
-    DatasetError,
-    PreparedDataset,
-    grouped_folds,
-    load_prepared,
-    prepare_all,
-    read_table,
-    split_indices,
-)
+from training.data.pixels import PreparedDataset, prepare_all
+from training.data.splits import grouped_folds, split_indices
+from training.data.tables import DatasetError, read_table
 
 
 def _img(path: Path, mode: str = "L", size=(40, 30), seed: int = 0) -> None:
@@ -108,7 +102,7 @@ def test_medmnist_npz_any_size(tmp_path):
         assert t.source == "medmnist" and t.images.shape == (36, size, size)
         s = split_indices(t)
         assert [len(s[k]) for k in ("train", "val", "test")] == [12, 12, 12]
-        x = load_prepared(t, s["val"], get_preset("oct_28"))
+        x = prepare_all(t.subset(s["val"]), get_preset("oct_28"))
         assert x.shape == (12, 1, 28, 28)
 
 
@@ -211,7 +205,7 @@ def test_real_fundus_dev(fundus_dev):
     t = read_table(fundus_dev)
     assert len(t) == 79 and len(set(t.groups)) == 46 and t.task == "fundus"
     assert (t.sizes.max(axis=1) > 300).all(), "fundus-dev is all raw camera photos"
-    x = load_prepared(t, np.arange(4), get_preset("fundus_128"))
+    x = prepare_all(t.subset(np.arange(4)), get_preset("fundus_128"))
     assert x.shape == (4, 3, 128, 128)
 
 
@@ -225,7 +219,7 @@ def test_real_fundus_train_split_is_patient_disjoint(fundus_train):
 
 def test_several_datasets_read_as_one_table_grouped_by_patient_across_folders(tmp_path):
     from tests.training.synth import make_labels_csv
-    from training.datasets import read_tables
+    from training.data.tables import read_tables
 
     a = make_labels_csv(tmp_path / "a", seed=0)
     b = make_labels_csv(tmp_path / "b", seed=1)  # the same patient ids p00.. as in a: one patient, two folders
@@ -253,7 +247,7 @@ def test_eyepacs_layout_without_eye_suffix_gives_one_group_per_image(tmp_path):
 
 def test_datasets_read_as_one_keep_each_ones_own_split(tmp_path):
     """Adding a dataset must not move the first one's test patients (a warm start stays honest)."""
-    from training.datasets import read_tables
+    from training.data.tables import read_tables
 
     a = make_eyepacs(tmp_path / "a", patients=20)
     b = tmp_path / "b"
@@ -277,7 +271,7 @@ def test_datasets_read_as_one_keep_each_ones_own_split(tmp_path):
 
 def test_datasets_sharing_patients_are_split_jointly(tmp_path):
     from tests.training.synth import make_labels_csv
-    from training.datasets import read_tables
+    from training.data.tables import read_tables
 
     t = read_tables([make_labels_csv(tmp_path / "a", seed=0), make_labels_csv(tmp_path / "b", seed=1)], task="oct")
     parts = split_indices(t, val_frac=0.25, test_frac=0.25, seed=0)
@@ -287,7 +281,7 @@ def test_datasets_sharing_patients_are_split_jointly(tmp_path):
 
 def test_patient_ids_of_independent_sources_are_namespaced_per_dataset(tmp_path):
     """Two EyePACS-layout sets numbering patients alike (ODIR's 1005 vs EyePACS's 1005_left) are not one patient."""
-    from training.datasets import DatasetError, read_tables
+    from training.data.tables import DatasetError, read_tables
 
     a = make_eyepacs(tmp_path / "eyepacs", patients=20)
     b = make_eyepacs(tmp_path / "odir", patients=20)  # the same ids 100..119

@@ -15,8 +15,8 @@ import torch
 from retina import checkpoint
 from retina.paths import REPO_ROOT
 from retina.preprocessing import get_preset
-from training import distributed
-from training.engine import AugmentedBatches, TensorBatches, shard_indices
+from training.data.loaders import AugmentedBatches, TensorBatches, shard_indices
+from training.fit import distributed
 from training.train import main
 
 from . import synth

@@ -10,8 +10,11 @@ from torch import nn
 
 from retina.models import build_model
 from retina.preprocessing import eval_transform, get_preset, pil_to_uint8_tensor, prepare
-from training.datasets import PreparedDataset
-from training.engine import TensorBatches, evaluate, predict_logits, softmax, to_model_input, train_one_epoch
+from training.data.loaders import TensorBatches
+from training.data.pixels import PreparedDataset
+from training.evaluate.calibration import softmax
+from training.evaluate.predict import predict_logits, predict_probs, to_model_input
+from training.fit.loop import train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -102,7 +105,7 @@ def test_train_one_epoch_learns_a_separable_toy_problem():
     assert set(first) >= {"loss", "acc", "images", "seconds", "images_per_s"}
     assert first["images"] == 64
     assert last["loss"] < first["loss"]
-    probs, labels = evaluate(model, TensorBatches(x, y, 32), CPU, spec)
+    probs, labels = predict_probs(model, TensorBatches(x, y, 32), CPU, spec)
     assert (probs.argmax(1) == labels).mean() == 1.0
 
 
@@ -112,7 +115,7 @@ def test_evaluate_returns_probabilities_with_temperature():
     model = build_model("simplecnn", in_channels=1, num_classes=4)
     x, y = _data(10)
     logits, labels = predict_logits(model, TensorBatches(x, y, 4), CPU, spec)
-    probs, _ = evaluate(model, TensorBatches(x, y, 4), CPU, spec, temperature=2.0)
+    probs, _ = predict_probs(model, TensorBatches(x, y, 4), CPU, spec, temperature=2.0)
     assert logits.shape == probs.shape == (10, 4)
     np.testing.assert_array_equal(labels, y)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)

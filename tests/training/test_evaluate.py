@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from retina import checkpoint
-from training.datasets import read_table
-from training.evaluate import RAW_LONG_SIDE
-from training.evaluate import main as evaluate_main
+from training.data.tables import read_table
+from training.evaluate.__main__ import main as evaluate_main
+from training.evaluate.rows import RAW_LONG_SIDE
 from training.train import main as train_main
 
 from . import synth

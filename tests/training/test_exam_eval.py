@@ -1,4 +1,4 @@
-"""training.exam_eval on a synthetic predictions.csv: pairs eyes by patient and scores the exam rule."""
+"""training.evaluate.exams on a synthetic predictions.csv: pairs eyes by patient and scores the exam rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from retina.labels import DR_GRADES
-from training.exam_eval import evaluate_exams, read_rows
+from training.evaluate.exams import evaluate_exams, read_rows
 
 
 def _write(path: Path, rows: list[tuple[str, str, list[float]]]) -> Path:

@@ -1,6 +1,8 @@
-"""``training.fit.fit`` directly: checkpoint round-trip, SMOTE isolation, label fractions."""
+"""``training.fit.run.fit`` directly: checkpoint round-trip, SMOTE isolation, label fractions."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +10,12 @@ import torch
 
 from retina import checkpoint
 from training import config as C
-from training import data as D
-from training import fit as T
-from training.engine import TensorBatches, predict_logits
+from training.data.bundle import prepare_data
+from training.data.loaders import TensorBatches
+from training.evaluate.predict import predict_logits
+from training.fit import epochs, trainer
+from training.fit.model import make_optimizer
+from training.fit.run import fit
 
 from . import synth
 
@@ -24,14 +29,14 @@ def bundle_cfg(tmp_path):
         ["threads=1", "progress=false", "n_bootstrap=10", "batch_size=8", "data.cache_dir="],
         {"data.path": str(data), "epochs": 2, "out": str(tmp_path / "run")},
     )
-    cfg["data"]["cache_dir"] = None
-    return cfg, D.prepare_data(cfg)
+    cfg = replace(cfg, data=replace(cfg.data, cache_dir=None))
+    return cfg, prepare_data(cfg)
 
 
 def test_checkpoint_round_trip_gives_identical_logits(bundle_cfg, tmp_path):
     cfg, bundle = bundle_cfg
     s = bundle.splits
-    res = T.fit(cfg, bundle, tmp_path / "run", train_idx=s["train"], val_idx=s["val"], test_idx=s["test"])
+    res = fit(cfg, bundle, tmp_path / "run", train_idx=s["train"], val_idx=s["val"], test_idx=s["test"])
     loaded, meta = checkpoint.load(res.best_path)
     assert meta.arch == "simplecnn" and meta.preprocess == bundle.spec
     assert meta.metrics["best_epoch"] == res.best_epoch
@@ -48,10 +53,9 @@ def test_checkpoint_round_trip_gives_identical_logits(bundle_cfg, tmp_path):
 
 def test_half_checkpoint_is_smaller_and_loads_in_float32(bundle_cfg, tmp_path):
     cfg, bundle = bundle_cfg
-    cfg["half"] = True
-    cfg["epochs"] = 1
+    cfg = replace(cfg, half=True, epochs=1)
     s = bundle.splits
-    res = T.fit(cfg, bundle, tmp_path / "h", train_idx=s["train"], val_idx=s["val"], test_idx=s["test"])
+    res = fit(cfg, bundle, tmp_path / "h", train_idx=s["train"], val_idx=s["val"], test_idx=s["test"])
     raw = checkpoint.read(res.best_path)
     assert raw["dtype"] == "float16"
     model, _ = checkpoint.load(res.best_path)
@@ -60,15 +64,14 @@ def test_half_checkpoint_is_smaller_and_loads_in_float32(bundle_cfg, tmp_path):
 
 def test_smote_sees_only_the_training_split(bundle_cfg, tmp_path, monkeypatch):
     cfg, bundle = bundle_cfg
-    cfg["imbalance"] = "smote"
-    cfg["epochs"] = 1
+    cfg = replace(cfg, imbalance="smote", epochs=1)
     s = bundle.splits
     # Make the training split imbalanced by dropping most of class 0..2.
     y = bundle.table.labels
     train = np.concatenate([s["train"][y[s["train"]] == 3], s["train"][y[s["train"]] != 3][::4]])
     before = bundle.images.clone()
     seen = {}
-    real = T.smote_resample
+    real = trainer.smote_resample
 
     def spy(images, labels, seed=0):
         seen["images"], seen["labels"] = images.clone(), labels.copy()
@@ -76,8 +79,8 @@ def test_smote_sees_only_the_training_split(bundle_cfg, tmp_path, monkeypatch):
         seen["out_counts"] = np.bincount(out[1]).tolist()
         return out
 
-    monkeypatch.setattr(T, "smote_resample", spy)
-    res = T.fit(cfg, bundle, tmp_path / "s", train_idx=train, val_idx=s["val"], test_idx=s["test"])
+    monkeypatch.setattr(trainer, "smote_resample", spy)
+    res = fit(cfg, bundle, tmp_path / "s", train_idx=train, val_idx=s["val"], test_idx=s["test"])
     assert np.array_equal(seen["labels"], y[train])
     assert torch.equal(seen["images"], bundle.images[torch.as_tensor(train)])
     assert len(set(seen["out_counts"])) == 1 and seen["out_counts"][0] == np.bincount(y[train]).max()
@@ -88,11 +91,10 @@ def test_smote_sees_only_the_training_split(bundle_cfg, tmp_path, monkeypatch):
 
 def test_label_fraction_trains_on_fewer_images(bundle_cfg, tmp_path, caplog):
     cfg, bundle = bundle_cfg
-    cfg["label_fraction"] = 0.1
-    cfg["epochs"] = 1
+    cfg = replace(cfg, label_fraction=0.1, epochs=1)
     s = bundle.splits
     with caplog.at_level("INFO"):
-        res = T.fit(cfg, bundle, tmp_path / "f", train_idx=s["train"], val_idx=s["val"], test_idx=s["test"])
+        res = fit(cfg, bundle, tmp_path / "f", train_idx=s["train"], val_idx=s["val"], test_idx=s["test"])
     assert "label_fraction=0.1: 8 of 60 training images" in caplog.text  # round(0.1 * 15) = 2 per class
     _, meta = checkpoint.load(res.best_path)
     assert meta.data["label_fraction"] == 0.1
@@ -112,8 +114,8 @@ def test_frozen_backbone_keeps_its_batchnorm_statistics():
     x = torch.randint(0, 256, (16, 1, 32, 32), dtype=torch.uint8)
     y = np.arange(16) % 2
     cfg = C.resolve("oct_simplecnn", ["progress=false"])
-    opt = T.make_optimizer(cfg, model)
-    T._train_epoch(
+    opt = make_optimizer(cfg, model)
+    epochs._train_epoch(
         model,
         TensorBatches(x, y, 8, shuffle=True),
         opt,

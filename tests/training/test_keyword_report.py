@@ -1,4 +1,4 @@
-"""training.keyword_report: referrals of non-DR eyes per finding, on a small hand-made table."""
+"""training.evaluate.keywords: referrals of non-DR eyes per finding, on a small hand-made table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.keyword_report import keyword_table, render
+from training.evaluate.keywords import keyword_table, render
 
 HEAD = "path,label,pred,p_No DR,p_Mild,p_Moderate,p_Severe,p_Proliferative"
 

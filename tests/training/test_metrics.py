@@ -9,9 +9,8 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from retina.labels import DR_GRADES, OCT_CLASSES
-from training.calibration import ece, fit_temperature, nll
-from training.engine import softmax
-from training.metrics import bootstrap_ci, compute_metrics, sensitivity_at_specificity
+from training.evaluate.calibration import ece, fit_temperature, nll, softmax
+from training.evaluate.metrics import bootstrap_ci, compute_metrics, sensitivity_at_specificity
 
 KEYS = {
     "accuracy",

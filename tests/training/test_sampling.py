@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from retina.preprocessing import ChannelGain, PreprocessSpec, Vignette, augmentations, get_preset
-from training.data import domain_sample_weights
-from training.engine import AugmentedBatches
+from training.data.loaders import AugmentedBatches
+from training.data.sampling import domain_sample_weights
 
 
 def test_domain_weights_give_each_domain_a_share_by_power() -> None:

@@ -1,4 +1,4 @@
-"""``python -m training.site_profile`` and ``site_profile_check`` on small generated EyePACS-layout folders."""
+"""``python -m training.site_profile`` and ``training.sites.check`` on small generated EyePACS-layout folders."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from retina.models import build_model
 from retina.preprocessing import get_preset
 from retina.site_profile import SiteProfile, model_fingerprint, read_profile, retemper
 from tests.training.synth import make_eyepacs
-from training.engine import softmax
+from training.evaluate.calibration import softmax
 from training.site_profile import main as site_main
-from training.site_profile_check import main as check_main
-from training.site_profile_check import patient_split
+from training.sites.check import main as check_main
+from training.sites.check import patient_split
 
 
 @pytest.fixture(scope="module")

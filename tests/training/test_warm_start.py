@@ -9,7 +9,7 @@ import torch
 
 from retina import checkpoint
 from retina.registry import default_for
-from training.warm_start import build_model_warm as build_model
+from training.fit.warm_start import build_model_warm as build_model
 
 
 def test_warm_start_copies_the_backbone_and_builds_a_new_head(tiny_models_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """Does a site profile hold? Fit one on some of a dataset's patients and measure it on the others.
 
-    python -m training.site_profile_check --checkpoint models/fundus-resnet18.pt \\
+    python -m training.sites.check --checkpoint models/fundus-resnet18.pt \\
         --data ../shared/data/fundus-odir --n-fit 150 --seed 0 [--heldout] [--rows ids.txt] \\
         [--cache-dir runs/site-check] [--json OUT.json]
 
@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from retina.referral import ReferralThresholds, threshold_for
-from training import config as config_mod
-from training.data import select_rows
-from training.datasets import ImageTable, read_tables, split_indices
-from training.engine import softmax
-from training.site_profile import (
+from training.config import DataConfig
+from training.data.bundle import select_rows
+from training.data.splits import split_indices
+from training.data.tables import ImageTable, read_tables
+from training.evaluate.calibration import softmax
+from training.sites.profile import (
     DEFAULT_CHECKPOINT,
     DEFAULT_TARGET,
     ProfileRefused,
@@ -49,25 +50,23 @@ from training.site_profile import (
     score_table,
 )
 
-logger = logging.getLogger("training.site_profile_check")
+logger = logging.getLogger("training.sites.check")
 
 BAR = {"sensitivity": 0.85, "specificity": 0.70}
 
 
 def heldout_paths(ck: ServedCheckpoint, data: Path) -> set[str] | None:
     """Paths of ``data``'s photos in the checkpoint's val + test splits; None when it never trained on ``data``."""
-    d = {**config_mod.DEFAULTS["data"], **(ck.meta.config or {}).get("data", {})}
-    sources = [p for p in str(d.get("path") or "").split(",") if p.strip()]
+    d = DataConfig.from_saved((ck.meta.config or {}).get("data"))
+    sources = [p for p in str(d.path or "").split(",") if p.strip()]
     matches = [k for k, p in enumerate(sources) if Path(p).resolve() == data.resolve()]
     if not matches:
         return None
-    full = read_tables(
-        d["path"], d["format"] or "auto", label_scheme=d["label_scheme"], task="fundus", patients=d["patients"]
-    )
+    full = read_tables(d.path, d.format or "auto", label_scheme=d.label_scheme, task="fundus", patients=d.patients)
     if ck.meta.data.get("fingerprint") and full.fingerprint() != ck.meta.data["fingerprint"]:
-        raise ValueError(f"the training data {d['path']} changed since the checkpoint: its split cannot be recomputed")
-    table = select_rows({"data": d}, full)
-    parts = split_indices(table, val_frac=d["val_frac"], test_frac=d["test_frac"], seed=d["seed"])
+        raise ValueError(f"the training data {d.path} changed since the checkpoint: its split cannot be recomputed")
+    table = select_rows(d, full)
+    parts = split_indices(table, val_frac=d.val_frac, test_frac=d.test_frac, seed=d.seed)
     idx = np.concatenate([parts["val"], parts["test"]])
     if table.parts is not None:
         idx = idx[table.parts[idx] == matches[0]]
@@ -204,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.site_profile_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.sites.check", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--data", type=Path, required=True, help="dataset in EyePACS layout")
     p.add_argument("--n-fit", type=int, default=150, help="photos (whole patients) to fit the profile on")

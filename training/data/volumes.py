@@ -9,7 +9,7 @@ exports (built with pydicom, the library that reads them in ``retina.dicom``):
   frame is in its Per-frame Functional Groups (Frame VOI LUT), as Spectralis/Cirrus exports carry it;
 * ``"sc"``: Multi-frame Grayscale Byte (8 bit) or Word (16 bit) Secondary Capture, one top-level window.
 
-Used by ``training/volume_eval.py``, ``scripts/make_samples.py`` and the tests.
+Used by ``training/evaluate/volumes.py``, ``scripts/make_samples.py`` and the tests.
 """
 
 from __future__ import annotations

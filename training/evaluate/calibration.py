@@ -8,18 +8,23 @@ changes, only how confident the probabilities are. Serving applies the stored ``
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from training.engine import softmax
-
 logger = logging.getLogger(__name__)
 
 ECE_BINS = 15
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``: ``(N, K)`` -> probabilities ``(N, K)``."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -125,60 +130,3 @@ def crossfit_temperature(logits: np.ndarray, labels: np.ndarray, groups: np.ndar
         groups=int(len(np.unique(groups))),
     )
     return out
-
-
-def _groups_from_paths(paths: list[str]) -> np.ndarray:
-    """Patient ids from OCT2017 (``CLASS-PATIENT-N``) or EyePACS (``PATIENT_left``) file names."""
-    out = []
-    for p in paths:
-        stem = Path(p).stem
-        parts = stem.split("-")
-        out.append(parts[1] if len(parts) >= 3 else stem.split("_")[0])
-    return np.asarray(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Store a cross-fitted temperature from a cross-validation ``predictions.csv`` in a checkpoint.
-
-    python -m training.calibration --checkpoint runs/oct-simplecnn-cv/final/best.pt \\
-        --predictions runs/oct-simplecnn-cv/predictions.csv
-    """
-    import argparse
-    import csv
-
-    from retina import checkpoint
-
-    p = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint to update in place (atomically)")
-    p.add_argument("--predictions", type=Path, required=True, help="CSV with path,label and p_<class> columns")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ckpt = checkpoint.read(args.checkpoint)
-    names = list(ckpt["class_names"])
-    with args.predictions.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    probs = np.asarray([[float(r[f"p_{c}"]) for c in names] for r in rows])
-    labels = np.asarray([names.index(r["label"]) for r in rows])
-    groups = (
-        np.asarray([r["patient_id"] for r in rows])
-        if "patient_id" in rows[0]
-        else _groups_from_paths([r["path"] for r in rows])
-    )
-    # Log-probabilities are logits up to a per-row constant, which softmax ignores.
-    logits = np.log(np.clip(probs, 1e-6, 1.0))
-    cal = crossfit_temperature(logits, labels, groups)
-    checkpoint.update_meta(args.checkpoint, calibration=cal)
-    logger.info(
-        "%s: T=%.3f from %d out-of-fold predictions (%d patients); ECE %.3f -> %.3f (cross-fitted)",
-        args.checkpoint,
-        cal["temperature"],
-        len(labels),
-        cal["groups"],
-        cal["ece_val_before"],
-        cal["ece_crossfit_after"],
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Package a trained checkpoint as a shipped model with its model card.
 
-    python -m training.card --checkpoint runs/fundus-resnet18/best.pt --key fundus-resnet18 \\
+    python -m training.ship.card --checkpoint runs/fundus-resnet18/best.pt --key fundus-resnet18 \\
         --eval "test=Held-out test split (patient-disjoint)=runs/fundus-resnet18/eval_test" \\
         --eval "external=fundus-dev: 79 raw camera photos, 46 other patients=runs/fundus-resnet18/eval_dev" \\
         --command "python -m training.train ..." --out-dir models
@@ -8,8 +8,8 @@
 Writes ``OUT/<key>.pt`` (the same weights, with the card in the checkpoint's ``card``
 metadata and ``version`` set, so ``/models`` serves the same facts), ``OUT/<key>.md`` (the
 card) and ``OUT/cards/<key>/*.png`` (confusion matrices and ROC curves of each evaluation).
-Every number in the card is read from the ``metrics.json`` files that ``training.evaluate``
-or ``training.cv`` wrote; nothing is typed by hand.
+Every number in the card is read from the ``metrics.json`` files that ``python -m training.evaluate``
+or ``python -m training.cv`` wrote; nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from retina.figures import figure_text
 from retina.formatting import fmt_ci, fmt_number
 from retina.models import build_model, count_parameters
 
-logger = logging.getLogger("training.card")
+logger = logging.getLogger("training.ship.card")
 
 INTENDED_USE = (
     "Research and education: exploring model behaviour on retinal images, benchmarking, and as a starting point "
@@ -223,7 +223,9 @@ def build_card(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.ship.card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--key", required=True, help="model id; the file becomes OUT/<key>.pt")
     p.add_argument("--version", default="1.0.0")

@@ -1,6 +1,6 @@
 """Volume-level vs single-B-scan accuracy of the OCT model on held-out patients; chooses the volume rule.
 
-    python -m training.volume_eval --cv-dir runs/oct-resnet18-cv \\
+    python -m training.evaluate.volumes --cv-dir runs/oct-resnet18-cv \\
         --data ../shared/data/oct-dev,../shared/data/oct-train --out runs/volume
 
 Which model scores which scan: the shipped ``oct-resnet18`` is the final fit on all 818 scans of
@@ -10,7 +10,7 @@ B-scan is scored by the fold model that never saw its patient. The folds are rec
 ``training.cv`` made them (same table, ``grouped_folds`` seed) and checked against the CV's
 out-of-fold predictions (``CV_DIR/predictions.csv``).
 
-Volumes: scans grouped by patient AND class (``training.volume_data.patient_volumes``, at least
+Volumes: scans grouped by patient AND class (``training.data.volumes.patient_volumes``, at least
 ``--min-scans``), each written as a real multi-frame DICOM (Ophthalmic Tomography) and read back by
 ``retina.dicom.open_frames``; every frame goes through the shipped image gate and the served
 preprocessing, as ``POST /predict/volume`` does. Patients are split in two, stratified by class:
@@ -48,12 +48,12 @@ from retina.preprocessing import eval_transform
 from retina.referral import operating_points
 from retina.volume import RULES, aggregate, frame_status, needed_gradable
 from training import config as config_mod
-from training.data import read_config_table, select_rows
-from training.datasets import grouped_folds
-from training.metrics import bootstrap_ci, quiet_sklearn, to_plain
-from training.volume_data import common_frames, patient_volumes, volume_dicom
+from training.data.bundle import read_config_table, select_rows
+from training.data.splits import grouped_folds
+from training.data.volumes import common_frames, patient_volumes, volume_dicom
+from training.evaluate.metrics import bootstrap_ci, quiet_sklearn, to_plain
 
-logger = logging.getLogger("training.volume_eval")
+logger = logging.getLogger("training.evaluate.volumes")
 
 URGENT = ("CNV", "DME")
 
@@ -83,10 +83,10 @@ class VolumeScores:
 def fold_of_patient(cv_dir: Path) -> tuple[dict[str, int], int]:
     """Patient id -> the CV fold that held it out, recomputed as ``training.cv`` did; and the fold count."""
     cfg = config_mod.resolve(cv_dir / "fold_0" / "config.yaml")
-    table = select_rows(cfg, read_config_table(cfg))
+    table = select_rows(cfg.data, read_config_table(cfg))
     folds = len(sorted(cv_dir.glob("fold_*/best.pt")))
     out: dict[str, int] = {}
-    for i, (_, held) in enumerate(grouped_folds(table, folds, seed=cfg["data"]["seed"])):
+    for i, (_, held) in enumerate(grouped_folds(table, folds, seed=cfg.data.seed)):
         for g in set(table.groups[held]):
             out[str(g)] = i
     return out, folds
@@ -383,7 +383,7 @@ def _report(m: dict[str, Any], class_names: list[str], cms: dict[str, np.ndarray
     lines = [
         "# OCT volumes: volume-level vs single-B-scan accuracy on held-out patients",
         "",
-        f"Made by `python -m training.volume_eval {_cli(m['args'])}`.",
+        f"Made by `python -m training.evaluate.volumes {_cli(m['args'])}`.",
         "",
         "- Model: the 5 CV fold models of `oct-resnet18` (runs/oct-resnet18-cv/fold_*/best.pt); each B-scan is "
         "scored by the fold model that never saw its patient (the shipped final model was trained on all 818 "

@@ -1,6 +1,6 @@
 """Classical OCT anchor: multiscale HOG + linear SVM, patient-grouped K-fold CV.
 
-    python -m training.hog_svm --data ../shared/data/oct-dev,../shared/data/oct-train \\
+    python -m training.evaluate.hog_svm --data ../shared/data/oct-dev,../shared/data/oct-train \\
         --preset oct_band_192 --folds 5 --out runs/oct-hog-svm
 
 After Srinivasan et al. 2014 (Biomed. Opt. Express 5(10):3568): denoise, flatten the retina,
@@ -30,11 +30,13 @@ from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
 from retina.preprocessing import get_preset
-from training.datasets import grouped_folds, prepare_all, read_tables
-from training.evaluate import write_evaluation
-from training.metrics import compute_metrics
+from training.data.pixels import prepare_all
+from training.data.splits import grouped_folds
+from training.data.tables import read_tables
+from training.evaluate.metrics import compute_metrics
+from training.evaluate.report import write_evaluation
 
-logger = logging.getLogger("training.hog_svm")
+logger = logging.getLogger("training.evaluate.hog_svm")
 
 # (pixels_per_cell, cells_per_block): fine cells see cysts and drusen, coarse ones the band shape.
 SCALES: tuple[tuple[int, int], ...] = ((8, 2), (16, 2), (32, 1))
@@ -55,7 +57,7 @@ def make_classifier(c: float = 0.01, seed: int = 0) -> CalibratedClassifierCV:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.hog_svm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate.hog_svm", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dataset path(s), comma-separated")
     p.add_argument("--preset", default="oct_band_192")
     p.add_argument("--folds", type=int, default=5)

@@ -1,6 +1,6 @@
 """A picture of Grad-CAM overlays on real images, to check where a model looks.
 
-    python -m training.cam_gallery --checkpoint models/oct-resnet18.pt --data ../shared/data/oct-dev \\
+    python -m training.evaluate.cam_gallery --checkpoint models/oct-resnet18.pt --data ../shared/data/oct-dev \\
         --out models/cards/oct-resnet18/cam_gallery.png [--per-class 3] [--method gradcam]
 
 One row per class: the prepared model input and its CAM overlay for a few images of that
@@ -24,9 +24,9 @@ from retina import checkpoint
 from retina.cam import Explainer, overlay
 from retina.models import cam_layer_for
 from retina.preprocessing import denormalize, load_image, pil_to_uint8_tensor, prepare, tail
-from training.datasets import read_tables
+from training.data.tables import read_tables
 
-logger = logging.getLogger("training.cam_gallery")
+logger = logging.getLogger("training.evaluate.cam_gallery")
 
 
 def border_share(heat: np.ndarray, frac: float = 0.1) -> float:
@@ -39,7 +39,7 @@ def border_share(heat: np.ndarray, frac: float = 0.1) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.cam_gallery", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate.cam_gallery", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True)

@@ -1,6 +1,6 @@
 """SimCLR (Chen et al. 2020): contrastive pretraining, then label-efficient fine-tuning.
 
-Used by ``python -m training.train`` when the config has a ``simclr:`` section:
+Run by :func:`training.fit.pipeline.train` (``python -m training.train``) when the config has a ``simclr:`` section:
 
 1. **Pretrain** the ``simclr`` architecture (``retina.models.SimCLRClassifier``: ResNet
    ``backbone`` + ``projection_head``) on the *train split* images, labels unused. Each
@@ -9,16 +9,16 @@ Used by ``python -m training.train`` when the config has a ``simclr:`` section:
 2. **Export only the backbone** to ``OUT/backbone.pt`` (the projection head is discarded).
 3. **Fine-tune** (or linear-probe with ``simclr.linear_probe: true``) once per
    ``simclr.label_fractions`` entry on a stratified, seeded fraction of the train labels,
-   with the regular supervised loop (:func:`training.train.fit`): ``OUT/frac_<f>/best.pt``
+   with the regular supervised loop (:func:`training.fit.run.fit`): ``OUT/frac_<f>/best.pt``
    are normal classifier checkpoints (arch ``simclr``).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ from retina.models import build_model
 from retina.preprocessing import PreprocessSpec
 from retina.runtime import resolve_device
 from retina.serialize import atomic_write, to_plain
-from training.data import prepare_data
-from training.engine import seed_everything, set_threads, to_model_input
-from training.fit import fit
+from training.config import ModelConfig, TrainConfig
+from training.data.bundle import prepare_data
+from training.evaluate.predict import set_threads, to_model_input
+from training.fit.loop import seed_everything
+from training.fit.run import fit
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class TwoViews(torch.utils.data.Dataset):
 
 
 def pretrain(
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     images: torch.Tensor,
     spec: PreprocessSpec,
     out: Path,
@@ -87,50 +89,50 @@ def pretrain(
 
     Writes ``out/backbone.pt`` (backbone weights + meta) and ``out/simclr_history.csv``.
     """
-    sc = cfg["simclr"]
-    seed_everything(cfg["seed"])
-    set_threads(cfg["threads"])
-    device = resolve_device(cfg["device"])
+    sc = cfg.simclr
+    seed_everything(cfg.seed)
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     model = build_model(
         "simclr",
-        encoder=sc["encoder"],
+        encoder=sc.encoder,
         in_channels=spec.channels,
         num_classes=2,  # the head is unused while pretraining
-        proj_dim=sc["proj_dim"],
-        proj_hidden=sc["proj_hidden"],
+        proj_dim=sc.proj_dim,
+        proj_hidden=sc.proj_hidden,
     ).to(device)
-    channels_last = bool(cfg["channels_last"])
+    channels_last = bool(cfg.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [*model.backbone.parameters(), *model.projection_head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=sc["lr"], weight_decay=sc["weight_decay"])
-    epochs = sc["epochs"]
+    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    epochs = sc.epochs
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    loss_fn = NTXentLoss(temperature=sc["temperature"])
+    loss_fn = NTXentLoss(temperature=sc.temperature)
     n = len(images)
-    bs = min(sc["batch_size"], n)
+    bs = min(sc.batch_size, n)
     if bs < 2:
         raise ValueError("SimCLR needs at least 2 training images (negatives come from the batch)")
-    dataset = TwoViews(images, simclr_views(spec, sc["crop_scale_min"], sc["blur_p"]))
+    dataset = TwoViews(images, simclr_views(spec, sc.crop_scale_min, sc.blur_p))
     history = []
-    logger.info("SimCLR pretraining: %d images, batch %d, %d epochs, T=%.2f", n, bs, epochs, sc["temperature"])
+    logger.info("SimCLR pretraining: %d images, batch %d, %d epochs, T=%.2f", n, bs, epochs, sc.temperature)
     for epoch in range(1, epochs + 1):
-        torch.manual_seed(cfg["seed"] + epoch)
+        torch.manual_seed(cfg.seed + epoch)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=bs,
             shuffle=True,
             drop_last=n % bs == 1,  # a lone image has no negatives (and breaks BatchNorm)
-            num_workers=cfg["num_workers"],
-            generator=torch.Generator().manual_seed(cfg["seed"] + epoch),
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
         )
         model.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0
-        for x1, x2 in tqdm(loader, desc=f"simclr {epoch}", leave=False, disable=not cfg["progress"], mininterval=1):
+        for x1, x2 in tqdm(loader, desc=f"simclr {epoch}", leave=False, disable=not cfg.progress, mininterval=1):
             x = to_model_input(torch.cat([x1, x2]), spec, device, channels_last=channels_last)
             b = x1.shape[0]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["amp"]):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 z = model.embed(x)
             # Views i and i+b share a label: they are the positive pair; all others are negatives.
             loss = loss_fn(z.float(), torch.arange(b, device=device).repeat(2))
@@ -157,19 +159,19 @@ def pretrain(
 def save_backbone(
     path: Path,
     state: dict[str, torch.Tensor],
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     spec: PreprocessSpec,
     history: list[dict[str, Any]],
     data_meta: dict[str, Any],
 ) -> Path:
     """Backbone-only export (``weights_only``-loadable): the projection head is not kept."""
-    sc = cfg["simclr"]
+    sc = cfg.simclr
     payload = {
         "format": BACKBONE_FORMAT,
-        "encoder": sc["encoder"],
+        "encoder": sc.encoder,
         "in_channels": spec.channels,
         "preprocess": spec.to_dict(),
-        "simclr": to_plain(sc),
+        "simclr": to_plain(asdict(sc)),
         "history": to_plain(history),
         "data": to_plain(data_meta),
         "state_dict": state,
@@ -190,27 +192,28 @@ def load_backbone(path: str | Path, spec: PreprocessSpec, encoder: str) -> dict[
     return payload["state_dict"]
 
 
-def run(cfg: dict[str, Any], out: Path) -> list[Path]:
+def run(cfg: TrainConfig, out: Path) -> list[Path]:
     """Pretrain (unless ``simclr.backbone`` is given), then fine-tune per label fraction."""
 
-    sc = cfg["simclr"]
+    sc = cfg.simclr
     bundle = prepare_data(cfg)
     train_idx = bundle.splits["train"]
-    if sc["backbone"]:
-        state = load_backbone(sc["backbone"], bundle.spec, sc["encoder"])
-        logger.info("using pretrained backbone %s", sc["backbone"])
+    if sc.backbone:
+        state = load_backbone(sc.backbone, bundle.spec, sc.encoder)
+        logger.info("using pretrained backbone %s", sc.backbone)
     else:
         state = pretrain(cfg, bundle.images[torch.as_tensor(train_idx)], bundle.spec, out, data_meta=bundle.meta)
     paths = []
-    for frac in sc["label_fractions"]:
-        c = copy.deepcopy(cfg)
-        c["label_fraction"] = float(frac)
-        c["model"] = {
-            "arch": "simclr",
-            "args": {"encoder": sc["encoder"], "proj_dim": sc["proj_dim"], "proj_hidden": sc["proj_hidden"]},
-        }
+    for frac in sc.label_fractions:
         sub = out / f"frac_{frac:g}"
-        c["out"] = str(sub)
+        c = replace(
+            cfg,
+            label_fraction=float(frac),
+            model=ModelConfig(
+                arch="simclr", args={"encoder": sc.encoder, "proj_dim": sc.proj_dim, "proj_hidden": sc.proj_hidden}
+            ),
+            out=str(sub),
+        )
         logger.info("fine-tuning on %.3g of the training labels -> %s", frac, sub)
         res = fit(
             c,
@@ -220,14 +223,14 @@ def run(cfg: dict[str, Any], out: Path) -> list[Path]:
             val_idx=bundle.splits["val"],
             test_idx=bundle.splits["test"],
             init_backbone=state,
-            freeze_backbone=bool(sc["linear_probe"]),
+            freeze_backbone=bool(sc.linear_probe),
             data_extra={
                 "simclr": {
                     "pretrained_on": "train split, labels unused",
                     "pretrain_images": int(len(train_idx)),
-                    "epochs": sc["epochs"],
-                    "linear_probe": bool(sc["linear_probe"]),
-                    "backbone": str(sc["backbone"] or out / "backbone.pt"),
+                    "epochs": sc.epochs,
+                    "linear_probe": bool(sc.linear_probe),
+                    "backbone": str(sc.backbone or out / "backbone.pt"),
                 }
             },
         )

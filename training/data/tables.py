@@ -1,4 +1,4 @@
-"""Readers for the real-world dataset layouts, patient-disjoint splits, and a prepared cache.
+"""Dataset readers: a folder or file on disk -> :class:`ImageTable` (paths, labels, patients; no pixels yet).
 
 Formats (``read_table(path, fmt="auto")``):
 
@@ -13,7 +13,8 @@ Formats (``read_table(path, fmt="auto")``):
   ``train_images/``, ``train/`` or beside the CSV; APTOS has no patient ids, so each image is its own group.
 
 Every problem is a :class:`DatasetError` naming the file, the line and what was expected;
-nothing is skipped silently.
+nothing is skipped silently. Splits are in :mod:`training.data.splits`, pixels in
+:mod:`training.data.pixels`.
 """
 
 from __future__ import annotations
@@ -23,20 +24,13 @@ import hashlib
 import logging
 import os
 import re
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from sklearn.model_selection import StratifiedGroupKFold
-from tqdm.auto import tqdm
 
 from retina.labels import OCT_CLASSES, SCHEME_CLASSES, map_grade
-from retina.preprocessing import ImageDecodeError, PreprocessSpec, load_image, pil_to_uint8_tensor, prepare
-from retina.serialize import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +107,6 @@ class ImageTable:
 
     def class_counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
-
-
-# ----------------------------------------------------------------------------- readers
 
 
 def detect_format(path: Path) -> str:
@@ -435,209 +426,3 @@ def _read_labels_csv(path: Path, label_scheme: str) -> ImageTable:
     if is_oct:
         return _oct_table(paths, labels, groups, None, "csv", root)
     return _fundus_table(csv_path, root, list(zip(paths, labels, groups, strict=True)), label_scheme, "csv")
-
-
-# ----------------------------------------------------------------------------- splits
-
-
-def _holdout(labels: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Patient-disjoint stratified hold-out of about ``frac`` of the rows: ``(keep, held)`` positions."""
-    n_groups = len(set(groups))
-    # sklearn refuses more folds than the largest class has members; cap k there.
-    largest = int(np.bincount(labels).max()) if len(labels) else 0
-    k = int(min(max(2, round(1 / frac)), n_groups, largest))
-    if k < 2:
-        raise DatasetError(f"cannot hold out {frac:.0%} by patient: {len(labels)} images, {n_groups} patients")
-    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    try:
-        keep, held = next(sgkf.split(np.zeros(len(labels)), labels, groups))
-    except ValueError as e:
-        raise DatasetError(f"cannot split {len(labels)} images of {n_groups} patients by patient: {e}") from e
-    return keep, held
-
-
-def split_indices(
-    table: ImageTable, *, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """``{"train","val","test"}`` index arrays, patient-disjoint.
-
-    Splits the source defines (OCT2017 folders, MedMNIST npz) are kept; missing ones are
-    carved out of ``train`` by patient. Raises :class:`DatasetError` on an empty split.
-
-    Several datasets read as one (``table.parts``) that share no patient are split one by
-    one with the same seed and fractions: each keeps the split it has alone, so adding a
-    dataset never moves an earlier one's test patients into training (a model warm-started
-    from a run on the first dataset stays honest on its test split), and every dataset has
-    its own held-out part. Datasets that share patients are split jointly.
-    """
-    parts = table.parts
-    if parts is not None and len(np.unique(parts)) > 1:
-        owners: dict[str, set[int]] = defaultdict(set)
-        for g, p in zip(table.groups, parts, strict=True):
-            owners[str(g)].add(int(p))
-        if all(len(v) == 1 for v in owners.values()):
-            out = {s: [] for s in SPLITS}
-            for p in np.unique(parts):
-                rows = np.flatnonzero(parts == p)
-                sub = split_indices(
-                    replace(table.subset(rows), parts=None), val_frac=val_frac, test_frac=test_frac, seed=seed
-                )
-                for s in SPLITS:
-                    out[s].append(rows[sub[s]])
-            joined = {s: np.sort(np.concatenate(v)).astype(np.int64) for s, v in out.items()}
-            check_disjoint(table, joined)
-            return joined
-    n = len(table)
-    all_idx = np.arange(n)
-    given = {s: all_idx[table.split == s] for s in SPLITS} if table.split is not None else {}
-    out: dict[str, np.ndarray] = {}
-    pool = given.get("train", all_idx) if given else all_idx
-    if given and len(given.get("test", [])):
-        out["test"] = given["test"]
-    elif test_frac > 0:
-        keep, held = _holdout(table.labels[pool], table.groups[pool], test_frac, seed)
-        out["test"], pool = pool[held], pool[keep]
-    else:
-        out["test"] = np.array([], dtype=np.int64)
-    if given and len(given.get("val", [])):
-        out["val"] = given["val"]
-    else:
-        # Scale so val is val_frac of the whole, not of what is left after test.
-        frac = min(0.5, val_frac / max(1e-9, 1 - (test_frac if "test" not in given else 0)))
-        keep, held = _holdout(table.labels[pool], table.groups[pool], frac, seed + 1)
-        out["val"], pool = pool[held], pool[keep]
-    out["train"] = pool
-    for s in ("train", "val") + (("test",) if test_frac > 0 or len(out["test"]) else ()):
-        if len(out[s]) == 0:
-            raise DatasetError(f"{table.root}: the {s} split is empty ({n} images, {len(set(table.groups))} patients)")
-    check_disjoint(table, out)
-    return {s: np.sort(out[s]) for s in SPLITS}
-
-
-def check_disjoint(table: ImageTable, splits: dict[str, np.ndarray]) -> None:
-    """Raise if any patient appears in two splits (skipped for MedMNIST's own splits)."""
-    if table.source == "medmnist":
-        return
-    seen: dict[str, str] = {}
-    for s, idx in splits.items():
-        for g in set(table.groups[idx]):
-            if g in seen and seen[g] != s:
-                raise DatasetError(f"patient {g} is in both {seen[g]} and {s}")
-            seen[g] = s
-
-
-def grouped_folds(table: ImageTable, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Patient-grouped stratified K-fold: ``[(train_idx, test_idx), ...]``."""
-    n_groups = len(set(table.groups))
-    if k > n_groups:
-        raise DatasetError(f"{k} folds need at least {k} patients; the dataset has {n_groups}")
-    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(np.sort(a), np.sort(b)) for a, b in sgkf.split(np.zeros(len(table)), table.labels, table.groups)]
-
-
-def split_summary(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[str, dict[str, object]]:
-    """Plain-typed sizes per split (images, patients, per-class counts) for checkpoints and logs."""
-    return {
-        s: {
-            "images": int(len(idx)),
-            "patients": int(len(set(table.groups[idx]))),
-            "classes": {c: int((table.labels[idx] == i).sum()) for i, c in enumerate(table.class_names)},
-        }
-        for s, idx in splits.items()
-    }
-
-
-# ----------------------------------------------------------------------------- pixels
-
-
-def _prepare_one(args: tuple[str, PreprocessSpec]) -> np.ndarray:
-    path, spec = args
-    try:
-        img = load_image(path)
-    except (ImageDecodeError, OSError) as e:
-        raise DatasetError(f"{path}: unreadable image ({e})") from e
-    return pil_to_uint8_tensor(prepare(img, spec)).numpy()
-
-
-def _spec_key(spec: PreprocessSpec) -> str:
-    return hashlib.sha256(repr(sorted(spec.to_dict().items())).encode()).hexdigest()[:12]
-
-
-def prepare_all(
-    table: ImageTable, spec: PreprocessSpec, *, cache_dir: Path | None = None, workers: int | None = None
-) -> torch.Tensor:
-    """``prepare()`` every image once: uint8 ``(N, C, S, S)``, cached on disk when asked.
-
-    The cache key is the table fingerprint plus the spec, so a changed dataset or spec
-    never reuses stale pixels.
-    """
-    cache: Path | None = None
-    if cache_dir is not None:
-        cache = Path(cache_dir) / f"{table.source}-{table.fingerprint()[:16]}-{_spec_key(spec)}.npy"
-        if cache.is_file():
-            arr = np.load(cache)
-            if arr.shape == (len(table), spec.channels, spec.size, spec.size):
-                logger.info("prepared images from cache %s", cache)
-                return torch.from_numpy(arr)
-    out = np.empty((len(table), spec.channels, spec.size, spec.size), dtype=np.uint8)
-    if table.images is not None:
-        mode = spec.mode if table.images.ndim == 4 else "L"
-        for i in tqdm(range(len(table)), desc="prepare", unit="img", mininterval=2):
-            out[i] = pil_to_uint8_tensor(prepare(Image.fromarray(table.images[i]).convert(mode), spec)).numpy()
-    else:
-        workers = workers or min(4, os.cpu_count() or 1)
-        jobs = [(p, spec) for p in table.paths]
-        if workers > 1 and len(jobs) > 64:
-            with ProcessPoolExecutor(workers) as ex:
-                it = ex.map(_prepare_one, jobs, chunksize=16)
-                for i, a in enumerate(tqdm(it, total=len(jobs), desc="prepare", unit="img", mininterval=2)):
-                    out[i] = a
-        else:
-            for i, job in enumerate(tqdm(jobs, desc="prepare", unit="img", mininterval=2)):
-                out[i] = _prepare_one(job)
-    if cache is not None:
-        with atomic_write(cache, suffix=".tmp.npy") as tmp:  # np.save appends .npy to any other name
-            np.save(tmp, out)
-    return torch.from_numpy(out)
-
-
-def load_prepared(
-    table: ImageTable,
-    idx: np.ndarray,
-    spec: PreprocessSpec,
-    *,
-    cache_dir: Path | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
-    """uint8 ``(len(idx), C, S, S)``: the prepared images of rows ``idx`` (see :func:`prepare_all`)."""
-    return prepare_all(table, spec, cache_dir=cache_dir)[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
-
-
-def check_prepared(images: torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate prepared images uint8 ``(N, C, S, S)`` and labels ``(N,)``; labels as int64 tensor."""
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (N,C,S,S), got {images.dtype} {tuple(images.shape)}")
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if len(y) != len(images):
-        raise ValueError("images and labels differ in length")
-    return images, y
-
-
-class PreparedDataset(torch.utils.data.Dataset):
-    """Prepared uint8 images ``(N, C, S, S)`` with labels ``(N,)``.
-
-    ``__getitem__`` returns ``(transform(x) if transform else x, label)`` where ``x`` stays
-    uint8 ``(C, S, S)``: the normalising tail is applied per batch by the training loop,
-    exactly as serving applies it.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: np.ndarray | torch.Tensor, transform=None) -> None:
-        self.images, self.labels = check_prepared(images, labels)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i]
-        return (self.transform(x) if self.transform is not None else x), int(self.labels[i])

@@ -28,7 +28,7 @@ from sklearn.metrics import (
 
 from retina.labels import DR_GRADES, p_grade_at_least
 from retina.serialize import to_plain
-from training.calibration import ece
+from training.evaluate.calibration import ece
 
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 

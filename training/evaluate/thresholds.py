@@ -1,21 +1,17 @@
-"""Fit a referral operating point on validation predictions and store it in the checkpoint.
-
-    python -m training.operating_point --checkpoint models/fundus-resnet18.pt \\
-        --fit runs/fundus-eval/val/predictions.csv --point refer --sensitivity 0.87 \\
-        --fitted-on "fundus-train validation split (742 images, 371 patients)" \\
-        --check dev=runs/fundus-eval/dev/predictions.csv --check idrid=runs/fundus-eval/idrid/predictions.csv
+"""Referral operating points: a threshold on a class-probability sum, chosen on validation predictions.
 
 The threshold is the largest score that keeps the sensitivity on the fitting predictions at or
 above the target (IDx-DR was held to 87.2 %), so the operating point is chosen on validation
-(or out-of-fold) predictions only. With ``--fit-domain NAME=P.csv`` (repeated, one per camera /
-dataset) the target must hold on *every* domain's validation predictions: each domain's own
-point is the largest threshold meeting it there, and the served point is the smallest of them.
-That is the threshold that maximises the worst domain's specificity under the constraint
-(specificity only rises with the threshold), and it does not let the biggest domain's
-probabilities set the point for the others, which a pooled fit does. ``--check`` sets are scored
-at that fixed threshold, with 95 % bootstrap intervals over patients, and stored beside it. The
-service serves it (``/predict`` referral, ``/models``, the UI and the PDF show it);
-``RETINA_REFERRAL_*`` settings still override.
+(or out-of-fold) predictions only. With several domains (one per camera / dataset) the target
+must hold on *every* domain's validation predictions: each domain's own point is the largest
+threshold meeting it there, and the served point is the smallest of them
+(:func:`minimax_threshold`). That is the threshold that maximises the worst domain's
+specificity under the constraint (specificity only rises with the threshold), and it does not
+let the biggest domain's probabilities set the point for the others, which a pooled fit does.
+Check sets are scored at that fixed threshold, with 95 % bootstrap intervals over patients,
+and stored beside it (:func:`store_operating_point`). The service serves it (``/predict``
+referral, ``/models``, the UI and the PDF show it); ``RETINA_REFERRAL_*`` settings still override.
+``python -m training.evaluate.operating_point`` is the command.
 
 Points (score -> positives):
 
@@ -27,10 +23,8 @@ Points (score -> positives):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +33,9 @@ from PIL import Image
 
 from retina import checkpoint
 from retina.labels import DR_GRADES
-from training.evaluate import RAW_LONG_SIDE
+from training.evaluate.rows import RAW_LONG_SIDE
 
-logger = logging.getLogger("training.operating_point")
+logger = logging.getLogger("training.evaluate.operating_point")
 
 POINTS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     # (task, point) -> (classes whose probabilities sum to the score, what a positive is)
@@ -151,64 +145,58 @@ def minimax_threshold(domains: dict[str, tuple[np.ndarray, np.ndarray]], target:
     return own[binding], binding
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.operating_point", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument(
-        "--fit", type=Path, action="append", default=[], help="predictions.csv of the validation / out-of-fold set"
-    )
-    p.add_argument(
-        "--fit-domain",
-        action="append",
-        default=[],
-        help="NAME=predictions.csv, one per domain (camera / dataset): the target sensitivity must hold on each",
-    )
-    p.add_argument("--raw-only", action="store_true", help="fit on raw camera photos only (long side > 300 px)")
-    p.add_argument("--point", required=True, help="refer | urgent (fundus); urgent | routine (OCT)")
-    p.add_argument("--sensitivity", type=float, required=True, help="target sensitivity on --fit")
-    p.add_argument("--fitted-on", required=True, help="words for the card: which split the point was fitted on")
-    p.add_argument("--check", action="append", default=[], help="NAME=predictions.csv scored at the threshold")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    meta = checkpoint.meta_from_dict(checkpoint.read(args.checkpoint))
-    key = (meta.task, args.point)
+def store_operating_point(
+    checkpoint_path: Path,
+    point_name: str,
+    sensitivity: float,
+    fitted_on: str,
+    *,
+    fit: list[Path] | None = None,
+    fit_domains: dict[str, Path] | None = None,
+    checks: dict[str, Path] | None = None,
+    raw_only: bool = False,
+) -> dict[str, Any]:
+    """Fit ``point_name`` on ``fit`` (pooled) or ``fit_domains`` (every domain), score ``checks``, store it.
+
+    Writes the point into the checkpoint's ``extra.operating_points`` (atomically) and returns it.
+    Raises ``ValueError`` for a point the task does not have, or for both or neither of the fits.
+    """
+    meta = checkpoint.meta_from_dict(checkpoint.read(checkpoint_path))
+    key = (meta.task, point_name)
     if key not in POINTS:
-        logger.error("no operating point %r for task %r; known: %s", args.point, meta.task, sorted(POINTS))
-        return 2
+        raise ValueError(f"no operating point {point_name!r} for task {meta.task!r}; known: {sorted(POINTS)}")
     classes, positive_means = POINTS[key]
-    if bool(args.fit) == bool(args.fit_domain):
-        logger.error("give either --fit (pooled) or --fit-domain NAME=P.csv (every domain), not both or neither")
-        return 2
-    domains: dict[str, tuple[np.ndarray, ...]] = {}
-    for item in args.fit_domain:
-        name, _, path = item.partition("=")
-        domains[name] = read_predictions(Path(path), classes, raw_only=args.raw_only, groups=True)
+    if bool(fit) == bool(fit_domains):
+        raise ValueError("give either --fit (pooled) or --fit-domain NAME=P.csv (every domain), not both or neither")
+    domains = {
+        name: read_predictions(path, classes, raw_only=raw_only, groups=True)
+        for name, path in (fit_domains or {}).items()
+    }
     if domains:
-        t, binding = minimax_threshold({k: v[:2] for k, v in domains.items()}, args.sensitivity)
+        t, binding = minimax_threshold({k: v[:2] for k, v in domains.items()}, sensitivity)
         score, pos, pats = (np.concatenate([v[i] for v in domains.values()]) for i in range(3))
         logger.info("every-domain rule: threshold %.4f, bound by %s", t, binding)
     else:
-        score, pos, pats = read_predictions(args.fit, classes, raw_only=args.raw_only, groups=True)
-        t = threshold_for_sensitivity(score, pos, args.sensitivity)
+        score, pos, pats = read_predictions(list(fit or []), classes, raw_only=raw_only, groups=True)
+        t = threshold_for_sensitivity(score, pos, sensitivity)
     point: dict[str, Any] = {
         "threshold": t,
         "score": f"P({' + '.join(classes)})",
         "positive": positive_means,
-        "target_sensitivity": args.sensitivity,
-        "fitted_on": args.fitted_on,
+        "target_sensitivity": sensitivity,
+        "fitted_on": fitted_on,
         "rule": "every domain" if domains else "pooled",
         "fit": sens_spec(score, pos, t, groups=pats),
         "fit_domains": {k: sens_spec(v[0], v[1], t, groups=v[2]) for k, v in domains.items()},
         "checks": {},
     }
-    for spec in args.check:
-        name, _, path = spec.partition("=")
-        s, y, g = read_predictions(Path(path), classes, groups=True)
+    for name, path in (checks or {}).items():
+        s, y, g = read_predictions(path, classes, groups=True)
         point["checks"][name] = sens_spec(s, y, t, groups=g)
     points = dict((meta.extra or {}).get("operating_points") or {})
-    points[args.point] = point
-    checkpoint.update_meta(args.checkpoint, extra={**(meta.extra or {}), "operating_points": points})
-    logger.info("%s %s: threshold %.4f, fit %s", meta.task, args.point, t, point["fit"])
+    points[point_name] = point
+    checkpoint.update_meta(checkpoint_path, extra={**(meta.extra or {}), "operating_points": points})
+    logger.info("%s %s: threshold %.4f, fit %s", meta.task, point_name, t, point["fit"])
     for name, r in point["checks"].items():
         logger.info(
             "  %s: sensitivity %.3f %s, specificity %.3f %s",
@@ -218,8 +206,4 @@ def main(argv: list[str] | None = None) -> int:
             r["specificity"],
             r["specificity_ci95"],
         )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return point

@@ -1,6 +1,6 @@
 """Referrals of eyes whose only findings are not DR, per finding (ODIR ``keywords``), at a served point.
 
-    python -m training.keyword_report --predictions runs/fundus3-eval/odir-test/predictions.csv \\
+    python -m training.evaluate.keywords --predictions runs/fundus3-eval/odir-test/predictions.csv \\
         --labels ../shared/data/fundus-odir/labels.csv --checkpoint models/fundus-resnet18.pt [--out R.md]
 
 A DR screen must not refer a glaucomatous, AMD or cataract eye *for DR*: those eyes are the
@@ -23,9 +23,9 @@ import numpy as np
 from retina import checkpoint
 from retina.labels import DR_GRADES
 from retina.referral import operating_points
-from training.operating_point import patient_of, sens_spec
+from training.evaluate.thresholds import patient_of, sens_spec
 
-logger = logging.getLogger("training.keyword_report")
+logger = logging.getLogger("training.evaluate.keywords")
 
 # finding group -> keywords (ODIR's graders' words) that put an eye in it
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -79,7 +79,7 @@ def keyword_table(predictions: Path, labels: Path, threshold: float) -> list[dic
 
 def render(rows: list[dict[str, object]], threshold: float, title: str) -> str:
     lines = [
-        f"**{title}** (`python -m training.keyword_report`)",
+        f"**{title}** (`python -m training.evaluate.keywords`)",
         "",
         f"Non-referable eyes (grade < 2) referred at P(grade >= 2) >= {threshold:.3f}, by finding "
         "(95 % bootstrap interval over patients).",
@@ -94,7 +94,7 @@ def render(rows: list[dict[str, object]], threshold: float, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.keyword_report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate.keywords", description=__doc__.split("\n\n")[0])
     p.add_argument("--predictions", type=Path, required=True, help="predictions.csv from training.evaluate")
     p.add_argument("--labels", type=Path, required=True, help="ODIR labels.csv (image, keywords)")
     p.add_argument("--checkpoint", type=Path, help="take the threshold from its refer operating point")

@@ -1,6 +1,6 @@
 """Check the exam rule (``retina.exam``) on per-image predictions of patients with both eyes photographed.
 
-    python -m training.exam_eval --checkpoint models/fundus-resnet18.pt \\
+    python -m training.evaluate.exams --checkpoint models/fundus-resnet18.pt \\
         --predictions runs/fundus2-eval/test/predictions.csv [--predictions ...] --out runs/exam-eval
 
 Input: ``predictions.csv`` written by ``training.evaluate`` on EyePACS-layout data (file names
@@ -39,7 +39,7 @@ from retina.exam import ExamItem, assess_exam
 from retina.labels import DR_GRADES, p_grade_at_least
 from retina.referral import ReferralThresholds, threshold_for
 
-log = logging.getLogger("training.exam_eval")
+log = logging.getLogger("training.evaluate.exams")
 _NAME = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")
 REFER = ("refer", "urgent")
 
@@ -107,7 +107,7 @@ def evaluate_exams(rows: list[tuple[str, str, int, np.ndarray]], meta: Any) -> d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.exam_eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate.exams", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--predictions", type=Path, action="append", required=True)
     p.add_argument("--out", type=Path, required=True)

@@ -1,6 +1,6 @@
 """One picture of fundus photos of each look before and after preprocessing (and a camera augmentation).
 
-    python -m training.look_alike --data ../shared/data --out runs/fundus-look/look_alike.png
+    python -m training.evaluate.look_alike --data ../shared/data --out runs/fundus-look/look_alike.png
 
 Rows: EyePACS publisher-normalised crops, EyePACS raw camera photos, IDRiD photos (another
 camera), ``fundus-dev`` raw photos; columns: the image as uploaded, what the model sees
@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 from retina.paths import data_dir  # noqa: E402
 from retina.preprocessing import augmentations, get_preset, load_image, pil_to_uint8_tensor, prepare  # noqa: E402
 
-logger = logging.getLogger("training.look_alike")
+logger = logging.getLogger("training.evaluate.look_alike")
 
 
 def pick(root: Path, per: int = 3) -> dict[str, list[Path]]:

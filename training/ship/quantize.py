@@ -1,11 +1,11 @@
 """Int8 calibration of a shipped checkpoint for ONNX Runtime, and its validation metrics re-measured.
 
-    python -m training.quantize --checkpoint models/fundus-resnet18.pt \\
+    python -m training.ship.quantize --checkpoint models/fundus-resnet18.pt \\
         --data ../shared/data/fundus-train,../shared/data/fundus-idrid [--images 256]
 
-1. Recomputes the checkpoint's own patient-disjoint split (as ``training.evaluate`` does) and
-   draws ``--images`` images of its TRAIN split (stratified by class, fixed seed): the
-   activation ranges never see a validation or test patient.
+1. Recomputes the checkpoint's own patient-disjoint split (as ``python -m training.evaluate`` does,
+   :func:`training.evaluate.rows.resolve_rows`) and draws ``--images`` images of its TRAIN split
+   (stratified by class, fixed seed): the activation ranges never see a validation or test patient.
 2. Exports the checkpoint to ONNX, calibrates int8 QDQ quantisation on them (ONNX Runtime,
    MinMax, per-channel weights; ``retina.engine.quantize_int8``).
 3. Scores the VAL split with torch (fp32) and with each int8 engine (``onnxruntime-int8`` and,
@@ -46,14 +46,16 @@ from retina.engine import (
 )
 from retina.labels import DR_GRADES
 from retina.referral import referral_for
-from training import config as config_mod
 from training.cli import setup_logging
-from training.datasets import DatasetError, load_prepared, read_tables
-from training.engine import TensorBatches, evaluate, set_threads, to_model_input
-from training.evaluate import resolve_rows
-from training.metrics import compute_metrics
+from training.config import DataConfig
+from training.data.loaders import TensorBatches
+from training.data.pixels import prepare_all
+from training.data.tables import DatasetError, read_tables
+from training.evaluate.metrics import compute_metrics
+from training.evaluate.predict import predict_probs, set_threads, to_model_input
+from training.evaluate.rows import resolve_rows
 
-logger = logging.getLogger("training.quantize")
+logger = logging.getLogger("training.ship.quantize")
 
 
 class _Reader:
@@ -129,7 +131,7 @@ def referral_levels(probs: np.ndarray, meta: Any) -> list[str | None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.ship.quantize", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="the checkpoint's training data (its split is recomputed)")
     p.add_argument("--images", type=int, default=256, help="training-split images to calibrate on")
@@ -150,20 +152,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = set_threads(args.threads)
     ckpt = Path(args.checkpoint)
     model, meta = checkpoint.load(ckpt)
-    d = {**config_mod.DEFAULTS["data"], **(meta.config or {}).get("data", {})}
+    d = DataConfig.from_saved((meta.config or {}).get("data"))
     full = read_tables(
-        args.data,
-        d["format"] or "auto",
-        label_scheme=meta.label_scheme or d["label_scheme"],
-        patients=d["patients"],
+        args.data, d.format or "auto", label_scheme=meta.label_scheme or d.label_scheme, patients=d.patients
     )
     table, train_idx, _, info = resolve_rows(meta, full, "train")
     if not info.get("fingerprint_matches_training"):
         raise DatasetError(f"{args.data} is not this checkpoint's training data: its train split cannot be recomputed")
     _, val_idx, _, _ = resolve_rows(meta, full, "val")
     spec = meta.preprocess
-    cache = args.cache_dir if args.cache_dir is not None else d["cache_dir"]
-    images = load_prepared(table, np.arange(len(table)), spec, cache_dir=Path(cache) if cache else None)
+    cache = args.cache_dir if args.cache_dir is not None else d.cache_dir
+    images = prepare_all(table, spec, cache_dir=Path(cache) if cache else None)
     calib = train_idx[stratified_pick(table.labels[train_idx], args.images)]
     logger.info("calibrating on %d train-split images; validating on %d val-split images", len(calib), len(val_idx))
 
@@ -179,10 +178,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if previous is not None and np.array_equal(previous["labels"], val_y):
             p_torch = previous["torch_fp32"]  # torch's scores do not depend on the int8 choices
         else:
-            p_torch, _ = evaluate(model, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
+            p_torch, _ = predict_probs(model, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
         probs, probes = {}, {}
         for name, engine in int8_engines(q, threads):
-            probs[name], _ = evaluate(engine, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
+            probs[name], _ = predict_probs(
+                engine, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True
+            )
             probes[name] = probe_probabilities(engine, meta).tolist()
     # The scores themselves, for anyone re-checking the comparison (not read by the service).
     np.savez_compressed(scores, torch_fp32=p_torch, labels=val_y, **{k.replace("-", "_"): v for k, v in probs.items()})
