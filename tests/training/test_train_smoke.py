@@ -15,10 +15,9 @@ from retina.models import ARCHS
 from retina.preprocessing import get_preset
 from retina.registry import ModelSpec
 from tests.support import save_random_checkpoint
+from tests.training import synth
 from training import config as C
 from training.train import main
-
-from . import synth
 
 CONFIGS = sorted(p.stem for p in C.CONFIG_DIR.glob("*.yaml"))
 

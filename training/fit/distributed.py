@@ -6,7 +6,7 @@
 ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`from_env`
 reads them and :func:`init` joins the group (NCCL on CUDA, gloo on CPU). The model is
 wrapped in ``DistributedDataParallel``; each rank trains on its own disjoint shard of the
-epoch's draw (:func:`training.engine.shard_indices`); rank 0 alone evaluates, logs, shows
+epoch's draw (:func:`training.data.loaders.shard_indices`); rank 0 alone evaluates, logs, shows
 progress bars and writes checkpoints (of the unwrapped model, so a checkpoint is the same
 self-describing file a single-process run writes). Without those variables everything here
 is a no-op and a run is the plain single-process one.
@@ -130,7 +130,7 @@ def broadcast(value: Any, dist: Dist) -> Any:
 
 
 def reduce_epoch_stats(stats: dict[str, float], dist: Dist, device: torch.device) -> dict[str, float]:
-    """:func:`training.engine.train_one_epoch` statistics of all ranks together.
+    """:func:`training.fit.loop.train_one_epoch` statistics of all ranks together.
 
     Loss and accuracy are averaged over every image any rank saw, ``images`` summed, and
     ``seconds`` is the slowest rank's (the epoch lasts until the last one is done).

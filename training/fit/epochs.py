@@ -64,7 +64,7 @@ def referable_auc(logits: np.ndarray, y: np.ndarray, class_names: tuple[str, ...
 
     The shipped fundus model is judged on referable DR, so early stopping can select on it;
     5-grade balanced accuracy is much noisier on a few hundred validation images. The score
-    is the one ``training.metrics`` reports (NaN when the split lacks either class).
+    is the one ``training.evaluate.metrics`` reports (NaN when the split lacks either class).
     """
     if tuple(class_names) != DR_GRADES:
         raise ConfigError("early_stopping.metric val_referable_auc needs a 5-grade DR model (label_scheme: grade)")

@@ -167,7 +167,7 @@ def fit(
         data_extra: merged into the checkpoint's ``data`` block.
         extra_metrics: merged into the checkpoint's ``metrics`` block (e.g. ``cv``).
         keep_last: also write ``last.pt`` (resume state) every epoch.
-        dist: this process's place under torchrun (:mod:`training.distributed`); the default
+        dist: this process's place under torchrun (:mod:`training.fit.distributed`); the default
             is one process. Only rank 0 writes files and returns the metrics; the other ranks
             return a :class:`FitResult` without ``best_path`` or metrics.
     """

@@ -15,11 +15,10 @@ import torch
 from retina import checkpoint
 from retina.paths import REPO_ROOT
 from retina.preprocessing import get_preset
+from tests.training import synth
 from training.data.loaders import AugmentedBatches, TensorBatches, shard_indices
 from training.fit import distributed
 from training.train import main
-
-from . import synth
 
 
 def _interleave(shards: list[torch.Tensor]) -> torch.Tensor:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from retina import checkpoint
+from tests.training import synth
 from training import config as C
 from training.data.bundle import prepare_data
 from training.data.loaders import TensorBatches
@@ -16,8 +17,6 @@ from training.evaluate.predict import predict_logits
 from training.fit import epochs, trainer
 from training.fit.model import make_optimizer
 from training.fit.run import fit
-
-from . import synth
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from retina import checkpoint
+from tests.training import synth
 from training.cv import main as cv_main
 from training.data.splits import grouped_folds, inner_val
 from training.data.tables import read_table
-
-from . import synth
 
 
 @pytest.mark.slow

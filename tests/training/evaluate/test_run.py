@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from retina import checkpoint
+from tests.training import synth
+from tests.training.evaluate.test_metrics import KEYS as METRIC_KEYS
 from training.data.tables import read_table
 from training.evaluate.__main__ import main as evaluate_main
 from training.evaluate.rows import RAW_LONG_SIDE
 from training.train import main as train_main
-
-from . import synth
-from .test_metrics import KEYS as METRIC_KEYS
 
 FILES = ("metrics.json", "report.md", "confusion_matrix.png", "roc.png", "predictions.csv")
 # evaluate writes every key compute_metrics returns, plus the split it evaluated
