@@ -40,7 +40,7 @@ DR = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
 NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
 DARK_REASONS = ["too dark: retina brightness 0.03 < 0.10", "blurred: sharpness 0.8 < 2.0"]
 NOT_INFORMATIVE_ADVICE = "No advice: this model's validated accuracy is not distinguishable from chance."
-# The fundus model's referral operating point, as training/operating_point.py stores it.
+# The fundus model's referral operating point, as training/evaluate/thresholds.py stores it.
 FUNDUS_REFER_POINT: dict[str, Any] = {
     "threshold": 0.23,
     "score": "P(Moderate + Severe + Proliferative)",

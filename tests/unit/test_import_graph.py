@@ -60,7 +60,7 @@ def test_retina_has_no_import_cycle() -> None:
 
 def test_training_has_no_import_cycle() -> None:
     graph = import_graph("training")
-    assert "training.fit" in graph["training.train"]
+    assert "training.fit.pipeline" in graph["training.train"]
     assert cycles(graph) == []
 
 
@@ -122,7 +122,7 @@ def _project_modules() -> list[str]:
 
 def test_every_module_imports() -> None:
     """Each module of the core, the trainers and the service imports: a name moved by a refactor
-    (``training.quantize`` once imported ``setup_logging`` from where it no longer lived) fails here,
+    (``training.ship.quantize`` once imported ``setup_logging`` from where it no longer lived) fails here,
     not on the first user who runs that command. In a subprocess: importing ``backend.main`` sets
     process-wide defaults (``OMP_WAIT_POLICY``, ``TQDM_DISABLE``) that must not leak into other tests."""
     import json
@@ -130,7 +130,7 @@ def test_every_module_imports() -> None:
     import sys
 
     modules = _project_modules()
-    assert "training.quantize" in modules and "backend.main" in modules
+    assert "training.ship.quantize" in modules and "backend.main" in modules
     script = (
         "import importlib, json, sys\n"
         "failures = {}\n"

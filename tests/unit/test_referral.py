@@ -17,7 +17,7 @@ from retina.referral import (
     referral_for,
     served_thresholds,
 )
-from training.operating_point import sens_spec, threshold_for_sensitivity
+from training.evaluate.thresholds import sens_spec, threshold_for_sensitivity
 
 
 def meta(points: dict | None = None, ci: list[float] | None = None, k: int = 5) -> SimpleNamespace:
@@ -88,7 +88,7 @@ def test_threshold_for_sensitivity_keeps_the_target_on_the_fitting_set() -> None
 def test_operating_point_fits_on_several_files_and_raw_photos_only(tmp_path) -> None:
     from PIL import Image
 
-    from training.operating_point import read_predictions
+    from training.evaluate.thresholds import read_predictions
 
     rows = []
     for i, (size, label) in enumerate([((256, 256), "Moderate"), ((768, 512), "Moderate"), ((768, 512), "No DR")]):
@@ -107,7 +107,7 @@ def test_operating_point_fits_on_several_files_and_raw_photos_only(tmp_path) -> 
 
 
 def test_every_domain_point_keeps_the_target_on_each_domain_and_is_the_largest_such() -> None:
-    from training.operating_point import minimax_threshold
+    from training.evaluate.thresholds import minimax_threshold
 
     rng = np.random.default_rng(1)
     domains = {}
@@ -128,7 +128,7 @@ def test_every_domain_point_keeps_the_target_on_each_domain_and_is_the_largest_s
 
 
 def test_patients_are_resampled_together() -> None:
-    from training.operating_point import patient_of
+    from training.evaluate.thresholds import patient_of
 
     assert patient_of("/x/1005_left.jpeg") == patient_of("/y/1005_right.jpeg") == "1005"
     assert patient_of("IDRiD_012.jpeg") == "IDRiD_012"

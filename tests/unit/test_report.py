@@ -27,7 +27,7 @@ FUNDUS_METRICS = [
     ("Accuracy, 5 grades (test)", "0.722 [0.679, 0.763]"),
 ]
 OCT_METRICS = [("Accuracy (test, 9 images)", "0.889 [0.667, 1.000]")]
-# As training/operating_point.py stores it in the checkpoint (meta.extra["operating_points"]).
+# As training/evaluate/thresholds.py stores it in the checkpoint (meta.extra["operating_points"]).
 REFER_POINT = {
     "threshold": 0.23,
     "score": "P(Moderate + Severe + Proliferative)",
