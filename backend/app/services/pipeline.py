@@ -567,8 +567,7 @@ def _report_pdf(
         probabilities=body["probabilities"],
         derived=body["derived"],
         # One B-scan of a volume: the page is headed by the volume's referral, the decision a clinic takes.
-        referral=(volume.referral if volume is not None else body["referral"])
-        or dict(NO_POLICY),
+        referral=(volume.referral if volume is not None else body["referral"]) or dict(NO_POLICY),
         gate=body["gate"],
         metrics=rows,
         metrics_source=source,
