@@ -61,10 +61,11 @@ class Referral:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Referral:
-        return cls(**cls._fields(d))
+        return cls(**cls.fields_from_json(d))
 
     @staticmethod
-    def _fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    def fields_from_json(d: Mapping[str, Any]) -> dict[str, Any]:
+        """The referral's fields of body ``d`` (also the head of an exam's patient block, ``ExamPatient``)."""
         return {
             "level": str(d["level"]),
             "headline": str(d.get("headline") or ""),

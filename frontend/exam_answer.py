@@ -21,7 +21,7 @@ class ExamPatient(Referral):
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ExamPatient:
-        return cls(**cls._fields(d), deciding_eye=str(d.get("deciding_eye") or ""))
+        return cls(**cls.fields_from_json(d), deciding_eye=str(d.get("deciding_eye") or ""))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from typing import Any
 import streamlit as st
 from PIL import Image, ImageOps
 
-from frontend import uploads as up_
-from frontend.uploads import Upload
+from frontend.uploads import UPLOAD_TYPES, Upload, screen_uploads, uploader_limit_mb
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +26,10 @@ def upload_widget(limit_mb: float | None) -> list[Any]:
     return (
         st.file_uploader(
             "Upload scans",
-            help=f"One or more images: {', '.join(up_.UPLOAD_TYPES)}"
+            help=f"One or more images: {', '.join(UPLOAD_TYPES)}"
             + (f", at most {limit_mb:g} MB each (the backend's limit)." if limit_mb is not None else "."),
             accept_multiple_files=True,
-            max_upload_size=up_.uploader_limit_mb(limit_mb),
+            max_upload_size=uploader_limit_mb(limit_mb),
             key="uploads",
         )
         or []
@@ -39,7 +38,7 @@ def upload_widget(limit_mb: float | None) -> list[Any]:
 
 def screen(files: Sequence[Any], limit_mb: float | None) -> list[Upload]:
     """The uploads to send; an error on the page for each file left out (type, size, duplicate)."""
-    keep, problems = up_.screen_uploads([Upload.from_uploaded(f) for f in files], limit_mb)
+    keep, problems = screen_uploads([Upload.from_uploaded(f) for f in files], limit_mb)
     for problem in problems:
         st.error(problem, icon=":material/block:")
     return keep
