@@ -1,15 +1,15 @@
-"""Batch-scoring benchmark (not a test): images/s of ``retina.score`` locally and on Ray, beside ``/predict/batch``.
+"""Batch-scoring benchmark (not a test): images/s of ``python -m scoring`` locally and on Ray, beside /predict/batch.
 
     python benchmarks/score_benchmark.py [--data-dir ../shared/data] [--oct-limit 46] [--fundus-limit 40]
         [--engines local1,local2,ray,service] [--ray-actors 2]
 
 For each modality (real images: oct-dev scored with ``--model oct``, fundus-dev with ``--model
 fundus``; ``--samples`` uses ``samples/`` instead) and each engine, the same files are scored and
-written to a throwaway Parquet output, as ``python -m retina.score`` does:
+written to a throwaway Parquet output, as ``python -m scoring`` does:
 
-* ``local1`` / ``local2``: :func:`retina.batch.score_local` with 1 worker (in this process, torch
+* ``local1`` / ``local2``: :func:`scoring.batch.score_local` with 1 worker (in this process, torch
   with every core) and 2 spawned workers (each loads the models; one torch thread each);
-* ``ray``: :func:`retina.batch.score_ray` on a local Ray instance (``ray.init(num_cpus=cores)``,
+* ``ray``: :func:`scoring.batch.score_ray` on a local Ray instance (``ray.init(num_cpus=cores)``,
   started once and timed apart), ``--ray-actors`` actors of one CPU each;
 * ``service``: the real service (``uvicorn`` started as ``benchmarks/serve_benchmark.py`` does,
   reusing its helpers) sent the files through ``POST /predict/batch`` in requests of
@@ -45,9 +45,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.serve_benchmark import free_port, loadavg, start_server, wait_ready  # noqa: E402
-from retina.batch import BatchScorer, ParquetParts, ScoreConfig, score_local, score_ray  # noqa: E402
 from retina.paths import DEFAULT_MODELS_DIR, data_dir  # noqa: E402
-from retina.score import cpu_count  # noqa: E402
+from scoring.batch import BatchScorer, ScoreConfig, score_local, score_ray  # noqa: E402
+from scoring.cli import cpu_count  # noqa: E402
+from scoring.sinks import ParquetParts  # noqa: E402
 
 log = logging.getLogger("score_benchmark")
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-batch-size", type=int, default=8)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for noisy in ("httpx", "retina.batch", "ray", "ray.data"):
+    for noisy in ("httpx", "scoring.batch", "ray", "ray.data"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     cores = cpu_count()

@@ -2,8 +2,8 @@
 
     python -m benchmarks.train_throughput [--threads 2] [--min-time 3] [--device cpu] [--amp] [--only simplecnn@28]
 
-Each row times the real training step of ``training.engine.train_one_epoch``: synthetic
-uint8 images held in memory (:class:`training.engine.TensorBatches`), the served
+Each row times the real training step of ``training.fit.loop.train_one_epoch``: synthetic
+uint8 images held in memory (:class:`training.data.loaders.TensorBatches`), the served
 ``tail(spec)`` normalisation on every batch, forward, backward and optimizer step. Data
 loading from disk and ``prepare()`` are excluded (training caches prepared images). The
 SimCLR row times one contrastive step per image pair (two views through the encoder and
@@ -29,8 +29,10 @@ from torch import nn
 from retina.models import build_model
 from retina.preprocessing import PreprocessSpec, get_preset
 from retina.runtime import resolve_device
-from training.engine import TensorBatches, set_threads, to_model_input, train_one_epoch
-from training.fit import keep_frozen_bn_eval
+from training.data.loaders import TensorBatches
+from training.evaluate.predict import set_threads, to_model_input
+from training.fit.loop import train_one_epoch
+from training.fit.model import keep_frozen_bn_eval
 
 logger = logging.getLogger("benchmarks.train_throughput")
 

@@ -17,7 +17,8 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from frontend import ui  # noqa: E402
+from frontend.components.context import CTX_KEY  # noqa: E402
+from frontend.components.sidebar import render_sidebar  # noqa: E402
 
 st.set_page_config(page_title="RetinaScope", page_icon=":material/visibility:", layout="wide")
 
@@ -28,5 +29,5 @@ pages = st.navigation(
         st.Page("app_pages/models.py", title="Models", icon=":material/model_training:"),
     ]
 )
-st.session_state[ui.CTX_KEY] = ui.render_sidebar()
+st.session_state[CTX_KEY] = render_sidebar()
 pages.run()

@@ -15,7 +15,6 @@ shown (and that was audited when it was made).
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
@@ -24,7 +23,9 @@ from typing import Any, Literal, ParamSpec, TypeVar
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from frontend.client import BackendClient, CamResult, ClientSettings, ModelInfo, Prediction, VolumeResult
+from frontend.answers import CamResult, Prediction, VolumeResult
+from frontend.client import BackendClient, ClientSettings
+from frontend.model_info import ModelInfo
 
 # Per session: a few dozen results cover a long session without growing unbounded.
 _MAX_ENTRIES = 64
@@ -80,11 +81,6 @@ def clear() -> None:
     _session_store().clear()
 
 
-def file_digest(data: bytes) -> str:
-    """Hex SHA-256 of an upload: the cache identity of an image."""
-    return hashlib.sha256(data).hexdigest()
-
-
 @st.cache_resource(show_spinner=False)
 def get_client(settings: ClientSettings) -> BackendClient:
     """One client (and connection pool) per distinct setting, shared by all sessions."""
@@ -108,7 +104,7 @@ def predict(
     _client: BackendClient,
     site: str | None = None,
 ) -> Prediction:
-    """Cached ``/predict``; ``digest`` must be ``file_digest(_data)``.
+    """Cached ``/predict``; ``digest`` must be ``uploads.file_digest(_data)``.
 
     ``model_version`` is part of the key so a backend restarted with a retrained model of the same
     id is asked again. The file name is not: the answer depends on the bytes only. ``site``: the site

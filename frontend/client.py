@@ -1,20 +1,25 @@
 """HTTP client of the RetinaScope backend: the only frontend module that talks to the network.
 
-Every transport or HTTP failure becomes a :class:`BackendError` carrying a short, plain message
-(the backend's own ``detail`` when it sent one), so the UI can show ``st.error(err.message)``
-and never a traceback. The client holds no Streamlit state; caching lives in
-``frontend/cache.py``.
+Every transport or HTTP failure becomes a :class:`~frontend.errors.BackendError` carrying a short,
+plain message (the backend's own ``detail`` when it sent one), so the UI can show
+``st.error(err.message)`` and never a traceback. Every answer is a typed object of
+``answers.py``, ``model_info.py`` or ``exam_answer.py``. The client holds no Streamlit state;
+caching lives in ``frontend/cache.py``.
 
 Backend contract (see the backend's OpenAPI at ``/docs``):
 
 - ``GET /ready`` -> 200, or 503 ``{"error": "not_ready", "detail": ...}``
 - ``GET /models`` -> ``[{id, task, arch, classes, input_size, channels, version, metrics, figures, default,
   temperature, calibration: {method, fitted_on, ece_before, ece_after, ...}, operating_points,
-  served_thresholds, informative, ...}]``
+  served_thresholds, operating_point_text, disclaimer, informative, ...}]``
 - ``POST /predict?model=ID`` (multipart ``file``; ``ID`` may be ``auto``: the backend detects OCT vs
   fundus and answers with that task's default model) -> ``{model, model_version, task, gradable, label,
-  confidence, probabilities, inference_ms, derived, referral, gate}``; ``label``, ``confidence`` and
-  ``probabilities`` are null when ``gradable`` is false (``gate.reasons`` says why).
+  confidence, probabilities, inference_ms, derived, referral: {level, headline, advice, reason, note, ...},
+  gate}``; ``label``, ``confidence`` and ``probabilities`` are null when ``gradable`` is false
+  (``gate.reasons`` says why).
+- ``POST /predict/volume?model=ID`` (a multi-frame OCT DICOM) -> the volume's answer and every B-scan.
+- ``POST /predict/exam?model=ID`` (multipart ``files`` and ``laterality``) -> ``{rule, rule_text, patient,
+  eyes, images}``, the patient's and each eye's referral with its ``headline`` and ``advice``.
 - ``POST /gradcam?model=ID&method=M&target=C&alpha=A&size=S&format=json`` (multipart ``file``) ->
   ``{label, confidence, probabilities, target, method, overlay_png, heatmap_png}`` (base64 PNGs)
 - ``POST /report?model=ID&method=M`` (multipart ``file``) -> ``application/pdf``, a one-page report.
@@ -25,28 +30,25 @@ Backend contract (see the backend's OpenAPI at ``/docs``):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import mimetypes
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import requests
+
+from frontend.answers import CamResult, Prediction, VolumeResult
+from frontend.errors import BackendError, BackendTimeout, BackendUnreachable
+from frontend.exam_answer import ExamAnswer
+from frontend.model_info import ModelInfo, ReadyStatus
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKEND_URL = "http://localhost:8000"
 # The CAM methods the backend serves (pytorch-grad-cam names); the first is the default.
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam")
-# Display names of the backend's tasks, in the order the UI offers them.
-TASK_LABELS: dict[str, str] = {"oct": "OCT", "fundus": "Fundus"}
-# ``?model=auto``: the backend picks the task from the image (OCT B-scan or fundus photo).
-AUTO_MODEL = "auto"
-# 422 codes of the backend's image gate: a problem with the picture, not with the service.
-GATE_ERRORS: tuple[str, ...] = ("not_retinal_image", "wrong_modality", "ungradable_image")
 # The status probe must stay snappy even when predictions may take long: it runs on every rerun.
 READY_READ_TIMEOUT_S = 5.0
 
@@ -97,393 +99,6 @@ class ClientSettings:
             api_key=env.get("RETINA_API_KEY", "").strip() or None,
             timeout_s=_positive_float(env, "RETINA_TIMEOUT_S", cls.timeout_s),
             connect_timeout_s=_positive_float(env, "RETINA_CONNECT_TIMEOUT_S", cls.connect_timeout_s),
-        )
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class BackendError(Exception):
-    """The backend refused a request or sent something unusable.
-
-    Attributes:
-        code: the backend's ``error`` code (``unknown_model``, ``invalid_image``...) or a client-side
-            one (``unreachable``, ``timeout``, ``bad_response``).
-        detail: plain-language reason, shown to the user as is.
-        status: HTTP status, ``None`` when no HTTP answer arrived.
-    """
-
-    def __init__(self, code: str, detail: str, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
-
-    @property
-    def message(self) -> str:
-        """What the UI shows."""
-        return self.detail
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep the exception picklable (Streamlit may copy objects across threads).
-        return (type(self), (self.code, self.detail, self.status))
-
-
-class BackendUnreachable(BackendError):
-    """No HTTP answer: connection refused, unknown host, connect timeout, dropped connection."""
-
-    def __init__(self, code: str = "unreachable", detail: str = "cannot connect", status: int | None = None) -> None:
-        super().__init__(code, detail, status)
-
-    @property
-    def message(self) -> str:
-        return f"Backend unreachable: {self.detail}"
-
-
-class BackendTimeout(BackendUnreachable):
-    """Connected, but the answer did not come within the read timeout."""
-
-    def __init__(self, code: str = "timeout", detail: str = "no answer in time", status: int | None = None) -> None:
-        super().__init__(code, detail, status)
-
-    @property
-    def message(self) -> str:
-        return f"Backend too slow: {self.detail}"
-
-
-# ----------------------------------------------------------------------------- response types
-
-
-@dataclass(frozen=True)
-class ReadyStatus:
-    """Outcome of ``GET /ready``; :attr:`text` is the sidebar line (other tests key on its wording)."""
-
-    state: Literal["ready", "not_ready", "unreachable"]
-    detail: str = ""
-    # The backend's per-file upload limit in MB (10^6 B), from its /ready body; None when it did not say.
-    max_upload_mb: float | None = None
-
-    @property
-    def text(self) -> str:
-        if self.state == "ready":
-            return "Backend ready"
-        if self.state == "not_ready":
-            return f"Backend not ready: {self.detail}"
-        return f"Backend unreachable: {self.detail}"
-
-    @property
-    def reachable(self) -> bool:
-        return self.state != "unreachable"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One entry of ``GET /models``.
-
-    Attributes:
-        classes: output class names in logit order.
-        input_size: side of the square model input in pixels.
-        channels: 1 (grayscale) or 3 (RGB).
-        metrics: the training run's own record as the checkpoint stores it (nested dict, may be empty);
-            shown only when the backend sends no ``figures`` (an older backend).
-        figures: the shipped file's headline figures, one entry per evaluation set in the model card's
-            order: ``{name, kind, title, heading, n, n_patients, figures: [{key, label, value, ci95, text}]}``
-            (``text`` is how the card and the PDF print the figure: ``0.921 [0.900, 0.940]``).
-        card: model card, markdown text or a dict of fields, or ``None``.
-        temperature: softmax calibration temperature (``None``: not reported).
-        calibration: how the temperature was fitted (``method``, ``fitted_on``) and the expected
-            calibration error before and after it (``ece_before``, ``ece_after``, in [0, 1]); may be empty.
-        operating_points: the referral operating points stored in the checkpoint, by name (``refer``,
-            ``urgent``, ``routine``): ``{threshold, score, positive, target_sensitivity, fitted_on, fit,
-            checks}``, where ``fit`` and each ``checks[name]`` hold ``sensitivity``, ``specificity``, their
-            ``*_ci95`` intervals, ``n`` and ``n_positive``; empty when none was fitted.
-        served_thresholds: the referral thresholds the backend applies, by point name (a
-            ``RETINA_REFERRAL_*`` setting overrides the checkpoint's operating point); empty: no policy.
-        informative: ``False`` when the model's validated balanced accuracy interval includes chance;
-            its answers then carry the referral level ``not_informative``, never a referral.
-        loaded: ``False`` for a registered model the backend failed to load (``error`` says why).
-    """
-
-    id: str
-    task: str
-    arch: str = ""
-    classes: tuple[str, ...] = ()
-    input_size: int | None = None
-    channels: int | None = None
-    version: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    figures: tuple[dict[str, Any], ...] = ()
-    default: bool = False
-    description: str = ""
-    card: Any = None
-    loaded: bool = True
-    error: str | None = None
-    temperature: float | None = None
-    calibration: dict[str, Any] = field(default_factory=dict)
-    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
-    served_thresholds: dict[str, float] = field(default_factory=dict)
-    informative: bool = True
-    # Site profiles fitted for this model (fundus): ``{name, loaded, default, error, profile}`` each.
-    sites: tuple[dict[str, Any], ...] = ()
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ModelInfo:
-        return cls(
-            id=str(d["id"]),
-            task=str(d["task"]),
-            arch=str(d.get("arch") or ""),
-            classes=tuple(str(c) for c in d.get("classes") or ()),
-            input_size=d.get("input_size"),
-            channels=d.get("channels"),
-            version=str(d.get("version") or ""),
-            metrics=dict(d.get("metrics") or {}),
-            figures=tuple(dict(e) for e in d.get("figures") or () if isinstance(e, Mapping)),
-            default=bool(d.get("default", False)),
-            description=str(d.get("description") or ""),
-            card=d.get("card"),
-            loaded=bool(d.get("loaded", True)),
-            error=None if d.get("error") is None else str(d["error"]),
-            temperature=_opt_float(d.get("temperature")),
-            calibration=dict(d.get("calibration") or {}),
-            operating_points={
-                str(k): dict(v) for k, v in (d.get("operating_points") or {}).items() if isinstance(v, Mapping)
-            },
-            served_thresholds={
-                str(k): float(v) for k, v in (d.get("served_thresholds") or {}).items() if v is not None
-            },
-            informative=bool(d.get("informative", True)),
-            sites=tuple(dict(s) for s in d.get("sites") or () if isinstance(s, Mapping) and "name" in s),
-        )
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-@dataclass(frozen=True)
-class Referral:
-    """What to do with the result (backend ``Referral``), decided from the calibrated probabilities.
-
-    Attributes:
-        level: ``urgent``, ``routine``, ``observation`` (OCT); ``urgent``, ``refer``,
-            ``rescreen_12_months`` (fundus); ``ungradable`` (no assessment); ``not_informative`` (the
-            model's validated accuracy is not distinguishable from chance: no advice). Unknown levels are kept.
-        advice: one sentence for the reader.
-        reason: the rule that fired, e.g. ``P(grade >= 2) = 0.71 >= 0.50`` (the gate's reasons when ungradable).
-        probability: the probability compared with ``threshold``, both in [0, 1]; ``None`` when ungradable
-            or not informative.
-        note: the research-use disclaimer that must be shown beside the advice.
-    """
-
-    level: str
-    advice: str = ""
-    reason: str = ""
-    probability: float | None = None
-    threshold: float | None = None
-    note: str = ""
-    profile: str = "default"  # the site profile whose operating points decided it, or "default"
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Referral:
-        return cls(
-            level=str(d["level"]),
-            advice=str(d.get("advice") or ""),
-            reason=str(d.get("reason") or ""),
-            probability=_opt_float(d.get("probability")),
-            threshold=_opt_float(d.get("threshold")),
-            note=str(d.get("note") or ""),
-            profile=str(d.get("profile") or "default"),
-        )
-
-
-@dataclass(frozen=True)
-class GateInfo:
-    """What the backend's image gate found (backend ``GateInfo``).
-
-    Attributes:
-        modality: ``oct``, ``fundus`` or ``other``.
-        gradable: ``False`` when the image is too dark, blurred, over-exposed or incomplete to grade.
-        reasons: why it is not gradable (empty when gradable).
-        probabilities: the gate's probability of each kind (``oct``, ``fundus``, ``other``).
-        quality: quality measures of the detected modality.
-        quality_grade: the learned quality grade of a fundus photo (``Good``, ``Usable``, ``Reject``), else None.
-    """
-
-    modality: str
-    gradable: bool = True
-    reasons: tuple[str, ...] = ()
-    probabilities: dict[str, float] = field(default_factory=dict)
-    quality: dict[str, float] = field(default_factory=dict)
-    quality_grade: str | None = None
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> GateInfo:
-        return cls(
-            modality=str(d.get("modality") or "other"),
-            gradable=bool(d.get("gradable", True)),
-            reasons=tuple(str(r) for r in d.get("reasons") or ()),
-            probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
-            quality={str(k): float(v) for k, v in (d.get("quality") or {}).items()},
-            quality_grade=str(d["quality_grade"]) if d.get("quality_grade") else None,
-        )
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """``POST /predict`` result.
-
-    ``probabilities`` are in [0, 1], sum to 1 and are keyed by class name. When ``gradable`` is
-    ``False`` the backend gives no diagnosis: ``label``, ``confidence`` and ``probabilities`` are
-    ``None`` and :attr:`reasons` says why. ``model`` and ``task`` name the model that answered
-    (also for ``?model=auto``).
-    """
-
-    model: str
-    model_version: str
-    task: str
-    label: str | None
-    confidence: float | None
-    probabilities: dict[str, float] | None
-    inference_ms: float | None = None
-    derived: dict[str, float] | None = None
-    gradable: bool = True
-    referral: Referral | None = None
-    gate: GateInfo | None = None
-
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        """Why the image is not gradable: the gate's reasons (empty when gradable or unknown)."""
-        return self.gate.reasons if self.gate else ()
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Prediction:
-        derived = d.get("derived")
-        gradable = bool(d.get("gradable", True))
-        probs = d.get("probabilities")
-        if gradable and (d.get("label") is None or d.get("confidence") is None or probs is None):
-            # A graded answer without a diagnosis is a broken contract, not an ungradable image.
-            raise ValueError("a gradable prediction without label, confidence or probabilities")
-        referral, gate = d.get("referral"), d.get("gate")
-        return cls(
-            model=str(d["model"]),
-            model_version=str(d.get("model_version") or ""),
-            task=str(d.get("task") or ""),
-            label=None if d.get("label") is None else str(d["label"]),
-            confidence=_opt_float(d.get("confidence")),
-            probabilities=None if probs is None else {str(k): float(v) for k, v in probs.items()},
-            inference_ms=_opt_float(d.get("inference_ms")),
-            derived=None if not derived else {str(k): float(v) for k, v in derived.items()},
-            gradable=gradable,
-            referral=None if not referral else Referral.from_json(referral),
-            gate=None if not gate else GateInfo.from_json(gate),
-        )
-
-
-@dataclass(frozen=True)
-class VolumeFrame:
-    """One B-scan of a ``/predict/volume`` answer: ``graded`` (own label and probabilities) or skipped."""
-
-    index: int
-    status: str
-    label: str | None
-    probabilities: dict[str, float] | None
-    reasons: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class VolumeResult:
-    """``POST /predict/volume`` result: the volume's answer as a :class:`Prediction`, then every B-scan.
-
-    ``deciding_frames``: 0-based indices of the B-scans that drove the volume label, highest first.
-    """
-
-    prediction: Prediction
-    rule: str
-    rule_text: str
-    n_frames: int
-    n_graded: int
-    n_ungradable: int
-    n_not_oct: int
-    needed_graded: int
-    deciding_frames: tuple[int, ...]
-    frames: tuple[VolumeFrame, ...]
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> VolumeResult:
-        frames = tuple(
-            VolumeFrame(
-                index=int(f["index"]),
-                status=str(f["status"]),
-                label=None if f.get("label") is None else str(f["label"]),
-                probabilities=None
-                if f.get("probabilities") is None
-                else {str(k): float(v) for k, v in f["probabilities"].items()},
-                reasons=tuple(str(r) for r in f.get("reasons") or ()),
-            )
-            for f in d["frames"]
-        )
-        if [f.index for f in frames] != list(range(int(d["n_frames"]))):
-            raise ValueError("the volume's frames are not 0..n_frames-1 in order")
-        return cls(
-            prediction=Prediction.from_json(d),
-            rule=str(d.get("rule") or ""),
-            rule_text=str(d.get("rule_text") or ""),
-            n_frames=int(d["n_frames"]),
-            n_graded=int(d["n_graded"]),
-            n_ungradable=int(d.get("n_ungradable") or 0),
-            n_not_oct=int(d.get("n_not_oct") or 0),
-            needed_graded=int(d.get("needed_graded") or 0),
-            deciding_frames=tuple(int(i) for i in d.get("deciding_frames") or ()),
-            frames=frames,
-        )
-
-
-def is_volume_refusal(err: BackendError) -> bool:
-    """True when a single-image endpoint refused a multi-frame file (an OCT volume): send it to /predict/volume.
-
-    The backend's contract: 422 ``invalid_image`` whose detail names ``/predict/volume``.
-    """
-    return err.code == "invalid_image" and "/predict/volume" in err.detail
-
-
-@dataclass(frozen=True)
-class CamResult:
-    """``POST /gradcam?format=json`` result with decoded PNG bytes.
-
-    ``overlay_png`` is the heatmap blended over the image as the model saw it (or upsampled to
-    the upload's size with ``size=original``); ``heatmap_png`` is the colour-mapped heatmap alone.
-    """
-
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    target: str
-    method: str
-    overlay_png: bytes
-    heatmap_png: bytes | None = None
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> CamResult:
-        def png(key: str) -> bytes | None:
-            raw = d.get(key)
-            if not raw:
-                return None
-            try:
-                return base64.b64decode(raw, validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                raise BackendError("bad_response", f"the backend sent an invalid {key}") from None
-
-        overlay = png("overlay_png")
-        if overlay is None:
-            raise BackendError("bad_response", "the backend sent no overlay image")
-        return cls(
-            label=str(d["label"]),
-            confidence=float(d["confidence"]),
-            probabilities={str(k): float(v) for k, v in (d.get("probabilities") or {}).items()},
-            target=str(d.get("target") or d["label"]),
-            method=str(d.get("method") or ""),
-            overlay_png=overlay,
-            heatmap_png=png("heatmap_png"),
         )
 
 
@@ -629,18 +244,17 @@ class BackendClient:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BackendError("bad_response", f"unexpected prediction from the backend: {e}") from None
 
-    def predict_exam(
-        self, uploads: Sequence[tuple[str, bytes]], laterality: Sequence[str], model: str
-    ) -> dict[str, Any]:
+    def predict_exam(self, uploads: Sequence[tuple[str, bytes]], laterality: Sequence[str], model: str) -> ExamAnswer:
         """``POST /predict/exam``: several images of one patient, ``laterality`` one per file (``right``/``left``,
-        or ``""`` to let the backend read the DICOM header or the file name). The answer as the backend sent it
-        (``patient``, ``eyes``, ``images``): the exam page prints it, it computes nothing."""
+        or ``""`` to let the backend read the DICOM header or the file name). The exam page prints the answer;
+        it computes nothing."""
         files = [("files", (name, data, _content_type(name))) for name, data in uploads]
         resp = self._request("POST", "/predict/exam", params={"model": model}, files=files, data=_form(laterality))
         body = self._json(resp)
-        if not isinstance(body, dict) or not {"patient", "eyes", "images"} <= set(body):
-            raise BackendError("bad_response", "unexpected exam answer from the backend")
-        return body
+        try:
+            return ExamAnswer.from_json(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BackendError("bad_response", f"unexpected exam answer from the backend: {e}") from None
 
     def report_exam(self, uploads: Sequence[tuple[str, bytes]], laterality: Sequence[str], model: str) -> bytes:
         """``POST /report/exam``: the exam's PDF report (``bad_response`` when the answer is not a PDF)."""

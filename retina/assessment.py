@@ -1,12 +1,14 @@
-"""One image's assessment: the gate's verdict, then calibrated probabilities -> referral -> label.
+"""One image's assessment: gate -> which model answers -> calibrated probabilities -> referral -> label.
 
-The domain step of the service, without HTTP, threads or audit. The API's pipeline
-(``backend/app/services/pipeline.py``) splits it across its pools and micro-batcher; the batch
-scorer (``retina/batch.py``) runs it in a loop per worker; :func:`assess_image` is the one-call
-form for scripts. All go through :func:`refusal`, :func:`forward_probabilities` and :func:`grade`
-(or :func:`ungradable`), so the probabilities, the label, the referral and the derived figures
-are computed in one place and every reader (the JSON answer, the PDF, the audit row, a batch
-row) reads the same frozen result:
+The domain step, without HTTP, threads or audit, in one call: :func:`assess_image` (a decoded
+image, the served models, the gate -> the model that answered and a :class:`Refusal` or an
+:class:`Assessment`). The batch scorer (``scoring/batch.py``) calls it once per file. The API's
+pipeline (``backend/app/services/pipeline.py``) runs the same parts split across its pools and
+micro-batcher: :func:`route` in the decode thread, :func:`forward_probabilities` in the
+micro-batcher, :func:`grade` or :func:`ungradable` after. So the choice of model (``auto``: the
+one that reads the gate's modality), the refusals, the probabilities, the label, the referral
+and the derived figures are each decided in one place, and every reader (the JSON answer, the
+PDF, the audit row, a batch row) reads the same frozen result:
 
 * :class:`Refusal`: the gate saw no retinal image, or the other modality than the model reads;
 * :class:`Assessment` with ``gradable`` False: the right kind of image, unusable (no diagnosis);
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -26,8 +28,8 @@ from torch import nn
 
 from retina.checkpoint import CheckpointMeta
 from retina.gate import GateResult, ImageGate
+from retina.intake import prepare_image
 from retina.labels import DR_GRADES, derived_dr_probabilities
-from retina.preprocessing import pil_to_uint8_tensor, prepare, tail
 from retina.referral import Thresholds, consistent_label, referral_for, ungradable_referral
 from retina.site_profile import DEFAULT_PROFILE
 
@@ -209,27 +211,99 @@ def forward_probabilities(
     return torch.softmax(logits.double() / temperature, dim=1).cpu().numpy()
 
 
+# ----------------------------------------------------------------------------- routing
+
+
+class ScoringModel(Protocol):
+    """What the domain step reads of a loaded model (``retina.loading.LoadedModel``, the service's ``ServedModel``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def meta(self) -> CheckpointMeta: ...
+
+
+M = TypeVar("M", bound=ScoringModel)
+M_co = TypeVar("M_co", bound=ScoringModel, covariant=True)
+
+
+class ModelChoice(Protocol[M_co]):
+    """The models a process serves, as routing needs them (the service's model store, a batch scorer)."""
+
+    def for_modality(self, modality: str) -> M_co:
+        """The model that reads ``modality`` (``oct`` or ``fundus``) when the request said ``auto``."""
+        ...
+
+    def default_id(self, modality: str) -> str | None:
+        """The id of the default model for ``modality`` (named in ``wrong_modality``'s advice), None if none."""
+        ...
+
+
+@dataclass(frozen=True)
+class Route(Generic[M]):
+    """Which model answers an image, or why none does.
+
+    Attributes:
+        model: the requested model, or for ``auto`` the one that reads the gate's modality; None only
+            for ``auto`` and an image the gate found not retinal.
+        refusal: None to go on (the image may still be ungradable); else ``not_retinal_image`` or
+            ``wrong_modality``, with the gate's verdict.
+    """
+
+    model: M | None
+    refusal: Refusal | None
+
+
+def route(verdict: GateResult | None, requested: M | None, models: ModelChoice[M]) -> Route[M]:
+    """The one place where a model is chosen for an image the gate judged ``verdict``.
+
+    ``requested``: the model the caller asked for, or None for ``auto`` (then ``verdict`` is required:
+    callers refuse ``auto`` without a gate before any image is read). Pure look-ups: the service
+    calls it in its decode thread, between the gate and the preparation for the chosen model.
+    """
+    if requested is None:
+        if verdict is None:
+            raise ValueError("model=auto needs the image gate's verdict")
+        if verdict.modality == "other":
+            return Route(None, not_retinal(verdict))
+        requested = models.for_modality(verdict.modality)
+    right = models.default_id(verdict.modality) if verdict is not None else None
+    return Route(requested, refusal(verdict, requested.id, requested.task, right))
+
+
+# A prepared ``uint8 (C, S, S)`` input of model ``M`` -> its calibrated probabilities ``float64 (K,)``.
+Probabilities = Callable[[M, torch.Tensor], np.ndarray]
+
+
 @torch.inference_mode()
 def assess_image(
     img: Image.Image,
-    model: nn.Module,
-    meta: CheckpointMeta,
+    requested: M | None,
+    models: ModelChoice[M],
     gate: ImageGate | None,
+    probabilities: Probabilities[M],
     thresholds: Thresholds,
-    model_id: str = "model",
-) -> Assessment | Refusal:
-    """The whole domain step for one decoded image, in the caller's thread (a script's loop).
+) -> tuple[M | None, Assessment | Refusal]:
+    """The whole domain step for one decoded image, in the caller's thread.
 
-    ``model`` in eval mode; the input is ``prepare`` + ``tail`` of ``meta.preprocess`` (together
-    ``eval_transform``), the same the service applies.
+    ``img``: the decoded, EXIF-upright ``L``/``RGB`` image (``retina.intake.decode_and_check`` with no
+    gate). The gate judges it, :func:`route` picks the model (``requested`` None: ``auto``), the image
+    is prepared with that model's own spec (``retina.intake.prepare_image``, as the service) and
+    ``probabilities`` scores it (e.g. :func:`forward_probabilities` on a batch of one). Returns the
+    model that answered (None: ``auto`` and not retinal) and the refusal or assessment; ``inference_ms``
+    is 0 (a caller that times its forwards records that itself).
     """
     verdict = gate.assess(img) if gate is not None else None
-    refused = refusal(verdict, model_id, meta.task)
-    if refused is not None:
-        return refused
+    chosen = route(verdict, requested, models)
+    served = chosen.model
+    if chosen.refusal is not None:
+        return served, chosen.refusal
+    assert served is not None  # route: only a refusal comes without a model
     if verdict is not None and not verdict.gradable:
-        return ungradable(model_id, meta, verdict)
-    device = next(model.parameters()).device
-    u8 = pil_to_uint8_tensor(prepare(img, meta.preprocess)).unsqueeze(0).to(device)
-    probs = forward_probabilities(model, tail(meta.preprocess), u8, meta.temperature)[0]
-    return grade(model_id, meta, probs, 0.0, thresholds, verdict)
+        return served, ungradable(served.id, served.meta, verdict)
+    probs = probabilities(served, prepare_image(img, served.meta.preprocess))
+    return served, grade(served.id, served.meta, probs, 0.0, thresholds, verdict)

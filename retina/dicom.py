@@ -13,17 +13,7 @@ Secondary Capture. Any SOP class with an Image Pixel module is accepted here:
   Transformation), and each frame is windowed with its own values, exactly as a single
   frame is. Multi-frame Secondary Capture carries them at the top level, for every frame.
 
-Pixel pipeline (DICOM PS3.3 C.7.6.3, C.11; all maths is pydicom's ``pydicom.pixels``):
-
-* ``MONOCHROME1/2``: stored values -> modality LUT (``RescaleSlope/Intercept`` or a
-  Modality LUT Sequence) -> VOI (VOI LUT Sequence, else ``WindowCenter/Width``) scaled from
-  the VOI output range to 0-255. Without a VOI, 8-bit (or narrower) unsigned data with no
-  modality transform keeps its values (as an 8-bit PNG would), anything else is min-max
-  scaled like 16-bit PNG/TIFF in :func:`retina.preprocessing.to_standard_mode`.
-  ``MONOCHROME1`` (0 = white) is inverted at the end.
-* ``RGB``, ``YBR_FULL``, ``YBR_FULL_422``: pydicom's decoder already returns RGB for YBR
-  (``raw=False``), including YCbCr JPEG frames, so colours are converted exactly once.
-* ``PALETTE COLOR``: the palette LUT gives RGB.
+Pixel values -> 8 bit (modality LUT, VOI, palette, colour) is ``retina.dicom_pixels``.
 
 Accepted transfer syntaxes: native (implicit/explicit VR little endian, explicit big endian),
 JPEG Baseline (decoded by Pillow, the same libjpeg as JPEG uploads) and RLE Lossless.
@@ -51,12 +41,13 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from retina.dicom_guard import DEFAULT_BUDGET, HeaderBudget, check_budget
+from retina.dicom_pixels import COLOUR, MONO, PALETTE, int_element, to_8bit
 from retina.errors import ImageDecodeError
 
 if TYPE_CHECKING:
@@ -80,14 +71,11 @@ _RLE = "1.2.840.10008.1.2.5"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _SUPPORTED_SYNTAXES = ("native (uncompressed)", "JPEG Baseline", "RLE Lossless")
 
-_MONO = ("MONOCHROME1", "MONOCHROME2")
-_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
-_PALETTE = "PALETTE COLOR"
 # Every defined value, so an unsupported one can be named without echoing arbitrary text.
 _KNOWN_PHOTOMETRIC = (
-    *_MONO,
-    *_COLOUR,
-    _PALETTE,
+    *MONO,
+    *COLOUR,
+    PALETTE,
     "YBR_PARTIAL_422",
     "YBR_PARTIAL_420",
     "YBR_ICT",
@@ -151,6 +139,17 @@ def is_dicom(data: bytes) -> bool:
     """
     head = data[PREAMBLE_LEN : PREAMBLE_LEN + 6]
     return (head[:4] == MAGIC and head[4:6] == _META_GROUP) or data.startswith(_NO_PREAMBLE_STARTS)
+
+
+def number_of_frames(data: bytes) -> int:
+    """``NumberOfFrames`` of a DICOM file (1 when absent or unreadable); only that element is parsed."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return int(ds.get("NumberOfFrames") or 1)
+    except Exception:  # an unreadable header is the decoder's to refuse, with its own code
+        return 1
 
 
 # ----------------------------------------------------------------------------- silence
@@ -242,7 +241,7 @@ class DicomFrames:
             raise ImageDecodeError(f"frame {index} does not exist: the file has frames 0-{self.n_frames - 1}")
         with _silenced():
             arr, photometric = _decode_frame(self._ds, self.rows, self.cols, self._photometric, index, self.n_frames)
-            out = _to_8bit(arr, _frame_view(self._ds, index), photometric)
+            out = to_8bit(arr, _frame_view(self._ds, index), photometric)
         return Image.fromarray(np.ascontiguousarray(out), mode="L" if out.ndim == 2 else "RGB")
 
     def __len__(self) -> int:
@@ -317,29 +316,14 @@ def _read_dataset(data: bytes) -> Dataset:
         raise ImageDecodeError("DICOM file is corrupt or truncated") from None
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
-    """An integer element, or ``default``; a missing/garbled value is a generic error."""
-    try:
-        value = ds.get(keyword, None)
-        if value is None or value == "":
-            if default is None:
-                raise ImageDecodeError(f"DICOM image lacks {keyword}")
-            return default
-        return int(value)
-    except ImageDecodeError:
-        raise
-    except Exception:
-        raise ImageDecodeError(f"DICOM element {keyword} has an invalid value") from None
-
-
 def _check_header(ds: Dataset, max_pixels: int, max_frames: int | None = None) -> tuple[int, int, int, str]:
     """Validate the Image Pixel module before touching pixel data; returns rows, columns, frames, PI."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise ImageDecodeError("DICOM float pixel data is not supported", code="unsupported_image")
         raise ImageDecodeError("DICOM file has no pixel data (or is truncated before it)")
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    frames = _int(ds, "NumberOfFrames", 1)
+    rows, cols = int_element(ds, "Rows"), int_element(ds, "Columns")
+    frames = int_element(ds, "NumberOfFrames", 1)
     if rows <= 0 or cols <= 0 or frames <= 0:
         raise ImageDecodeError(f"DICOM image has an empty size ({cols}x{rows}, {frames} frames)")
     # The frame count first: a 10,000-frame file is "too many B-scans", whatever their size.
@@ -357,17 +341,17 @@ def _check_header(ds: Dataset, max_pixels: int, max_frames: int | None = None) -
         photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     except Exception:
         photometric = ""
-    samples = _int(ds, "SamplesPerPixel", 1)
-    allocated = _int(ds, "BitsAllocated")
-    stored = _int(ds, "BitsStored", allocated)
-    if photometric not in (*_MONO, *_COLOUR, _PALETTE):
+    samples = int_element(ds, "SamplesPerPixel", 1)
+    allocated = int_element(ds, "BitsAllocated")
+    stored = int_element(ds, "BitsStored", allocated)
+    if photometric not in (*MONO, *COLOUR, PALETTE):
         shown = photometric if photometric in _KNOWN_PHOTOMETRIC else "an unknown value"
         raise ImageDecodeError(
             f"DICOM photometric interpretation {shown} is not supported "
             "(MONOCHROME1/2, RGB, YBR_FULL, YBR_FULL_422, PALETTE COLOR are)",
             code="unsupported_image",
         )
-    if samples != (3 if photometric in _COLOUR else 1):
+    if samples != (3 if photometric in COLOUR else 1):
         raise ImageDecodeError(f"DICOM {photometric} image with {samples} samples per pixel is inconsistent")
     if allocated not in (1, 8, 16, 32) or not 0 < stored <= allocated:
         raise ImageDecodeError(
@@ -438,7 +422,7 @@ def _decode_frame(
         logger.debug("DICOM pixel data undecodable (%s)", type(e).__name__)
         raise ImageDecodeError("DICOM pixel data is corrupt or truncated") from None
     out_pi = str(meta.get("photometric_interpretation", photometric))
-    expected = (rows, cols) if photometric in _MONO or photometric == _PALETTE else (rows, cols, 3)
+    expected = (rows, cols) if photometric in MONO or photometric == PALETTE else (rows, cols, 3)
     if arr.shape != expected:
         raise ImageDecodeError("DICOM pixel data does not match its header")
     return arr, out_pi
@@ -502,101 +486,3 @@ def _rle_decoded_length(segment: bytes, limit: int) -> int:
         else:  # 128 is a no-op
             pos += 1
     return n
-
-
-# ----------------------------------------------------------------------------- to 8 bit
-
-
-def _to_8bit(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
-    """Decoded frame -> ``uint8`` ``(H, W)`` or ``(H, W, 3)`` display values."""
-    from pydicom.pixels import apply_color_lut, convert_color_space
-
-    if photometric in _COLOUR:
-        if photometric != "RGB":  # only if a decoder ever left YBR unconverted
-            arr = convert_color_space(arr, photometric, "RGB")
-        return _stored_range_to_8bit(arr, _int(ds, "BitsStored", 8))
-    if photometric == _PALETTE:
-        try:
-            rgb = apply_color_lut(arr, ds)[..., :3]
-        except Exception as e:
-            logger.debug("DICOM palette unusable (%s)", type(e).__name__)
-            raise ImageDecodeError("DICOM palette colour lookup table is missing or corrupt") from None
-        return rgb if rgb.dtype == np.uint8 else np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
-    grey = _monochrome_to_8bit(arr, ds)
-    return 255 - grey if photometric == "MONOCHROME1" else grey
-
-
-def _stored_range_to_8bit(arr: np.ndarray, bits_stored: int) -> np.ndarray:
-    """Unsigned stored values ``[0, 2**bits_stored - 1]`` -> ``uint8`` (identity for 8 bit)."""
-    if bits_stored == 8 and arr.dtype == np.uint8:
-        return arr
-    top = float(2**bits_stored - 1)
-    return np.round(np.clip(arr.astype(np.float64), 0, top) * (255.0 / top)).astype(np.uint8)
-
-
-def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linear map ``[lo, hi] -> [0, 255]`` with clipping; constant images become 0."""
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
-    return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
-
-
-def _monochrome_to_8bit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Stored grey values -> modality LUT -> VOI -> ``uint8``; min-max when no VOI applies."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
-
-    has_modality = bool(ds.get("ModalityLUTSequence")) or not (
-        _float(ds, "RescaleSlope", 1.0) == 1.0 and _float(ds, "RescaleIntercept", 0.0) == 0.0
-    )
-    try:
-        values = apply_modality_lut(arr, ds) if has_modality else arr
-    except Exception as e:
-        logger.debug("DICOM modality LUT unusable (%s)", type(e).__name__)
-        raise ImageDecodeError("DICOM modality LUT (rescale) is invalid") from None
-
-    voi = _voi_kind(ds)
-    if voi is not None:
-        try:
-            shown = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-            if voi == "lut":
-                # apply_voi returns LUT entries of the descriptor's nominal bit depth.
-                depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-                lo, hi = 0.0, float(max(2**depth - 1, int(np.max(shown))))
-            else:
-                # Ask pydicom for its own output range [y_min, y_max] (it depends on the bit
-                # depth, signedness and rescale): -inf/+inf land on the window's two ends.
-                ends = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
-                lo, hi = sorted((float(ends[0]), float(ends[1])))
-            return _scale(shown, lo, hi)
-        except Exception as e:
-            # Invalid window (width < 1, unknown VOI function, bad LUT): fall through to
-            # min-max rather than refuse an image whose pixels are fine.
-            logger.debug("DICOM VOI unusable, min-max scaling instead (%s)", type(e).__name__)
-
-    bits = _int(ds, "BitsStored", 8)
-    if not has_modality and bits <= 8 and _int(ds, "PixelRepresentation", 0) == 0:
-        return _stored_range_to_8bit(values, bits)
-    values = values.astype(np.float64)
-    return _scale(values, float(values.min()), float(values.max()))
-
-
-def _float(ds: Dataset, keyword: str, default: float) -> float:
-    try:
-        value: Any = ds.get(keyword, None)
-        return default if value is None or value == "" else float(value)
-    except Exception:
-        raise ImageDecodeError(f"DICOM element {keyword} has an invalid value") from None
-
-
-def _voi_kind(ds: Dataset) -> str | None:
-    """Which VOI transform ``apply_voi_lut(prefer_lut=True)`` will apply: lut, window or None."""
-    try:
-        seq = ds.get("VOILUTSequence")
-        if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
-            return "lut"
-        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-            return "window"
-    except Exception:
-        logger.debug("DICOM VOI elements unreadable; min-max scaling instead")
-    return None

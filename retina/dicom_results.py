@@ -6,8 +6,8 @@ What a PACS expects back from an AI service (IHE AI Results; MONAI Deploy writes
   Report. One measurement group per finding (an image, an eye, the patient), each with the
   model as Algorithm Identification, the label and the referral level as coded qualitative
   evaluations, every class probability as a measurement (UCUM ``1``), the eye as finding-site
-  laterality, and the source image (when it was DICOM). The advice and the research-use
-  disclaimer are text items of the root container (TID 1500 has no slot for them; the SR
+  laterality, and the source image (when it was DICOM). The advice and the disclaimer
+  (``retina.referral.DISCLAIMER``) are text items of the root container (TID 1500 has no slot for them; the SR
   stays readable by any SR viewer). ``VerificationFlag`` is ``UNVERIFIED``: no clinician signed it.
   The model's name and version are also in the Contributing Equipment Sequence.
 * :func:`encapsulated_pdf`: SOP class Encapsulated PDF Storage (1.2.840.10008.5.1.4.1.1.104.1).
@@ -39,13 +39,18 @@ from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
+from retina.referral import DISCLAIMER, DISCLAIMER_SHORT
+
 # highdicom logs the source datasets' SOP Instance UIDs at INFO while it copies the Patient and
 # Study modules: identifiers of the input, which this service never logs. Its warnings still pass.
 logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 MANUFACTURER = "RetinaScope"
-DISCLAIMER_TEXT = "Research use only, not for diagnostic use. Unverified AI result: a clinician must confirm it."
+# Titles and descriptions are LO (64 characters): they carry the disclaimer's short form.
+REPORT_TITLE = f"RetinaScope AI report ({DISCLAIMER_SHORT.lower()})"
+EXAM_REPORT_TITLE = f"RetinaScope exam report ({DISCLAIMER_SHORT.lower()})"
+SERIES_DESCRIPTION = f"RetinaScope AI result ({DISCLAIMER_SHORT.lower()})"
 SCHEME = "99RETINA"  # private coding scheme of this service's labels and levels (no standard codes exist)
 # The elements of the Patient and Study modules copied from a DICOM input into every result object.
 PATIENT_STUDY: tuple[str, ...] = (
@@ -220,7 +225,7 @@ def _equipment(models: Sequence[ModelId]) -> list[object]:
             _PROCESSING,
             manufacturer_model_name=m.name,
             software_versions=m.version,
-            contribution_description=f"AI model {m.name} version {m.version} ({DISCLAIMER_TEXT})",
+            contribution_description=f"AI model {m.name} version {m.version} ({DISCLAIMER_SHORT.lower()})",
         )
         for m in models
     ]
@@ -264,7 +269,7 @@ def structured_report(
     )
     root = report[0]
     comment = hd.sr.CodedConcept("121106", "DCM", "Comment")
-    for text in (summary, DISCLAIMER_TEXT):
+    for text in (summary, DISCLAIMER):
         root.ContentSequence.append(hd.sr.TextContentItem(comment, text[:1024], relationship_type="CONTAINS"))
     ident = _identity(sources, fallback_key, models)
     evidence = list(sources) or [_stub_evidence(ident, fallback_key, models)]
@@ -280,7 +285,7 @@ def structured_report(
         is_final=False,
         is_verified=False,
         contributing_equipment=_equipment(models),
-        series_description="RetinaScope AI result (research use)",
+        series_description=SERIES_DESCRIPTION,
     )
     if not sources:  # the stub is no real instance: reference nothing
         for kw in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
@@ -305,7 +310,7 @@ def encapsulated_pdf(
     models: Sequence[ModelId],
     *,
     fallback_key: str,
-    title: str = "RetinaScope AI report (research use, not for diagnostic use)",
+    title: str = REPORT_TITLE,
     kind: str = "pdf",
 ) -> Dataset:
     """``pdf`` as an Encapsulated PDF instance in the sources' study (or a new one), UIDs as :func:`result_uid`."""
@@ -335,7 +340,7 @@ def encapsulated_pdf(
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")  # even length, as DICOM requires
     ds.EncapsulatedDocumentLength = len(pdf)
-    ds.SeriesDescription = "RetinaScope AI report (research use)"
+    ds.SeriesDescription = SERIES_DESCRIPTION
     ds.ContributingEquipmentSequence = [_equipment_item(m) for m in models]
     if sources:
         ds.SourceInstanceSequence = [_reference(s) for s in sources]

@@ -9,7 +9,7 @@ versions, so a changed checkpoint can never be served by a stale export.
 * ``onnxruntime``: fp32 ONNX on ONNX Runtime's CPU provider; a parity probe against torch at load.
 * ``onnxruntime-int8``: static int8 quantisation (QDQ, per-channel weights) of that ONNX file, with
   activation ranges read from a calibration file shipped beside the checkpoint
-  (``models/<id>.int8.json``, made by ``python -m training.quantize`` on training-split images and
+  (``models/<id>.int8.json``, made by ``python -m training.ship.quantize`` on training-split images and
   bound to the checkpoint by its SHA-256). This CPU has no bf16/AMX, so int8 is its reduced
   precision; the validation metrics re-measured through it are stored in that file.
 * ``openvino``: fp32 OpenVINO IR compiled for the CPU (parity probe as for ONNX Runtime).
@@ -277,7 +277,7 @@ def int8_validation(doc: dict[str, Any], engine: str) -> dict[str, Any]:
     """The val re-measurement of one int8 engine in a calibration file (``{}`` if it was not measured)."""
     validation = doc.get("validation", {})
     if "engines" not in validation and "within_tolerance" in validation:
-        raise EngineError("calibration file of an older format (one engine): re-run python -m training.quantize")
+        raise EngineError("calibration file of an older format (one engine): re-run python -m training.ship.quantize")
     return dict(validation.get("engines", {}).get(engine, {}))
 
 
@@ -295,7 +295,7 @@ def read_calibration(checkpoint_path: str | Path, sha: str) -> dict[str, Any]:
     if doc.get("checkpoint_sha256") != sha:
         raise EngineError(
             f"{path.name} was calibrated for checkpoint sha256 {str(doc.get('checkpoint_sha256'))[:12]}..., "
-            f"but {Path(checkpoint_path).name} is {sha[:12]}...: re-run python -m training.quantize"
+            f"but {Path(checkpoint_path).name} is {sha[:12]}...: re-run python -m training.ship.quantize"
         )
     return doc
 
@@ -413,13 +413,15 @@ def _build(
         got = probe_probabilities(engine, meta)
         want = np.asarray(checked.get("probe_probabilities", []), dtype=np.float64)
         if want.shape != got.shape:
-            raise EngineError(f"{name}: no probe probabilities recorded with its val figures: re-run training.quantize")
+            raise EngineError(
+                f"{name}: no probe probabilities recorded with its val figures: re-run python -m training.ship.quantize"
+            )
         diff = float(np.abs(got - want).max())
         if not np.isfinite(diff) or diff > INT8_PROBE_TOL:
             raise EngineError(
                 f"{name} computes other int8 numbers here than when its val figures were measured (probe max "
                 f"|dp| {diff:.1e} > {INT8_PROBE_TOL:.0e}; measured with {checked.get('software', '?')}, here "
-                f"{engine_versions()}): re-run python -m training.quantize on this machine"
+                f"{engine_versions()}): re-run python -m training.ship.quantize on this machine"
             )
         calib = f"calibrated on {doc.get('calibration_images', '?')} training images"
         return engine, f"int8 ({calib}; probe max |dp| {diff:.1e}; {checked.get('summary', '')})"

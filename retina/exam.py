@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from retina.assessment import Assessment
 from retina.laterality import EYES, Eye
-from retina.referral import RESEARCH_NOTE
+from retina.referral import ADVICE, referral_block
 
 ItemKind = Literal["image", "volume"]
 
@@ -49,10 +49,6 @@ RULE_TEXT = (
     "each eye: its most urgent gradable image decides (same level: the higher referral probability); "
     "an eye with no gradable image is ungradable; the patient: the most urgent eye "
     "(a referral outranks ungradable, ungradable outranks no referral)"
-)
-EYE_ADVICE = (
-    "No gradable image of this eye: retake the photos, or refer for an in-person eye examination. "
-    "This is not a negative result."
 )
 EXAM_HEADLINE: dict[str, str] = {
     "right": "Right eye (OD)",
@@ -175,15 +171,8 @@ def _key(item: ExamItem) -> tuple[int, float]:
 
 
 def ungradable_eye(reasons: Sequence[str]) -> dict[str, Any]:
-    """The referral block of an eye with no gradable image."""
-    return {
-        "level": "ungradable",
-        "advice": EYE_ADVICE,
-        "reason": "; ".join(reasons) or "no gradable image of this eye",
-        "probability": None,
-        "threshold": None,
-        "note": RESEARCH_NOTE,
-    }
+    """The referral block of an eye with no gradable image (advice: ``retina.referral.ADVICE["ungradable_eye"]``)."""
+    return referral_block("ungradable", ADVICE["ungradable_eye"], "; ".join(reasons) or "no gradable image of this eye")
 
 
 def assess_eye(eye: Eye, items: Sequence[ExamItem]) -> EyeResult:

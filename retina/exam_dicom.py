@@ -1,7 +1,7 @@
 """An exam's answer as DICOM results: the SR's findings (every image, each eye, the patient) and the PDF wrapper.
 
 Shared by the API (``/predict/exam?format=dicom-sr``, ``/report/exam?format=dicom``) and the PACS
-tool (``retina.pacs``), so both write the same objects with the same deterministic UIDs.
+tool (``scoring.pacs``), so both write the same objects with the same deterministic UIDs.
 ``sources``: the DICOM inputs' headers by exam index (``retina.dicom_results.source_header``); the
 results join the first DICOM input's study and reference its instances of that study.
 """
@@ -9,15 +9,14 @@ results join the first DICOM input's study and reference its instances of that s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from pydicom.dataset import Dataset
 
 from retina.assessment import Assessment
-from retina.dicom_results import Finding, ModelId, encapsulated_pdf, structured_report
+from retina.dicom_results import EXAM_REPORT_TITLE, Finding, ModelId, encapsulated_pdf, structured_report
 from retina.exam import EXAM_HEADLINE, ExamAssessment
+from retina.referral import NO_POLICY
 
-NO_POLICY: dict[str, Any] = {"level": "n/a", "advice": "no referral policy for this model"}
 EXAM_SR = "exam-sr"
 EXAM_PDF = "exam-pdf"
 
@@ -92,6 +91,6 @@ def exam_encapsulated_pdf(pdf: bytes, exam: ExamAssessment, sources: Mapping[int
         study_sources(sources),
         exam_models(exam),
         fallback_key=key,
-        title="RetinaScope exam report (research use, not for diagnostic use)",
+        title=EXAM_REPORT_TITLE,
         kind=EXAM_PDF,
     )

@@ -1,6 +1,6 @@
 """The headline figures of a shipped model: one definition read by the model card, /models, the UI and the PDF.
 
-``training.card`` writes each evaluation's headline numbers (from the ``metrics.json`` that
+``training.ship.card`` writes each evaluation's headline numbers (from the ``metrics.json`` that
 ``training.evaluate`` or ``training.cv`` measured on the shipped file) into the checkpoint's
 ``card["evaluations"]``, and renders the markdown card from the same ``metrics.json``. Everything
 that shows a model's figures reads them through :func:`model_figures`, and prints each one with
@@ -9,7 +9,7 @@ with the same rounding. The checkpoint's ``metrics`` block is the training run's
 (the float32 weights before int8 storage, the training split's pooled sets); it is used only
 when a checkpoint has no card (test and experimental checkpoints).
 
-Pure Python on plain dicts: no torch, so the backend, ``training.card`` and tests share it.
+Pure Python on plain dicts: no torch, so the backend, ``training.ship.card`` and tests share it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("any_dr_roc_auc", "Any-DR ROC AUC"),
     ("ece", "ECE"),
 )
-# Keys of the training-run metrics layout (training/metrics.py) -> the card's keys, for the fallback.
+# Keys of the training-run metrics layout (training/evaluate/metrics.py) -> the card's keys, for the fallback.
 _TRAINING_KEYS: dict[str, tuple[str, ...]] = {
     "accuracy": ("accuracy",),
     "balanced_accuracy": ("balanced_accuracy",),
@@ -199,7 +199,7 @@ def model_figures(
     """Every evaluation of a checkpoint with its headline figures, in the card's order.
 
     Args:
-        card: the checkpoint's ``card`` (``training.card``): ``{"evaluations": {name: {"title", "n",
+        card: the checkpoint's ``card`` (``training.ship.card``): ``{"evaluations": {name: {"title", "n",
             "n_patients", "accuracy", "accuracy_ci95", ...}}}``; the source of truth when present.
         metrics: the checkpoint's ``metrics`` (training run); read only when the card has no evaluations.
         calibration: the checkpoint's ``calibration`` block; names the ECE "after temperature scaling".

@@ -10,12 +10,12 @@ Steps, each failing with :class:`~retina.errors.ImageDecodeError` and a code of 
    CMYK; single-frame DICOM through ``retina.dicom``; truncated or multi-frame ->
    ``invalid_image``; over ``max_pixels`` -> ``image_too_large``) and the image gate on the
    decoded image.
-3. :func:`prepare_decoded` runs ``prepare(img, spec)`` with the checkpoint's own spec, only for
+3. :func:`prepare_image` / :func:`prepare_decoded` run ``prepare(img, spec)`` with the checkpoint's own spec, only for
    images the gate let through. The result is the ``uint8 (C, S, S)`` image that
    ``tail(spec)`` turns into the model input: together exactly ``eval_transform(spec)``.
 
 The service (``backend/app/services/intake.py``) turns these errors into its HTTP answers; the
-batch scorer (``retina/batch.py``) into error rows.
+batch scorer (``scoring/batch.py``) into error rows.
 """
 
 from __future__ import annotations
@@ -113,11 +113,16 @@ def decode_and_check(
     return DecodedImage(img, fmt, hashlib.sha256(data).hexdigest(), verdict)
 
 
-def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:
-    """Decoded image -> the model's prepared ``uint8 (C, S, S)`` input (CPU-bound)."""
-    img = decoded.image
+def prepare_image(img: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
+    """Decoded image -> the model's prepared ``uint8 (C, S, S)`` input (CPU-bound); ``invalid_image`` if it fails."""
     try:
         prepared = prepare(img, spec)
     except (OSError, ValueError) as e:  # e.g. a degenerate 1-pixel image the resize cannot handle
         raise ImageDecodeError(f"image could not be preprocessed: {e}", code="invalid_image") from e
-    return PreparedImage(pil_to_uint8_tensor(prepared), img.size, decoded.format, decoded.sha256, decoded.gate)
+    return pil_to_uint8_tensor(prepared)
+
+
+def prepare_decoded(decoded: DecodedImage, spec: PreprocessSpec) -> PreparedImage:
+    """Decoded image -> the model's prepared ``uint8 (C, S, S)`` input with what is known of the file (CPU-bound)."""
+    img = decoded.image
+    return PreparedImage(prepare_image(img, spec), img.size, decoded.format, decoded.sha256, decoded.gate)

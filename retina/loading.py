@@ -1,8 +1,9 @@
-"""Loading the shipped (or any self-describing) models and the image gate the way the service does.
+"""Loading the shipped (or any self-describing) models, their engines and the image gate the way the service does.
 
 The service's model store (``backend/app/services/model_store.py``) and the batch scorer
-(``retina/batch.py``) both call :func:`load_model` and :func:`gate_path`, so a checkpoint that
-the service would refuse to serve is refused by the scorer too, with the same message:
+(``scoring/batch.py``) both call :func:`load_model`, :func:`engine_for`, :func:`gate_path` and
+:func:`load_gate`, so a checkpoint that the service would refuse to serve is refused by the
+scorer too, with the same message, and both run a model's forward pass on the same engine:
 
 * a registered model (``retina.registry.MODELS``) must match its registry entry (arch, task,
   class names, preprocessing spec);
@@ -23,8 +24,9 @@ from torch import nn
 
 from retina import checkpoint, registry
 from retina.checkpoint import CheckpointMeta
+from retina.engine import Engine, EngineInfo, TorchEngine, load_engine
 from retina.errors import CheckpointError
-from retina.gate import GATE_FILE
+from retina.gate import GATE_FILE, ImageGate
 from retina.models import ARCHS
 from retina.paths import DEFAULT_MODELS_DIR
 
@@ -115,3 +117,35 @@ def gate_path(models_dir: Path, gate_file: Path | None = None) -> Path:
     """
     beside = Path(models_dir) / GATE_FILE
     return Path(gate_file or (beside if beside.is_file() else DEFAULT_MODELS_DIR / GATE_FILE))
+
+
+def load_gate(path: Path, engine: str = "torch", cache_dir: Path | str | None = None) -> ImageGate:
+    """The image gate from ``path`` (see :func:`gate_path`), its CNN on ``engine`` as the service's ``RETINA_ENGINE``.
+
+    The gate always runs on the CPU, whatever device the models use. Raises what
+    ``ImageGate.load`` raises for a file that is not a gate.
+    """
+    gate = ImageGate.load(path)  # a checkpoint: loads onto the CPU, where the gate runs
+    if engine != "torch":
+        gate.use_engine(engine, path, cache_dir)
+    return gate
+
+
+def engine_for(
+    requested: str,
+    loaded: LoadedModel,
+    device: torch.device,
+    *,
+    threads: int = 1,
+    cache_dir: Path | str | None = None,
+) -> tuple[Engine, EngineInfo]:
+    """The engine that runs ``loaded``'s classification forward: the one choice of the service and the batch scorer.
+
+    On the CPU, ``retina.engine.load_engine`` picks ``requested`` (one of ``retina.engine.ENGINES`` or
+    ``auto``; a failing one falls back to torch, logged, and the reason kept in the ``EngineInfo``). On
+    another device the model stays on torch: the exported engines here are CPU ones. Raises
+    ``retina.engine.EngineError`` when not even torch runs the model.
+    """
+    if device.type != "cpu":
+        return TorchEngine(loaded.model), EngineInfo("torch", requested, f"{device.type}: torch")
+    return load_engine(requested, loaded.model, loaded.meta, loaded.path, threads=threads, cache_dir=cache_dir)

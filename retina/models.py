@@ -7,7 +7,7 @@ serving rebuilds the exact network from them.
 ImageNet weights are never downloaded: ``weights="imagenet"`` reads torchvision's file
 from the torch hub cache (``$TORCH_HOME/hub/checkpoints``), ``weights=<path>`` reads a
 local state dict (a warm start from an earlier RetinaScope checkpoint is training's:
-``training/warm_start.py``), and a missing file is a
+``training/fit/warm_start.py``), and a missing file is a
 :class:`FileNotFoundError`, not a silent random initialisation.
 """
 
@@ -216,7 +216,7 @@ def _tv_model(
         state = torch.load(resolve_pretrained(tv_name, weights), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and "format" in state:
             raise ValueError(
-                f"{weights} is a RetinaScope checkpoint: warm starts are training.warm_start.build_model_warm's"
+                f"{weights} is a RetinaScope checkpoint: warm starts are training.fit.warm_start.build_model_warm's"
             )
         model.load_state_dict(state)
         logger.info("loaded pretrained %s weights from %s", tv_name, weights)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from retina.preprocessing import numpy_lerp
+from retina.image_ops import numpy_lerp
 
 THUMB = 128  # long side of the one small copy (gate_thumb) the CNN view and quality measures come from
 
@@ -131,7 +131,7 @@ def _percentile_u8_as_unit(v: np.ndarray, q: float) -> float:
 
     The two order statistics come from the cumulative 256-bin histogram (``float32(u) / 255`` is
     monotone in ``u``, so the k-th smallest scaled value is the scaled k-th smallest byte), then
-    numpy's two-branch interpolation as in ``retina.preprocessing.percentile``: ~5x cheaper than
+    numpy's two-branch interpolation as in ``retina.image_ops.percentile``: ~5x cheaper than
     partitioning the scaled image.
     """
     flat = v.ravel()

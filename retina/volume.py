@@ -20,7 +20,7 @@ Rules (each a per-class score, renormalised to sum 1 so the referral thresholds 
 * ``vote``: the share of B-scans whose label is the class (Srinivasan et al. 2014).
 
 Which rule is served (``RETINA_VOLUME_RULE``) was chosen on a validation part of patient volumes
-built from Kermany scans (``training/volume_eval.py``, report in ``runs/volume/report.md``).
+built from Kermany scans (``training/evaluate/volumes.py``, report in ``runs/volume/report.md``).
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def write_dicom(jpeg: Path, dest: Path) -> None:
 
 def pick_volume(gate: ImageGate, root: Path, out: Path, n_frames: int) -> Sample | None:
     """The first (patient, class) of ``root`` with exactly ``n_frames`` same-size B-scans the gate accepts."""
-    from training.volume_data import patient_volumes, volume_dicom
+    from training.data.volumes import patient_volumes, volume_dicom
 
     with (root / "labels.csv").open() as f:
         rows = [(root / r["path"], r["label"], r["patient_id"]) for r in csv.DictReader(f)]

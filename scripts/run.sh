@@ -205,5 +205,20 @@ while kill -0 "$backend_pid" 2>/dev/null && kill -0 "$frontend_pid" 2>/dev/null;
   sleep 1 &
   wait $! || true
 done
-log "error: a service stopped unexpectedly; stopping the other"
-exit 1
+# A child ended and our trap did not run. A terminal's Ctrl-C reaches the whole foreground group, and
+# both servers stop cleanly on SIGINT by themselves; a shell started with SIGINT ignored (a background
+# job of another script, some IDE runners) cannot trap it (POSIX), so from here an interrupt looks like
+# a child that exited 0 or died of INT/TERM. That is a stop, not a failure: follow it quietly.
+for child in "backend:$backend_pid" "frontend:$frontend_pid"; do
+  pid="${child#*:}"
+  kill -0 "$pid" 2>/dev/null && continue
+  wait "$pid" && rc=0 || rc=$?
+  case "$rc" in
+    0 | 130 | 143) ;;
+    *)
+      log "error: the ${child%%:*} stopped unexpectedly (status $rc; its log is above); stopping the other"
+      exit 1
+      ;;
+  esac
+done
+on_signal

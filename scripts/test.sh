@@ -25,7 +25,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
       || echo "[test] postgresql could not be installed; the PostgreSQL audit tests will skip" >&2
   fi
 fi
-# The PACS round-trip test (retina.pacs) starts a throwaway Orthanc from Debian's orthanc + orthanc-dicomweb
+# The PACS round-trip test (scoring.pacs) starts a throwaway Orthanc from Debian's orthanc + orthanc-dicomweb
 # on a loopback port (tests/orthanc.py); without them it skips and says why.
 if ! command -v Orthanc >/dev/null 2>&1 && [ ! -x /usr/sbin/Orthanc ] && [ -z "${RETINA_NO_ORTHANC:-}" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

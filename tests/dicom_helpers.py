@@ -143,8 +143,8 @@ def save(ds: Dataset, *, preamble: bool = True) -> bytes:
 
 def make_volume(frames: list[np.ndarray], kind: str = "opt", **elements: Any) -> bytes:
     """A multi-frame DICOM (``"opt"`` Ophthalmic Tomography or ``"sc"`` multi-frame Secondary Capture) of
-    ``frames`` via ``training.volume_data.volume_dicom``, carrying :data:`PATIENT`'s identifiers."""
-    from training.volume_data import volume_dicom
+    ``frames`` via ``training.data.volumes.volume_dicom``, carrying :data:`PATIENT`'s identifiers."""
+    from training.data.volumes import volume_dicom
 
     with disable_value_validation():
         return volume_dicom(frames, kind, **(PATIENT | elements))  # type: ignore[arg-type]

@@ -1,11 +1,14 @@
-"""Training, evaluation and cross-validation of RetinaScope models.
+"""Training, evaluation and shipping of RetinaScope models, one package per stage.
 
-Entry points (each ``python -m training.<name> --help``):
+* ``training.config``: the frozen, typed :class:`~training.config.TrainConfig` every stage reads.
+* ``training.data``: dataset readers, patient-disjoint splits, prepared pixels, batches.
+* ``training.fit``: one run (``pipeline.train`` -> ``run.fit``), cross-validation, SimCLR;
+  the loop itself is ``training.fit.loop.train_one_epoch`` (torchvision-reference style).
+* ``training.evaluate``: forward passes, calibration, metrics, reports, operating points.
+* ``training.ship``: model card, int8 calibration; ``training.sites``: site profiles;
+  ``training.gate``: the image gate.
 
-* ``training.train``: train one model from a YAML config (supervised, or SimCLR when the
-  config has a ``simclr:`` section), save a self-describing checkpoint.
-* ``training.evaluate``: metrics, bootstrap intervals, report and plots for a checkpoint.
-* ``training.cv``: patient-grouped stratified K-fold cross-validation (+ a final model).
-
-The loop itself is in :mod:`training.engine` (torchvision-reference style).
+Commands (each ``--help``): ``python -m training.train``, ``training.cv``, ``training.evaluate``,
+``training.evaluate.<study>``, ``training.ship.<step>``, ``training.site_profile``,
+``training.sites.check``, ``training.fit_gate``; ``training/README.md`` has the table.
 """

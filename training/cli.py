@@ -1,16 +1,20 @@
-"""What every ``python -m training.X`` command shares: logging setup and clean exits on user errors."""
+"""What every ``python -m training...`` command shares: config flags, logging setup and clean exits on user errors.
+
+Helpers for command modules only; no library module imports this one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from retina.errors import CheckpointError
-from training.config import ConfigError
-from training.datasets import DatasetError
+from training import config as config_mod
+from training.config import ConfigError, TrainConfig
+from training.data.tables import DatasetError
 
 logger = logging.getLogger("training")
 
@@ -61,3 +65,27 @@ def setup_logging(out: Path | None = None, *, main: bool = True) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh._retina_file = True  # type: ignore[attr-defined]
         root.addHandler(fh)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags shared by ``training.train`` and ``training.cv``."""
+    parser.add_argument("--config", help="YAML config (path, or a name under training/configs/)")
+    parser.add_argument("--data", help="dataset root or .npz (overrides data.path)")
+    parser.add_argument("--out", help="output directory (overrides out)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (overrides epochs)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value by dotted key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Resolve a config from parsed :func:`add_common_args` flags (``base`` replaces the file)."""
+    explicit = {"data.path": args.data, "out": args.out, "epochs": args.epochs}
+    source: Any = base if base is not None else args.config
+    return config_mod.resolve(source, args.sets, explicit)

@@ -1,11 +1,12 @@
-"""Training configuration: defaults < YAML config file < ``--set key=value`` < explicit flags.
+"""Training configuration: one frozen, typed :class:`TrainConfig`, resolved once per run.
 
-nanoGPT-style: every knob has a typed default in :data:`DEFAULTS`; a YAML file under
-``training/configs/`` overrides some of them; ``--set a.b=value`` (dotted keys) overrides
-single values and is type-checked against the default's type; the explicit flags
-``--data``, ``--out`` and ``--epochs`` win over everything. The fully resolved config is
-saved as ``config.yaml`` beside the checkpoint and inside it, so a run can be repeated
-from the checkpoint alone.
+Precedence (nanoGPT style): the dataclass defaults < a YAML file under ``training/configs/``
+< ``--set a.b=value`` (dotted keys, type-checked against the default's type, with a "did you
+mean" for typos) < the explicit flags ``--data``, ``--out`` and ``--epochs``. :func:`resolve`
+merges those layers as plain mappings and returns a :class:`TrainConfig`; every stage reads
+attributes (``cfg.optim.lr``), never string keys. The resolved config is saved as
+``config.yaml`` beside the checkpoint and, as plain types (:meth:`TrainConfig.to_dict`),
+inside it, so a run can be repeated from the checkpoint alone.
 
 Two sub-trees are free-form because their keys depend on other values:
 
@@ -14,15 +15,16 @@ Two sub-trees are free-form because their keys depend on other values:
 * ``preprocess``: ``preset`` plus any :class:`retina.preprocessing.PreprocessSpec` field to
   override (``--set preprocess.size=32``), type-checked against the preset's value.
 
-The ``simclr:`` section is ``null`` by default; a config that has one gets
-:data:`SIMCLR_DEFAULTS` filled in under it.
+The ``simclr:`` section is ``null`` by default; a config that has one gets the
+:class:`SimclrConfig` defaults filled in under it.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,66 +39,140 @@ class ConfigError(ValueError):
     """An unknown key, a value of the wrong type, or an unreadable config file."""
 
 
-# Every key a config may set, with its default. Comments say what the value means.
-DEFAULTS: dict[str, Any] = {
-    "name": "",  # run name; defaults to the config file's stem
-    "task": "",  # "oct" | "fundus"; "" = take it from the data table
-    "out": "",  # output dir; "" = runs/<name>
-    "data": {
-        "path": None,  # dataset root or .npz file
-        "format": "auto",  # auto | medmnist | oct2017 | csv | eyepacs | aptos
-        "label_scheme": "grade",  # fundus: grade | referable | any | binary-strict (ignored for OCT)
-        "val_frac": 0.15,
-        "test_frac": 0.15,
-        "seed": 0,  # split seed (patient-disjoint, stratified)
-        "cache_dir": "runs/cache",  # prepared-image cache; null = no cache
-        "max_images": None,  # total cap for quick runs, stratified by class, whole patients only
-        "patients": "shared",  # shared | per_dataset: are patient ids comparable across the --data folders?
-    },
-    "preprocess": {"preset": "oct_28"},  # + optional PreprocessSpec field overrides
-    "model": {"arch": "simplecnn", "args": {}},
-    "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
-    "scheduler": "none",  # cosine | none (cosine anneals per epoch to 0 over `epochs`)
-    "epochs": 10,
-    "batch_size": 64,
-    "eval_batch_size": 256,
-    "augment": "none",  # none | light | strong | camera (retina.preprocessing.augmentations)
-    "domain_balance": None,  # float p: draw each image domain (dataset x crop/raw photo) in proportion to n**p
-    "epoch_images": None,  # images drawn per training epoch; null = the training split's size
-    "imbalance": "none",  # none | class_weights | weighted_sampler | smote
-    "class_weight_power": 1.0,  # class_weights ** power; 0.5 tempers extreme imbalance
-    "label_smoothing": 0.0,
-    "label_fraction": None,  # float in (0, 1]: keep this stratified fraction of train labels
-    "early_stopping": {"patience": 5, "metric": "val_balanced_accuracy"},  # or val_loss, val_referable_auc, last
-    "seed": 0,  # model init, shuffling, augmentation, SMOTE
-    "device": "auto",  # auto | cpu | cuda
-    "threads": 0,  # torch CPU threads; 0 = all cores torch sees
-    "num_workers": 0,  # DataLoader workers (only used with augmentation)
-    "channels_last": True,  # faster convolutions on CPU (oneDNN) and tensor cores
-    "amp": False,  # bf16 autocast (CPU with AMX/avx512_bf16, or CUDA)
-    "half": False,  # store best.pt weights in float16
-    "calibrate": True,  # temperature scaling on val logits (kept only if it lowers val NLL)
-    "n_bootstrap": 1000,  # bootstrap resamples for metric CIs
-    "progress": True,  # tqdm bars
-    "version": "0.1.0",  # model version written into the checkpoint
-    "simclr": None,  # section; see SIMCLR_DEFAULTS
-}
+@dataclass(frozen=True)
+class DataConfig:
+    """``data:``: which dataset, how it is read and how it is split."""
 
-SIMCLR_DEFAULTS: dict[str, Any] = {
-    "encoder": "resnet18",
-    "proj_dim": 128,
-    "proj_hidden": 512,
-    "epochs": 20,  # contrastive pretraining epochs
-    "batch_size": 128,
-    "lr": 1e-3,
-    "weight_decay": 1e-6,
-    "temperature": 0.5,  # NT-Xent temperature
-    "crop_scale_min": 0.3,  # RandomResizedCrop lower scale of the views
-    "blur_p": 0.5,
-    "label_fractions": [0.01, 0.1],  # fine-tune once per fraction -> out/frac_<f>/best.pt
-    "linear_probe": False,  # True = freeze the backbone, train the linear head only
-    "backbone": None,  # path to an exported backbone.pt: skip pretraining
-}
+    path: str | None = None  # dataset root or .npz file (several of one task: "a,b")
+    format: str = "auto"  # auto | medmnist | oct2017 | csv | eyepacs | aptos
+    label_scheme: str = "grade"  # fundus: grade | referable | any | binary-strict (ignored for OCT)
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    seed: int = 0  # split seed (patient-disjoint, stratified)
+    cache_dir: str | None = "runs/cache"  # prepared-image cache
+    max_images: int | None = None  # total cap for quick runs, stratified by class, whole patients only
+    patients: str = "shared"  # shared | per_dataset: are patient ids comparable across the --data folders?
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any] | None) -> DataConfig:
+        """The ``data`` block of a checkpoint's saved config; keys it predates take today's defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (saved or {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model:``: the architecture and its builder's keyword arguments (free-form, see ``retina.models``)."""
+
+    arch: str = "simplecnn"
+    args: dict[str, Any] = field(default_factory=dict)  # read-only by convention: copy before changing
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``optim:``: the optimiser (``adam`` | ``adamw`` | ``sgd``)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """``early_stopping:``: which validation score picks the best epoch, and when to stop."""
+
+    patience: int = 5
+    metric: str = "val_balanced_accuracy"  # or val_loss, val_referable_auc, last
+
+
+@dataclass(frozen=True)
+class SimclrConfig:
+    """``simclr:``: contrastive pretraining, then one fine-tune per label fraction (``training.fit.simclr``)."""
+
+    encoder: str = "resnet18"
+    proj_dim: int = 128
+    proj_hidden: int = 512
+    epochs: int = 20  # contrastive pretraining epochs
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.5  # NT-Xent temperature
+    crop_scale_min: float = 0.3  # RandomResizedCrop lower scale of the views
+    blur_p: float = 0.5
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # -> out/frac_<f>/best.pt
+    linear_probe: bool = False  # True = freeze the backbone, train the linear head only
+    backbone: str | None = None  # path to an exported backbone.pt: skip pretraining
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run, fully resolved (:func:`resolve`); saved as ``config.yaml`` and in the checkpoint.
+
+    Frozen: a stage that needs a variant (a CV fold's ``out``, a SimCLR fraction) makes one
+    with :func:`dataclasses.replace`. :meth:`to_dict` gives the plain-typed mapping that is
+    saved; :func:`resolve` of that mapping gives back an equal config.
+    """
+
+    name: str = ""  # run name; defaults to the config file's stem
+    task: str = ""  # "oct" | "fundus"; "" = take it from the data table
+    out: str = ""  # output dir; "" = runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: dict[str, Any] = field(default_factory=lambda: {"preset": "oct_28"})  # + PreprocessSpec overrides
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: str = "none"  # cosine | none (cosine anneals per epoch to 0 over `epochs`)
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    augment: str = "none"  # none | light | strong | camera (retina.preprocessing.augmentations)
+    domain_balance: float | None = None  # p: draw each image domain (dataset x crop/raw photo) in proportion to n**p
+    epoch_images: int | None = None  # images drawn per training epoch; null = the training split's size
+    imbalance: str = "none"  # none | class_weights | weighted_sampler | smote
+    class_weight_power: float = 1.0  # class_weights ** power; 0.5 tempers extreme imbalance
+    label_smoothing: float = 0.0
+    label_fraction: float | None = None  # in (0, 1]: keep this stratified fraction of train labels
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    seed: int = 0  # model init, shuffling, augmentation, SMOTE
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = all cores torch sees
+    num_workers: int = 0  # DataLoader workers (only used with augmentation)
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
+    amp: bool = False  # bf16 autocast (CPU with AMX/avx512_bf16, or CUDA)
+    half: bool = False  # store best.pt weights in float16
+    calibrate: bool = True  # temperature scaling on val logits (kept only if it lowers val NLL)
+    n_bootstrap: int = 1000  # bootstrap resamples for metric CIs
+    progress: bool = True  # tqdm bars
+    version: str = "0.1.0"  # model version written into the checkpoint
+    simclr: SimclrConfig | None = None  # a config with this section runs SimCLR
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (what ``config.yaml`` and the checkpoint's ``config`` hold)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a *complete* mapping (:func:`resolve` output); use :func:`resolve` for partial ones."""
+        d = copy.deepcopy(dict(d))
+        sc = d.pop("simclr")
+        return cls(
+            data=DataConfig(**d.pop("data")),
+            model=ModelConfig(**d.pop("model")),
+            optim=OptimConfig(**d.pop("optim")),
+            early_stopping=EarlyStoppingConfig(**d.pop("early_stopping")),
+            simclr=None if sc is None else SimclrConfig(**sc),
+            **d,
+        )
+
+    @property
+    def out_dir(self) -> Path:
+        """Where the run writes: ``out``, else ``runs/<name>`` (``runs/run`` without a name)."""
+        return Path(self.out or Path("runs") / (self.name or "run"))
+
+
+# Every key a config may set, with its default (the dataclasses above are the one definition).
+DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
+SIMCLR_DEFAULTS: dict[str, Any] = asdict(SimclrConfig())
 
 _SECTIONS: dict[str, dict[str, Any]] = {"simclr": SIMCLR_DEFAULTS}
 _FREE_FORM = {("model", "args")}
@@ -215,17 +291,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(
-    config: str | Path | dict[str, Any] | None = None,
+    config: str | Path | Mapping[str, Any] | None = None,
     sets: list[str] | None = None,
-    explicit: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Defaults < ``config`` (file or dict) < ``sets`` (``key=value``) < ``explicit`` (dotted keys).
+    explicit: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults < ``config`` (file or mapping) < ``sets`` (``key=value``) < ``explicit`` (dotted keys).
 
-    Returns a new, fully resolved and validated config dict of plain types.
+    Returns a new, fully resolved and validated :class:`TrainConfig`. A saved config
+    (``config.yaml``, a checkpoint's ``config``) resolves back to an equal one.
     """
     cfg = copy.deepcopy(DEFAULTS)
     if config is not None:
-        cfg = _merge(cfg, config if isinstance(config, dict) else load_yaml(config))
+        cfg = _merge(cfg, dict(config) if isinstance(config, Mapping) else load_yaml(config))
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -234,8 +311,9 @@ def resolve(
     for key, value in (explicit or {}).items():
         if value is not None:
             cfg = _set_value(cfg, key, value)
-    validate(cfg)
-    return cfg
+    resolved = TrainConfig.from_dict(cfg)
+    validate(resolved)
+    return resolved
 
 
 _CHOICES = {
@@ -246,40 +324,40 @@ _CHOICES = {
 }
 
 
-def validate(cfg: dict[str, Any]) -> None:
+def validate(cfg: TrainConfig) -> None:
     """Value checks that types alone cannot express."""
     for key, choices in _CHOICES.items():
-        if cfg[key] not in choices:
-            raise ConfigError(f"{key} must be one of {choices}, got {cfg[key]!r}")
-    if cfg["early_stopping"]["metric"] not in ("val_balanced_accuracy", "val_loss", "val_referable_auc", "last"):
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"{key} must be one of {choices}, got {getattr(cfg, key)!r}")
+    if cfg.early_stopping.metric not in ("val_balanced_accuracy", "val_loss", "val_referable_auc", "last"):
         raise ConfigError("early_stopping.metric must be val_balanced_accuracy, val_loss, val_referable_auc or last")
-    if cfg["optim"]["name"] not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg['optim']['name']!r}")
-    if cfg["epochs"] < 0 or cfg["batch_size"] < 1:
+    if cfg.optim.name not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg.optim.name!r}")
+    if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ConfigError("epochs must be >= 0 and batch_size >= 1")
-    db, ei = cfg["domain_balance"], cfg["epoch_images"]
+    db, ei = cfg.domain_balance, cfg.epoch_images
     if db is not None and not (isinstance(db, (int, float)) and 0 <= db <= 1):
         raise ConfigError(f"domain_balance must be in [0, 1] or null, got {db!r}")
     if ei is not None and not (isinstance(ei, int) and ei >= 1):
         raise ConfigError(f"epoch_images must be a positive integer or null, got {ei!r}")
-    if (db is not None or ei is not None) and cfg["augment"] == "none":
+    if (db is not None or ei is not None) and cfg.augment == "none":
         raise ConfigError("domain_balance and epoch_images draw augmented batches: set augment")
-    lf = cfg["label_fraction"]
+    lf = cfg.label_fraction
     if lf is not None and not (isinstance(lf, (int, float)) and 0 < lf <= 1):
         raise ConfigError(f"label_fraction must be in (0, 1], got {lf!r}")
-    d = cfg["data"]
-    if not (0 <= d["val_frac"] < 1 and 0 <= d["test_frac"] < 1 and d["val_frac"] + d["test_frac"] < 1):
+    d = cfg.data
+    if not (0 <= d.val_frac < 1 and 0 <= d.test_frac < 1 and d.val_frac + d.test_frac < 1):
         raise ConfigError("data.val_frac and data.test_frac must be in [0, 1) and sum to < 1")
     preprocess_spec(cfg)  # unknown preset or invalid field values raise here, not mid-run
-    if cfg["simclr"] is not None:
-        for f in cfg["simclr"]["label_fractions"]:
+    if cfg.simclr is not None:
+        for f in cfg.simclr.label_fractions:
             if not (isinstance(f, (int, float)) and 0 < f <= 1):
                 raise ConfigError(f"simclr.label_fractions must be floats in (0, 1], got {f!r}")
 
 
-def preprocess_spec(cfg: dict[str, Any]) -> PreprocessSpec:
+def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
     """The :class:`PreprocessSpec` a config asks for: its preset with field overrides."""
-    pre = dict(cfg["preprocess"])
+    pre = dict(cfg.preprocess)
     try:
         base = get_preset(pre.pop("preset"))
     except KeyError as e:
@@ -295,33 +373,14 @@ def preprocess_spec(cfg: dict[str, Any]) -> PreprocessSpec:
         raise ConfigError(f"preprocess: {e}") from e
 
 
-def save_config(cfg: dict[str, Any], path: str | Path) -> Path:
+def dump(cfg: TrainConfig) -> str:
+    """``cfg`` as YAML text, in field order; :func:`resolve` of it gives back an equal config."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write :func:`dump` of ``cfg`` to ``path`` (``OUT/config.yaml``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
+    path.write_text(dump(cfg))
     return path
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags shared by ``training.train`` and ``training.cv``."""
-    parser.add_argument("--config", help="YAML config (path, or a name under training/configs/)")
-    parser.add_argument("--data", help="dataset root or .npz (overrides data.path)")
-    parser.add_argument("--out", help="output directory (overrides out)")
-    parser.add_argument("--epochs", type=int, help="number of epochs (overrides epochs)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value by dotted key, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    return parser
-
-
-def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve a config from parsed :func:`add_common_args` flags (``base`` replaces the file)."""
-    explicit = {"data.path": args.data, "out": args.out, "epochs": args.epochs}
-    source: Any = base if base is not None else args.config
-    return resolve(source, args.sets, explicit)

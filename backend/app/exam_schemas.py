@@ -48,13 +48,16 @@ class ExamEye(BaseModel):
     confidence: float | None
     probabilities: dict[str, float] | None = Field(description="The deciding image's calibrated probabilities.")
     model: str | None
-    referral: Referral
+    referral: Referral = Field(
+        description="The eye's referral, with its `headline` and `advice` (retina/referral.py's words): the deciding "
+        "image's, or `ungradable` with the advice to retake or refer in person when no image of the eye is gradable."
+    )
 
     model_config = ConfigDict(protected_namespaces=())
 
 
 class ExamPatient(Referral):
-    """The patient's referral: the most urgent eye's."""
+    """The patient's referral: the most urgent eye's (its `level`, `headline`, `advice`; `reason` names the eye)."""
 
     deciding_eye: Eye
 

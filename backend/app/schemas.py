@@ -1,25 +1,77 @@
-"""Response models of every route (they are the OpenAPI contract at /docs)."""
+"""Response models of every route (they are the OpenAPI contract at /docs).
+
+The contract depends on no service: services and routes import it, never the reverse. What a
+constructor here reads from a service's result is a :class:`~typing.Protocol` of the fields it
+reads (:class:`Outcome`, :class:`Explained`); the exam's and the audit log's answers are in
+``exam_schemas.py`` and ``audit_schemas.py``.
+"""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
-import typing
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field
 
-from backend.app.services.audit import AuditRecord
+from retina.assessment import Assessment
+from retina.referral import DISCLAIMER
 
 if TYPE_CHECKING:
-    from backend.app.services.pipeline import BatchOutcome, Explanation
-    from retina.assessment import Assessment
     from retina.volume import VolumeAssessment
 
 Task = Literal["oct", "fundus"]
 
 _OCT_PROBS = {"CNV": 0.91, "DME": 0.04, "DRUSEN": 0.03, "NORMAL": 0.02}
+
+
+class Refusal(Protocol):
+    """A refused file of a batch: the domain error's stable ``code`` and its ``detail``."""
+
+    code: str
+    detail: str
+
+
+class Outcome(Protocol):
+    """One file of a batch as the pipeline answers it: its name and its assessment or refusal."""
+
+    @property
+    def filename(self) -> str | None: ...
+
+    @property
+    def result(self) -> Assessment | Refusal: ...
+
+
+class Drawing(Protocol):
+    """A CAM as the pipeline draws it: PNG bytes of the overlay and the heatmap, and what it explains."""
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def overlay_png(self) -> bytes: ...
+
+    @property
+    def heatmap_png(self) -> bytes | None: ...
+
+
+class Explained(Protocol):
+    """An explained image: the assessment /predict would answer and the CAM drawn for it."""
+
+    @property
+    def assessment(self) -> Assessment: ...
+
+    @property
+    def drawing(self) -> Drawing: ...
 
 
 class ErrorResponse(BaseModel):
@@ -73,11 +125,20 @@ class GateInfo(BaseModel):
 
 
 class Referral(BaseModel):
-    """Referral advice derived from the calibrated probabilities (thresholds: `RETINA_REFERRAL_*`)."""
+    """Referral advice derived from the calibrated probabilities (thresholds: `RETINA_REFERRAL_*`).
+
+    Every word in it is written by `retina/referral.py`, the one author of referral wording: a UI or a
+    report prints `headline`, `advice` and `note` as given and writes none of its own.
+    """
 
     level: ReferralLevel = Field(
         description="OCT: urgent (CNV/DME), routine (drusen), observation. Fundus: urgent (proliferative), "
-        "refer (grade >= 2), rescreen_12_months. Any: ungradable (no assessment)."
+        "refer (grade >= 2), rescreen_12_months. Any: ungradable (no assessment), not_informative."
+    )
+    headline: str = Field(
+        description="The level's short title, one per level: `Urgent referral`, `Referral advised` (refer), "
+        "`Routine referral`, `Observation`, `Rescreen in 12 months`, `Not gradable`, "
+        "`No advice (model not informative)`."
     )
     advice: str = Field(description="What to do, in one sentence.")
     reason: str = Field(
@@ -85,7 +146,7 @@ class Referral(BaseModel):
     )
     probability: float | None = Field(default=None, description="The probability compared with the threshold.")
     threshold: float | None = None
-    note: str = Field(description="Research-use disclaimer.")
+    note: str = Field(description="The disclaimer (the same text as `GET /models`' `disclaimer`).")
     profile: str = Field(
         default="default",
         description="Which operating points decided it: a site profile's name (`site=`, `RETINA_DEFAULT_SITE`) or "
@@ -160,13 +221,13 @@ class BatchResponse(BaseModel):
     results: list[BatchItem | BatchError]
 
     @classmethod
-    def of(cls, outcomes: list[BatchOutcome]) -> BatchResponse:
+    def of(cls, outcomes: Sequence[Outcome]) -> BatchResponse:
         results: list[BatchItem | BatchError] = []
         for o in outcomes:
-            if isinstance(o.result, Exception):
-                results.append(BatchError(filename=o.filename, error=o.result.code, detail=o.result.detail))
-            else:
+            if isinstance(o.result, Assessment):
                 results.append(BatchItem.of(o.result, filename=o.filename))
+            else:
+                results.append(BatchError(filename=o.filename, error=o.result.code, detail=o.result.detail))
         return cls(results=results)
 
     model_config = ConfigDict(
@@ -262,7 +323,7 @@ class GradcamResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     @classmethod
-    def of(cls, explained: Explanation) -> GradcamResponse:
+    def of(cls, explained: Explained) -> GradcamResponse:
         body, drawing = explained.assessment.to_dict(), explained.drawing
         assert drawing.heatmap_png is not None
         return cls(
@@ -358,6 +419,21 @@ class ModelInfo(BaseModel):
         description="The referral thresholds this service applies (a `RETINA_REFERRAL_*` setting overrides the "
         "checkpoint's operating point).",
     )
+    operating_point_text: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per referral threshold (`refer`, `urgent`, `routine`: the keys of `served_thresholds` and "
+        "`operating_points`), the sentence a UI prints for it: the rule at the served threshold, where the "
+        "operating point was chosen with its sensitivity / specificity and 95% intervals there and on its "
+        "check sets, a `RETINA_REFERRAL_*` setting that overrides it, and the default site profile "
+        "(`RETINA_DEFAULT_SITE`) that decides instead when one applies. E.g. `Refer when P(grade >= 2) >= "
+        "0.086, chosen on <split>: sensitivity 0.86 [0.80, 0.91], specificity 0.48 [0.44, 0.52] (n = 742, "
+        "163 positive).`",
+    )
+    disclaimer: str = Field(
+        default=DISCLAIMER,
+        description="The disclaimer to show with this model's answers (the same text as every answer's "
+        "`referral.note`).",
+    )
     informative: bool = Field(
         default=True,
         description="False when the model's validated balanced-accuracy interval includes chance: its answers "
@@ -437,32 +513,3 @@ class NotReadyResponse(ErrorResponse):
     """503 body of /ready: the error shape plus each model's status."""
 
     models: list[ModelStatus]
-
-
-def _audit_entry() -> type[BaseModel]:
-    """``AuditEntry``: the database ``id`` plus every field of :class:`AuditRecord` (declared once, there)."""
-    hints = typing.get_type_hints(AuditRecord)
-    fields: dict[str, Any] = {"id": (int, ...)}
-    for f in dataclasses.fields(AuditRecord):
-        default = ... if f.default is dataclasses.MISSING else f.default
-        fields[f.name] = (hints[f.name], Field(default, description=f.metadata.get("description")))
-    ts = fields["ts"][1]
-    fields["ts"] = (datetime, Field(description=ts.description))  # always set once logged
-    return create_model(
-        "AuditEntry",
-        __doc__="One audited answer (never pixels, filenames or patient identifiers).",
-        __config__=ConfigDict(protected_namespaces=()),
-        **fields,
-    )
-
-
-AuditEntry = _audit_entry()
-
-
-class AuditResponse(BaseModel):
-    """A page of the audit log, oldest first."""
-
-    entries: list[AuditEntry]
-    next_since: datetime | None = Field(
-        description="Pass as `since` (with the same `until`/`model`) for the next page; null on the last page."
-    )

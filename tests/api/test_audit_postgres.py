@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app.services.audit import AuditLog, _make_engine
+from backend.app.services.audit import AuditLog, make_engine
 from tests.api.helpers import SMALL_ID
 
 PROCESSES = 3
@@ -88,7 +88,7 @@ def test_ready_turns_200_once_the_audit_database_is_there(
 
 def test_a_plain_postgresql_url_uses_psycopg() -> None:
     """``postgresql://`` means psycopg2 to SQLAlchemy, which is not installed; the project's driver is psycopg."""
-    engine = _make_engine("postgresql://u:pw@127.0.0.1:1/x", "FULL", 1000)
+    engine = make_engine("postgresql://u:pw@127.0.0.1:1/x", "FULL", 1000)
     try:
         assert engine.dialect.driver == "psycopg"
         assert engine.url.password == "pw"

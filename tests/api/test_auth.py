@@ -14,7 +14,7 @@ from backend.app.core.auth import AuthMiddleware, check_configured
 from backend.app.core.config import Settings
 from backend.app.main import create_app
 from backend.app.services.audit import AuditLog, audit_table
-from backend.app.services.audit_upgrade import add_missing_columns
+from backend.app.services.audit.upgrade import add_missing_columns
 from retina.registry import default_for
 from tests.api.helpers import base_settings
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 
 from retina.dicom_results import ENCAPSULATED_PDF
-from retina.exam import EYE_ADVICE
 from retina.paths import REPO_ROOT
+from retina.referral import ADVICE, DISCLAIMER, HEADLINES
 from tests.dicom_helpers import OPHTHALMIC_PHOTOGRAPHY_8BIT, leaked, make_dicom
 
 FUNDUS = REPO_ROOT / "samples/fundus"
@@ -94,7 +94,10 @@ def test_an_eye_without_a_gradable_image_is_ungradable(client: TestClient, blurr
     body = r.json()
     left = body["eyes"][1]
     assert body["images"][1]["laterality_source"] == "filename"
-    assert left["referral"]["level"] == "ungradable" and left["referral"]["advice"] == EYE_ADVICE
+    assert left["referral"]["level"] == "ungradable" and left["referral"]["advice"] == ADVICE["ungradable_eye"]
+    # Every block carries the words of its level, written by retina.referral (the UI and the PDF print them).
+    for block in (body["patient"], *(e["referral"] for e in body["eyes"])):
+        assert block["headline"] == HEADLINES[block["level"]]
     assert left["deciding_image"] is None and left["n_gradable"] == 0
     if body["eyes"][0]["referral"]["level"] == "rescreen_12_months":
         assert body["patient"]["level"] == "ungradable"
@@ -143,7 +146,7 @@ def test_predict_as_sr_names_the_model_and_is_unverified(client: TestClient, fun
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert evidence.ReferencedSOPInstanceUID == src.SOPInstanceUID
     text = r.content.decode("latin-1")
-    assert "Research use only, not for diagnostic use" in text and answer["referral"]["advice"] in text
+    assert DISCLAIMER in text and answer["referral"]["advice"] in text
     # Deterministic: the same input and model give the same SR instance.
     again = client.post(
         "/predict", params={"model": "fundus", "format": "dicom-sr"}, files={"file": ("a.dcm", fundus_dcm)}

@@ -22,7 +22,7 @@ SAMPLES = {
     "oct": REPO_ROOT / "samples/oct/CNV-9333524-1.jpeg",
     "fundus": REPO_ROOT / "samples/fundus/IDRiD_001-grade3.jpeg",
 }
-# figures[].key -> how training/card.py words the same figure in the markdown card.
+# figures[].key -> how training/ship/card.py words the same figure in the markdown card.
 CARD_WORDS = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",

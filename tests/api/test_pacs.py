@@ -1,4 +1,4 @@
-"""retina.pacs against a real Orthanc (tests/orthanc.py): a study's SR and PDF land in it, a second run adds nothing."""
+"""scoring.pacs against a real Orthanc (tests/orthanc.py): a study's SR and PDF land in it, a rerun adds nothing."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from retina.batch import BatchScorer, ScoreConfig
 from retina.dicom_results import ENCAPSULATED_PDF
-from retina.dicomweb import DicomWebClient, multipart_body, multipart_parts
-from retina.pacs import is_image, main, process_study
 from retina.paths import REPO_ROOT
+from scoring.batch import BatchScorer, ScoreConfig
+from scoring.dicomweb import DicomWebClient, multipart_body, multipart_parts
+from scoring.pacs import is_image, main, process_study
 from tests.dicom_helpers import OPHTHALMIC_PHOTOGRAPHY_8BIT, PATIENT, leaked, make_dicom
 from tests.orthanc import orthanc_server, study_instance_count, upload
 

@@ -1,4 +1,4 @@
-"""Batch scoring (``retina.batch``, behind ``python -m retina.score``) answers what ``POST /predict`` answers.
+"""Batch scoring (``scoring.batch``, behind ``python -m scoring``) answers what ``POST /predict`` answers.
 
 Both run the shipped models on ``samples/``; the service is sent one image at a time, so each is
 scored in a forward pass of its own, as the batch scorer scores every image: the figures agree
@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.app.main import create_app
-from retina.batch import BatchScorer, ScoreConfig
 from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
+from scoring.batch import BatchScorer, ScoreConfig
 from tests.api.helpers import base_settings
 
 SAMPLES = REPO_ROOT / "samples"

@@ -1,4 +1,4 @@
-"""Every ``curl`` example in README.md, run verbatim by bash against a live server with the shipped models.
+"""Every ``curl`` example in README.md and docs/api.md, run verbatim by bash against a live server with the shipped models.
 
 The server is ``uvicorn backend.main:app`` with the models in ``models/`` and nothing from ``../shared``:
 the examples use ``samples/`` only, so they work from a fresh clone. Only the host is changed (the test's
@@ -21,13 +21,16 @@ from tests.support import uvicorn_server
 
 pytestmark = pytest.mark.slow
 
-README = REPO_ROOT / "README.md"
+# The README's ten lines and the full list in docs/api.md: every example a newcomer copies must run.
+DOCS = (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "api.md")
 KEY = "readme-example-key"
 
 
 def readme_curl_examples() -> list[str]:
-    """Each ``curl`` command of the README's ``bash`` blocks, continuation lines joined, comments kept."""
-    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    """Each ``curl`` command of the README's and docs/api.md's ``bash`` blocks, continuation lines joined."""
+    blocks = [
+        b for doc in DOCS for b in re.findall(r"^```bash\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
+    ]
     commands: list[str] = []
     for block in blocks:
         text = block.replace("\\\n", " ")

@@ -107,7 +107,7 @@ def test_run_script_serves_both_and_stops_cleanly(how: str, tmp_path: Path, tiny
             os.killpg(pgid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
         rc = proc.wait(timeout=60)
         assert rc == 0, output()
-        assert "stopped" in output()
+        assert "stopped" in output() and "unexpectedly" not in output()
         assert "killing it" not in output(), "a service ignored SIGTERM and had to be killed"
         deadline = time.monotonic() + 10
         while _group_alive(pgid) and time.monotonic() < deadline:
@@ -118,4 +118,79 @@ def test_run_script_serves_both_and_stops_cleanly(how: str, tmp_path: Path, tiny
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+        proc.wait(10)
+
+
+# Stand-ins for uvicorn and streamlit: serve 200 on their --port and stop cleanly on SIGINT/SIGTERM (as both do).
+_STUB_SERVER = """
+import http.server, signal, sys, threading
+port = int(sys.argv[1])
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
+stop = lambda *_: threading.Thread(target=server.shutdown).start()
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+server.serve_forever()
+"""
+_STUB_LAUNCHER = """#!/usr/bin/env bash
+while [ $# -gt 0 ]; do case "$1" in --port | --server.port) port=$2 ;; esac; shift; done
+exec "$(dirname "$0")/python" "$(dirname "$0")/stub_server.py" "$port"
+"""
+
+
+def _stub_venv(root: Path) -> Path:
+    bin_dir = root / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "stub_server.py").write_text(_STUB_SERVER)
+    for tool in ("uvicorn", "streamlit"):
+        (bin_dir / tool).write_text(_STUB_LAUNCHER)
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir.parent
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_ctrl_c_stops_quietly_even_when_the_shell_cannot_trap_it(tmp_path: Path) -> None:
+    """Started with SIGINT ignored (a background job of another script), run.sh cannot trap Ctrl-C, but the
+    servers still get it and stop: that is an interrupt, not "a service stopped unexpectedly"."""
+    bport, fport = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETINA_")}
+    env.update(
+        RETINA_VENV=str(_stub_venv(tmp_path)),
+        RETINA_NO_INSTALL="1",
+        RETINA_BACKEND_PORT=str(bport),
+        RETINA_FRONTEND_PORT=str(fport),
+    )
+    log = tmp_path / "run.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            ["bash", str(RUN)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_ignore_sigint,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "RetinaScope is running" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        rc = proc.wait(timeout=30)
+        text = log.read_text(errors="replace")
+        assert rc == 0, text
+        assert "stopped" in text and "unexpectedly" not in text and "error" not in text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)

@@ -16,6 +16,13 @@ The image gate is scripted by the upload's file name, so a test picks the case b
 
 A model listed with ``informative: false`` answers gradable images with the referral level
 ``not_informative`` (no advice), as the backend does for a model no better than chance.
+
+The words follow the issue-28 contract: every referral carries the backend's ``headline`` (``HEADLINES``)
+and ``note`` (the one ``NOTE``), every model its ``disclaimer`` and ``operating_point_text``. With
+``contract_words = False`` the fake answers as an older backend that sends none of the four.
+``/predict/exam`` and ``/report/exam`` answer an exam (eyes from the ``laterality`` form field), and a
+file with ``volume`` in its name is a multi-frame DICOM: ``/predict`` refuses it naming ``/predict/volume``,
+which answers a three-B-scan volume.
 """
 
 from __future__ import annotations
@@ -40,7 +47,33 @@ DR = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
 NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
 DARK_REASONS = ["too dark: retina brightness 0.03 < 0.10", "blurred: sharpness 0.8 < 2.0"]
 NOT_INFORMATIVE_ADVICE = "No advice: this model's validated accuracy is not distinguishable from chance."
-# The fundus model's referral operating point, as training/operating_point.py stores it.
+UNGRADABLE_ADVICE = "No assessment: the image is not gradable. Retake it (or refer for an in-person examination)."
+# The backend's headline of each referral level (retina/referral.py writes them; the UI prints them).
+HEADLINES = {
+    "urgent": "Urgent referral",
+    "refer": "Referral advised",
+    "routine": "Routine referral",
+    "observation": "Observation",
+    "rescreen_12_months": "Rescreen in 12 months",
+    "ungradable": "Not gradable",
+    "not_informative": "No advice (model not informative)",
+}
+# The backend's operating-point sentences, by model id and point name.
+OPERATING_POINT_TEXT: dict[str, dict[str, str]] = {
+    "oct-test": {
+        "urgent": "Urgent referral when P(CNV) + P(DME) >= 0.50 (a service setting, not a validated operating point)",
+        "routine": "Routine referral when P(CNV) + P(DME) + P(DRUSEN) >= 0.50 (a service setting, not a validated "
+        "operating point)",
+    },
+    "fundus-test": {
+        "refer": "Refer when P(grade >= 2) >= 0.23, chosen on the fundus-train validation split (742 images, 371 "
+        "patients): sensitivity 0.87 [0.80, 0.92], specificity 0.55 [0.51, 0.59]",
+        "urgent": "Urgent referral when P(proliferative) >= 0.50 (a service setting, not a validated operating point)",
+    },
+}
+# The fields of the contract an older backend does not send.
+CONTRACT_WORDS = ("headline", "disclaimer", "operating_point_text")
+# The fundus model's referral operating point, as training/evaluate/thresholds.py stores it.
 FUNDUS_REFER_POINT: dict[str, Any] = {
     "threshold": 0.23,
     "score": "P(Moderate + Severe + Proliferative)",
@@ -95,13 +128,20 @@ def oct_referral(probs: dict[str, float]) -> dict[str, Any]:
     else:
         level, what, p = "observation", "No referral suggested: routine observation.", anything
     op = ">=" if level != "observation" else "<"
+    return referral(level, what, f"P = {p:.2f} {op} 0.50", p, 0.5)
+
+
+def referral(level: str, advice: str, reason: str, p: float | None = None, t: float | None = None) -> dict[str, Any]:
+    """A ``Referral`` body as the backend writes it: the level's headline, the advice and the one note."""
     return {
         "level": level,
-        "advice": what,
-        "reason": f"P = {p:.2f} {op} 0.50",
+        "headline": HEADLINES[level],
+        "advice": advice,
+        "reason": reason,
         "probability": p,
-        "threshold": 0.5,
+        "threshold": t,
         "note": NOTE,
+        "profile": "default",
     }
 
 
@@ -154,6 +194,8 @@ class FakeBackend:
                 # No operating point fitted: the service's default thresholds.
                 "operating_points": {},
                 "served_thresholds": {"urgent": 0.5, "routine": 0.5},
+                "operating_point_text": OPERATING_POINT_TEXT["oct-test"],
+                "disclaimer": NOTE,
                 "informative": True,
             },
             {
@@ -172,6 +214,8 @@ class FakeBackend:
                 "calibration": {},
                 "operating_points": {"refer": FUNDUS_REFER_POINT},
                 "served_thresholds": {"refer": 0.23, "urgent": 0.5},
+                "operating_point_text": OPERATING_POINT_TEXT["fundus-test"],
+                "disclaimer": NOTE,
                 "informative": True,
             },
         ]
@@ -180,6 +224,8 @@ class FakeBackend:
     oct_probs: dict[str, float] = field(default_factory=lambda: dict(zip(OCT, [0.1, 0.2, 0.6, 0.1], strict=True)))
     gate_enabled: bool = True
     referral_enabled: bool = True
+    # False: answer as a backend older than the issue-28 contract (no headline, disclaimer, operating_point_text).
+    contract_words: bool = True
     # Every PDF /report answered, in order.
     reports: list[bytes] = field(default_factory=list)
     url: str = ""
@@ -252,8 +298,10 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send(503, {"error": "not_ready", "detail": state.not_ready_detail})
             elif path == "/models":
-                self._send(200, state.models)
-            elif path in ("/predict", "/gradcam", "/report") and method == "POST":
+                self._send(200, _words(state, state.models))
+            elif path in ("/predict/exam", "/report/exam") and method == "POST":
+                self._exam_route(path, query, rec)
+            elif path in ("/predict", "/predict/volume", "/gradcam", "/report") and method == "POST":
                 self._image_route(path, query, rec)
             else:
                 self._send(404, {"error": "not_found", "detail": f"no route {path}"})
@@ -274,8 +322,13 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
             if body["referral"] and model["task"] == "fundus" and query.get("site"):
                 # As the service: a site profile decides fundus referrals and the referral names it.
                 body["referral"]["profile"] = query["site"]
-            if path == "/predict":
-                self._send(200, body)
+            if "volume" in filename and path != "/predict/volume":
+                detail = f"{filename} is a multi-frame DICOM (a volume): send it to /predict/volume"
+                self._send(422, {"error": "invalid_image", "detail": detail})
+            elif path == "/predict":
+                self._send(200, _words(state, body))
+            elif path == "/predict/volume":
+                self._send(200, _words(state, volume_answer(body)))
             elif path == "/report":
                 title = body["referral"]["level"] if body["referral"] else "no referral"
                 pdf = pdf_bytes("RetinaScope report", filename, f"{model['id']} {query.get('method')}", title)
@@ -296,6 +349,16 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
                         "heatmap_png": base64.b64encode(png_bytes(colour=(0, 0, 255))).decode(),
                     },
                 )
+
+        def _exam_route(self, path: str, query: dict[str, str], rec: Recorded) -> None:
+            files = [(name, data) for name, data, _ in rec.fields.get("files", [])]
+            laterality = [data.decode() for _, data, _ in rec.fields.get("laterality", [])]
+            laterality += [""] * (len(files) - len(laterality))
+            if path == "/report/exam":
+                self._send(200, pdf_bytes("RetinaScope exam report", *(name for name, _ in files)))
+                return
+            model = _resolve(state, query.get("model", "auto"), "fundus")
+            self._send(200, _words(state, exam_answer(state, model, [n for n, _ in files], laterality)))
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._handle("GET")
@@ -343,36 +406,86 @@ def _prediction(state: FakeBackend, model: dict[str, Any], modality: str, gradab
         "gate": gate if state.gate_enabled else None,
     }
     if not gradable:
-        reason = "; ".join(DARK_REASONS)
-        advice = "No assessment: the image is not gradable. Retake it (or refer for an in-person examination)."
-        body["referral"] = {"level": "ungradable", "advice": advice, "reason": reason, "note": NOTE}
+        body["referral"] = referral("ungradable", UNGRADABLE_ADVICE, "; ".join(DARK_REASONS))
         return body
     if model["task"] == "oct":
         probs = dict(state.oct_probs)
-        referral = oct_referral(probs)
+        ref = oct_referral(probs)
     else:
         probs = dict(zip(DR, [0.1, 0.2, 0.4, 0.2, 0.1], strict=True))
         body["derived"] = {"referable": 0.7, "any": 0.9}
-        referral = {
-            "level": "refer",
-            "advice": "Refer to an ophthalmologist: referable (moderate or worse) diabetic retinopathy suspected.",
-            "reason": "P(grade >= 2) = 0.70 >= 0.23",
-            "probability": 0.7,
-            "threshold": 0.23,
-            "note": NOTE,
-        }
+        advice = "Refer to an ophthalmologist: referable (moderate or worse) diabetic retinopathy suspected."
+        ref = referral("refer", advice, "P(grade >= 2) = 0.70 >= 0.23", 0.7, 0.23)
     if not model.get("informative", True):
-        referral = {
-            "level": "not_informative",
-            "advice": NOT_INFORMATIVE_ADVICE,
-            "reason": "the model's validated balanced accuracy interval includes chance",
-            "probability": None,
-            "threshold": None,
-            "note": NOTE,
-        }
+        why = "the model's validated balanced accuracy interval includes chance"
+        ref = referral("not_informative", NOT_INFORMATIVE_ADVICE, why)
     label = max(probs, key=probs.__getitem__)
     body |= {"label": label, "confidence": probs[label], "probabilities": probs}
-    body["referral"] = referral if state.referral_enabled else None
+    body["referral"] = ref if state.referral_enabled else None
+    return body
+
+
+def volume_answer(scan: dict[str, Any]) -> dict[str, Any]:
+    """A ``/predict/volume`` body: the volume answers as ``scan`` (a /predict body) does; three B-scans, the
+    middle one ungradable, the first deciding."""
+    frame = {"label": scan["label"], "probabilities": scan["probabilities"], "reasons": []}
+    skipped = {"status": "ungradable", "label": None, "probabilities": None, "reasons": DARK_REASONS[:1]}
+    graded = {"status": "graded"} | frame if scan["gradable"] else skipped
+    frames = [{"index": 0} | graded, {"index": 1} | skipped, {"index": 2} | graded]
+    return scan | {
+        "rule": "max_urgency",
+        "rule_text": "The volume is scored by its most urgent graded B-scan.",
+        "n_frames": 3,
+        "n_graded": 2 if scan["gradable"] else 0,
+        "n_ungradable": 1 if scan["gradable"] else 3,
+        "n_not_oct": 0,
+        "needed_graded": 1,
+        "deciding_frames": [0] if scan["gradable"] else [],
+        "frames": frames,
+    }
+
+
+def exam_answer(state: FakeBackend, model: dict[str, Any], names: list[str], laterality: list[str]) -> dict[str, Any]:
+    """A ``/predict/exam`` body: each file answered as /predict would, each eye decided by its first gradable
+    image, the patient by the first eye; refused files (``notretina``) carry the gate's error."""
+    images, eyes = [], []
+    for i, (name, side) in enumerate(zip(names, laterality, strict=True)):
+        eye = side or ("left" if "_os" in name.lower() else "right")
+        refused = "notretina" in name.lower()
+        result = None if refused else _prediction(state, model, model["task"], gradable="dark" not in name.lower())
+        error = {"error": "not_retinal_image", "detail": f"{name} is not a retinal image"} if refused else None
+        gradable = bool(result and result["gradable"])
+        images.append(
+            {"index": i, "filename": name, "eye": eye, "laterality_source": "form" if side else "filename"}
+            | {"kind": "image", "gradable": gradable, "result": result, "volume": None, "error": error}
+        )
+    for side in ("right", "left"):
+        mine = [img for img in images if img["eye"] == side]
+        if not mine:
+            continue
+        deciding = next((img for img in mine if img["gradable"]), None)
+        result = deciding["result"] if deciding else None
+        eye_ref = result["referral"] if result else referral("ungradable", UNGRADABLE_ADVICE, "no gradable image")
+        eyes.append(
+            {"eye": side, "images": [img["index"] for img in mine], "n_images": len(mine)}
+            | {"n_gradable": sum(img["gradable"] for img in mine), "gradable": deciding is not None}
+            | {"deciding_image": deciding["index"] if deciding else None, "model": model["id"]}
+            | {"label": result and result["label"], "confidence": result and result["confidence"]}
+            | {"probabilities": result and result["probabilities"], "referral": eye_ref}
+        )
+    patient = dict(eyes[0]["referral"]) | {"deciding_eye": eyes[0]["eye"]}
+    rule_text = "Each eye is decided by its most urgent gradable image, the patient by the most urgent eye."
+    return {"rule": "most_urgent", "rule_text": rule_text, "patient": patient, "eyes": eyes, "images": images}
+
+
+def _words(state: FakeBackend, body: Any) -> Any:
+    """``body`` as sent: with the contract's words, or (``contract_words`` off) without them, as an older backend."""
+    if state.contract_words:
+        return body
+    if isinstance(body, dict):
+        return {k: _words(state, v) for k, v in body.items() if k not in CONTRACT_WORDS}
+    if isinstance(body, list):
+        return [_words(state, v) for v in body]
     return body
 
 

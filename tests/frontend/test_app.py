@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import requests
 import streamlit as st
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Error
 
-from frontend import ui
-from frontend.client import ModelInfo
+from frontend import text
+from frontend.components.alerts import level_style
+from frontend.model_info import ModelInfo
 from retina.registry import default_for
 from tests.frontend.fake_backend import FakeServer, png_bytes
 from tests.support import APP, backend_predict, free_port
@@ -51,10 +54,25 @@ def cam_captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions if " for " in c and "opacity" in c]
 
 
+def referral_opening(ref: dict) -> str:
+    """How the referral box opens: the backend's headline in bold, or (an older backend without headlines) its
+    advice."""
+    return f"**{ref['headline']}**" if ref.get("headline") else ref["advice"]
+
+
+def _errors_outside_referrals(node: Any) -> Iterator[str]:
+    for child in getattr(node, "children", {}).values():
+        if "-referral-" in str(getattr(getattr(child, "proto", None), "id", "")):
+            continue  # a referral box (keyed container ``referral-<upload>``)
+        if isinstance(child, Error):
+            yield child.value
+        yield from _errors_outside_referrals(child)
+
+
 def failures(at: AppTest) -> list[str]:
-    """Error alerts other than an urgent referral, which is shown in ``st.error`` style on purpose."""
-    urgent = f"**{ui.referral_title('urgent')}**"
-    return [e.value for e in at.error if not e.value.startswith(urgent)]
+    """Error alerts outside the referral boxes, where an urgent referral is shown in ``st.error`` style on
+    purpose."""
+    return [*_errors_outside_referrals(at.main), *(e.value for e in at.sidebar.error)]
 
 
 def check_referral(at: AppTest, expected: dict) -> None:
@@ -66,8 +84,8 @@ def check_referral(at: AppTest, expected: dict) -> None:
     if not ref:
         return
     level = ref["level"] if expected.get("gradable", True) else "ungradable"
-    title, style = ui.REFERRAL_STYLES.get(level, (ui.referral_title(level), "info"))
-    alerts = [a.value for a in getattr(at.main, style) if a.value.startswith(f"**{title}**")]
+    style = level_style(level)
+    alerts = [a.value for a in getattr(at.main, style) if a.value.startswith(referral_opening(ref))]
     assert len(alerts) == 1, [a.value for a in getattr(at.main, style)]
     assert ref["advice"] in alerts[0]
     assert any(ref["note"] in c.value for c in at.main.caption), "research-use note missing"
@@ -77,7 +95,7 @@ def test_sidebar_ready_and_models(monkeypatch: pytest.MonkeyPatch, backend_url: 
     at = run_app(monkeypatch, backend_url)
     assert [s.value for s in at.sidebar.success] == ["Backend ready"]
     assert not at.error
-    assert at.sidebar.radio(key="task").options == ["OCT", "Fundus", ui.AUTO_LABEL]
+    assert at.sidebar.radio(key="task").options == ["OCT", "Fundus", text.AUTO_LABEL]
     oct_ids = [m["id"] for m in backend_models if m["task"] == "oct"]
     select = at.sidebar.selectbox(key="model-oct")
     assert select.value == default_for("oct").key
@@ -89,13 +107,16 @@ def test_sidebar_ready_and_models(monkeypatch: pytest.MonkeyPatch, backend_url: 
     assert "random weights for tests" in metrics["value"].tolist()
     # The referral thresholds the backend serves for the model, each with its operating point (if any).
     served = ModelInfo.from_json(next(m for m in backend_models if m["id"] == select.value))
-    points = ui.operating_point_lines(served)
-    assert len(points) == len(served.served_thresholds)
+    # The backend's operating-point sentences (none from a backend before the issue-28 words), as sent.
+    points = text.operating_point_lines(served)
+    assert len(points) == len(served.operating_point_text)
     captions = [c.value for c in at.sidebar.caption]
     for lines in points:
         assert any(c.startswith(lines[0]) for c in captions), (lines, captions)
-    assert (ui.NOT_INFORMATIVE in [w.value for w in at.sidebar.warning]) == (not served.informative)
-    assert any("Research tool, not a diagnosis" in i.value for i in at.info)
+    assert (text.NOT_INFORMATIVE in [w.value for w in at.sidebar.warning]) == (not served.informative)
+    # The page's disclaimer is the backend's, and only the backend's.
+    words = next((m["disclaimer"] for m in backend_models if m.get("disclaimer")), None)
+    assert [i.value for i in at.main.info] == ([words] if words else [])
 
 
 def test_oct_upload_shows_prediction_and_cam(

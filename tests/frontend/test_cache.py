@@ -9,7 +9,9 @@ import pytest
 import streamlit as st
 
 from frontend import cache
-from frontend.client import BackendClient, BackendError, ClientSettings
+from frontend.client import BackendClient, ClientSettings
+from frontend.errors import BackendError
+from frontend.uploads import file_digest
 from tests.frontend.fake_backend import FakeBackend, FakeServer, png_bytes
 
 
@@ -24,13 +26,13 @@ def fake() -> Iterator[FakeBackend]:
 
 
 def _predict(client: BackendClient, data: bytes, model: str = "oct-test", version: str = "1") -> object:
-    return cache.predict(cache.file_digest(data), model, version, client.base_url, data, "a.png", client)
+    return cache.predict(file_digest(data), model, version, client.base_url, data, "a.png", client)
 
 
 def _cam(client: BackendClient, data: bytes, **kw: object) -> object:
     args = {"method": "gradcam", "target": "CNV", "alpha": 0.5, "size": "input"} | kw
     return cache.gradcam(
-        cache.file_digest(data),
+        file_digest(data),
         "oct-test",
         "1",
         args["method"],
@@ -92,13 +94,13 @@ def test_failures_are_not_cached(fake: FakeBackend) -> None:
 
 
 def test_file_digest_is_content_hash() -> None:
-    assert cache.file_digest(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert cache.file_digest(b"abc") != cache.file_digest(b"abd")
-    assert len(cache.file_digest(b"")) == 64
+    assert file_digest(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_digest(b"abc") != file_digest(b"abd")
+    assert len(file_digest(b"")) == 64
 
 
 def _report(client: BackendClient, data: bytes, method: str = "gradcam", name: str = "a.png") -> bytes:
-    return cache.report(cache.file_digest(data), "oct-test", "1", method, name, client.base_url, data, client)
+    return cache.report(file_digest(data), "oct-test", "1", method, name, client.base_url, data, client)
 
 
 def test_report_once_per_image_method_and_name(fake: FakeBackend) -> None:

@@ -7,24 +7,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from frontend.client import (
-    BackendClient,
-    BackendError,
-    BackendTimeout,
-    BackendUnreachable,
-    ClientSettings,
-    ModelInfo,
-    Prediction,
-    ReadyStatus,
-    Referral,
-)
+from frontend.answers import Prediction, Referral
+from frontend.client import BackendClient, ClientSettings
+from frontend.errors import BackendError, BackendTimeout, BackendUnreachable
+from frontend.model_info import ModelInfo, ReadyStatus
 from tests.frontend.fake_backend import (
     DARK_REASONS,
     DR,
     FUNDUS_REFER_POINT,
+    HEADLINES,
     NOT_INFORMATIVE_ADVICE,
     NOTE,
     OCT,
+    OPERATING_POINT_TEXT,
     FakeBackend,
     FakeServer,
     png_bytes,
@@ -92,6 +87,9 @@ def test_ready_and_models(fake: FakeBackend) -> None:
     assert f.served_thresholds == {"refer": 0.23, "urgent": 0.5}
     assert f.operating_points["refer"]["checks"]["idrid"]["sensitivity_ci95"] == [0.718, 0.871]
     assert f.informative is True
+    # The backend's words, carried as sent.
+    assert (m.disclaimer, f.disclaimer) == (NOTE, NOTE)
+    assert f.operating_point_text == OPERATING_POINT_TEXT["fundus-test"]
 
 
 def test_not_informative_model_and_referral(fake: FakeBackend) -> None:
@@ -110,6 +108,7 @@ def test_model_info_without_calibration_fields() -> None:
     m = ModelInfo.from_json({"id": "x", "task": "oct"})
     assert (m.temperature, m.calibration) == (None, {})
     assert (m.operating_points, m.served_thresholds, m.informative) == ({}, {}, True)
+    assert (m.operating_point_text, m.disclaimer) == ({}, "")
     # Null fields and entries that are no operating point are dropped, not crashed on.
     m = ModelInfo.from_json(
         {
@@ -150,6 +149,7 @@ def test_predict_parses_referral_and_gate(fake: FakeBackend) -> None:
     assert pred.gradable and pred.reasons == ()
     assert pred.referral == Referral(
         level="routine",
+        headline=HEADLINES["routine"],
         advice="Routine referral to an ophthalmologist: drusen suspected.",
         reason="P = 0.90 >= 0.50",
         probability=pytest.approx(0.9),  # type: ignore[arg-type]
@@ -167,6 +167,47 @@ def test_predict_ungradable_has_no_diagnosis(fake: FakeBackend) -> None:
     assert pred.reasons == tuple(DARK_REASONS)
     assert pred.referral is not None and pred.referral.level == "ungradable"
     assert pred.referral.probability is None
+
+
+def test_an_older_backend_without_the_words_parses_with_empty_ones(fake: FakeBackend) -> None:
+    fake.contract_words = False
+    c = client_for(fake.url)
+    assert [(m.disclaimer, m.operating_point_text) for m in c.models()] == [("", {}), ("", {})]
+    pred = c.predict(png_bytes(16), "scan.png", "oct-test")
+    assert pred.referral is not None and (pred.referral.level, pred.referral.headline) == ("routine", "")
+
+
+def test_exam_answer_is_typed(fake: FakeBackend) -> None:
+    uploads = [("r.png", png_bytes(16)), ("l.png", png_bytes(17)), ("notretina.png", png_bytes(18))]
+    exam = client_for(fake.url).predict_exam(uploads, ["right", "left", "left"], "auto")
+    [req] = fake.calls("/predict/exam")
+    assert [f[0] for f in req.fields["files"]] == ["r.png", "l.png", "notretina.png"]
+    assert [v[1] for v in req.fields["laterality"]] == [b"right", b"left", b"left"]
+    assert (exam.patient.level, exam.patient.headline, exam.patient.deciding_eye) == (
+        "refer",
+        HEADLINES["refer"],
+        "right",
+    )
+    assert [(e.eye, e.n_images, e.n_gradable, e.referral.headline) for e in exam.eyes] == [
+        ("right", 1, 1, HEADLINES["refer"]),
+        ("left", 2, 1, HEADLINES["refer"]),
+    ]
+    assert exam.images[0].result is not None and exam.images[0].result.label == "Moderate"
+    assert exam.images[2].error is not None and exam.images[2].error.error == "not_retinal_image"
+
+
+def test_bad_exam_answer_is_bad_response(fake: FakeBackend) -> None:
+    fake.queue_error(200, {"patient": {}, "eyes": [], "images": []})
+    with pytest.raises(BackendError) as info:
+        client_for(fake.url).predict_exam([("a.png", b"x")], [""], "auto")
+    assert info.value.code == "bad_response"
+
+
+def test_volume_answer(fake: FakeBackend) -> None:
+    vol = client_for(fake.url).predict_volume(png_bytes(16), "volume.dcm", "oct-test")
+    assert (vol.n_frames, vol.n_graded, vol.deciding_frames) == (3, 2, (0,))
+    assert [f.status for f in vol.frames] == ["graded", "ungradable", "graded"]
+    assert vol.prediction.referral is not None and vol.prediction.referral.headline == HEADLINES["routine"]
 
 
 def test_prediction_from_json_optional_fields() -> None:

@@ -15,9 +15,8 @@ import requests
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from frontend import ui
 from retina.paths import REPO_ROOT
-from tests.frontend.test_app import failures, run_app
+from tests.frontend.test_app import failures, referral_opening, run_app
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +50,9 @@ def test_volume_answer_first_then_strip_chart_and_b_scan_slider(
     at = _upload_volume(run_app(monkeypatch, backend_url))
     assert failures(at) == []
     # The volume's answer comes first: its referral alert, then the volume metrics.
-    title = ui.referral_title(expected["referral"]["level"])
+    opening = referral_opening(expected["referral"])
     alerts = [a for kind in ("error", "warning", "success", "info") for a in getattr(at.main, kind)]
-    referral = [a.value for a in alerts if a.value.startswith(f"**{title}**")]
+    referral = [a.value for a in alerts if a.value.startswith(opening)]
     assert len(referral) == 1 and expected["referral"]["advice"] in referral[0]
     assert [m.value for m in at.metric if m.label == "Volume class"] == [expected["label"]]
     summary = [m.value for m in at.markdown if m.value.startswith("**OCT volume**")]

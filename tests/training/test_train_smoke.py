@@ -15,10 +15,9 @@ from retina.models import ARCHS
 from retina.preprocessing import get_preset
 from retina.registry import ModelSpec
 from tests.support import save_random_checkpoint
+from tests.training import synth
 from training import config as C
 from training.train import main
-
-from . import synth
 
 CONFIGS = sorted(p.stem for p in C.CONFIG_DIR.glob("*.yaml"))
 
@@ -73,45 +72,45 @@ def _check_checkpoint(path: Path, task: str) -> checkpoint.CheckpointMeta:
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_one_epoch_on_real_images(name, tmp_path, request):
     cfg = C.resolve(name)
-    data = request.getfixturevalue("oct_dev" if cfg["task"] == "oct" else "fundus_dev")
+    data = request.getfixturevalue("oct_dev" if cfg.task == "oct" else "fundus_dev")
     out = tmp_path / "run"
     args = ["--config", str(C.CONFIG_DIR / f"{name}.yaml"), "--data", str(data), "--out", str(out), "--epochs", "1"]
     extra = ["data.max_images=30"]
-    if cfg["epoch_images"]:
+    if cfg.epoch_images:
         extra.append("epoch_images=40")  # a fixed number of draws per epoch: keep it seconds-long too
-    weights = (cfg["model"].get("args") or {}).get("weights")
+    weights = cfg.model.args.get("weights")
     if isinstance(weights, str) and weights.endswith(".pt"):
         # A second-stage config warm-starts from a first-stage run: stand in a checkpoint of the same network.
         stage1 = ModelSpec(
             key="stage1",
-            task=cfg["task"],
-            arch=cfg["model"]["arch"],
+            task=cfg.task,
+            arch=cfg.model.arch,
             checkpoint="stage1.pt",
-            class_names=DR_GRADES if cfg["task"] == "fundus" else OCT_CLASSES,
-            preprocess=get_preset("fundus_128" if cfg["task"] == "fundus" else "oct_64"),
-            cam_layer=ARCHS[cfg["model"]["arch"]].cam_layer,
+            class_names=DR_GRADES if cfg.task == "fundus" else OCT_CLASSES,
+            preprocess=get_preset("fundus_128" if cfg.task == "fundus" else "oct_64"),
+            cam_layer=ARCHS[cfg.model.arch].cam_layer,
         )
         extra.append(f"model.args.weights={save_random_checkpoint(stage1, tmp_path / 'stage1.pt')}")
     args += _strip_simclr(tiny(tmp_path, *extra), name)
     assert main(args) == 0
-    if cfg["simclr"] is not None:
+    if cfg.simclr is not None:
         assert (out / "backbone.pt").is_file() and (out / "simclr_history.csv").is_file()
         backbone = torch.load(out / "backbone.pt", weights_only=True)
         assert not any(k.startswith("projection_head") for k in backbone["state_dict"])  # only the encoder
-        runs = [out / f"frac_{f:g}" for f in cfg["simclr"]["label_fractions"]]
+        runs = [out / f"frac_{f:g}" for f in cfg.simclr.label_fractions]
     else:
         runs = [out]
     for run in runs:
         for f in ("best.pt", "last.pt", "config.yaml", "history.csv", "training_curves.png"):
             assert (run / f).is_file(), f
-        meta = _check_checkpoint(run / "best.pt", cfg["task"])
+        meta = _check_checkpoint(run / "best.pt", cfg.task)
         assert C.load_yaml(run / "config.yaml")["model"] == meta.config["model"]
         with open(run / "history.csv") as fh:
             assert [r["epoch"] for r in csv.DictReader(fh)] == ["1"]
-    if cfg["simclr"] is not None:
+    if cfg.simclr is not None:
         metas = [checkpoint.load(r / "best.pt")[1] for r in runs]
         assert all(m.arch == "simclr" and m.model_args["encoder"] == "resnet18" for m in metas)
-        assert [m.config["label_fraction"] for m in metas] == cfg["simclr"]["label_fractions"]
+        assert [m.config["label_fraction"] for m in metas] == cfg.simclr.label_fractions
 
 
 @pytest.mark.slow
@@ -181,7 +180,7 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
 
 
 def test_smote_resample_keeps_originals_and_balances():
-    from training.data import smote_resample
+    from training.data.sampling import smote_resample
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (14, 1, 8, 8), dtype=torch.uint8, generator=g)
@@ -196,8 +195,8 @@ def test_smote_resample_keeps_originals_and_balances():
 
 
 def test_cap_by_patients_keeps_whole_patients_and_every_class(tmp_path):
-    from training.data import cap_by_patients
-    from training.datasets import read_table
+    from training.data.splits import cap_by_patients
+    from training.data.tables import read_table
 
     table = read_table(synth.make_labels_csv(tmp_path / "d"))
     idx = cap_by_patients(table, 16, seed=0)
@@ -210,7 +209,7 @@ def test_cap_by_patients_keeps_whole_patients_and_every_class(tmp_path):
 
 
 def test_label_fraction_is_stratified_seeded_and_nonempty():
-    from training.data import label_fraction_indices
+    from training.data.splits import label_fraction_indices
 
     y = np.array([0] * 200 + [1] * 50 + [2] * 3)
     idx = label_fraction_indices(y, 0.1, seed=0)
@@ -222,8 +221,8 @@ def test_label_fraction_is_stratified_seeded_and_nonempty():
 
 
 def test_cap_keeps_every_source_split(tmp_path):
-    from training.data import cap_by_patients
-    from training.datasets import read_table, split_indices
+    from training.data.splits import cap_by_patients, split_indices
+    from training.data.tables import read_table
 
     table = read_table(synth.make_oct2017(tmp_path / "d", test=True))
     idx = cap_by_patients(table, 24, seed=0)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from retina.preprocessing import PreprocessSpec, fundus_disc_box, get_preset, to_standard_mode
+from retina.image_ops import fundus_disc_box
+from retina.preprocessing import PreprocessSpec, get_preset, to_standard_mode
 
 _LOCAL_CONTRAST_STD = 32.0
 _BAND_ABOVE = 0.34

@@ -97,7 +97,7 @@ def test_shipped_int8_calibration_belongs_to_the_checkpoint_and_states_its_effec
     """The int8 file is bound to the checkpoint, calibrated on train images, and honest about val."""
     path = SHIPPED[task]
     doc = json.loads(calibration_path(path).read_text())
-    assert doc["checkpoint_sha256"] == file_sha256(path), "re-run python -m training.quantize"
+    assert doc["checkpoint_sha256"] == file_sha256(path), "re-run python -m training.ship.quantize"
     v = doc["validation"]
     assert v["split"] == "val" and v["n"] > 0 and doc["calibration_split"].startswith("train")
     assert set(v["engines"]) == set(INT8_ENGINES), "both int8 engines re-measured"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from retina.assessment import Assessment
-from retina.exam import EYE_ADVICE, ExamItem, assess_exam
+from retina.exam import ExamItem, assess_exam
 from retina.laterality import from_dicom, from_filename, normalise, resolve, split_form
 from retina.referral import ADVICE
 from tests.dicom_helpers import make_dicom
@@ -56,7 +56,7 @@ def test_an_eye_without_a_gradable_image_is_ungradable_and_outranks_no_referral(
     )
     right, left = exam.eyes
     assert right.level == "rescreen_12_months"
-    assert left.level == "ungradable" and left.deciding is None and left.referral["advice"] == EYE_ADVICE
+    assert left.level == "ungradable" and left.deciding is None and left.referral["advice"] == ADVICE["ungradable_eye"]
     assert "not_retinal_image" in left.referral["reason"]
     assert exam.patient["level"] == "ungradable" and exam.deciding_eye == "left"
 

@@ -22,7 +22,7 @@ CARD = {
         "empty": {"title": "nothing stored", "n": 3},
     }
 }
-# The training run's layout (training/metrics.py), with numbers that differ from the card's.
+# The training run's layout (training/evaluate/metrics.py), with numbers that differ from the card's.
 TRAINING = {
     "val": {"accuracy": 0.73, "n": 800},
     "test": {"accuracy": 0.71375, "referable": {"roc_auc": 0.79, "roc_auc_ci95": [0.75, 0.83]}, "n": 800},

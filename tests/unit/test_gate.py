@@ -305,7 +305,7 @@ def test_batched_augmentation_keeps_views_in_range_and_differs_per_image() -> No
 def test_dark_level_percentile_from_the_histogram_equals_the_scaled_images() -> None:
     """The gate's byte-histogram percentile gives exactly the float32 percentile of the scaled image it replaces."""
     from retina.gate import _percentile_u8_as_unit
-    from retina.preprocessing import percentile
+    from retina.image_ops import percentile
 
     rng = np.random.default_rng(2)
     for i in range(2000):

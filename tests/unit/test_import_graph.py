@@ -60,12 +60,12 @@ def test_retina_has_no_import_cycle() -> None:
 
 def test_training_has_no_import_cycle() -> None:
     graph = import_graph("training")
-    assert "training.fit" in graph["training.train"]
+    assert "training.fit.pipeline" in graph["training.train"]
     assert cycles(graph) == []
 
 
 def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
-    for path in sorted((REPO_ROOT / "backend/app/services").glob("*.py")):
+    for path in sorted((REPO_ROOT / "backend/app/services").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -76,13 +76,53 @@ def test_services_import_no_fastapi_and_no_route_imports_another() -> None:
             assert not {d for d in deps if d.startswith("backend.app.api.routes.")}, name
 
 
+def imported_packages(package: str) -> dict[str, set[str]]:
+    """``module -> top-level packages it imports``, counting imports inside functions too."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[_module(path)] = names
+    return found
+
+
+def test_the_core_imports_neither_the_service_nor_batch_scoring() -> None:
+    """``retina`` is the bottom layer: ``backend`` and ``scoring`` import it, never the other way round."""
+    upward = {
+        m: deps & {"backend", "scoring", "training", "frontend"} for m, deps in imported_packages("retina").items()
+    }
+    assert {m: d for m, d in upward.items() if d} == {}
+
+
+def test_scoring_has_no_import_cycle_and_nothing_imports_it() -> None:
+    graph = import_graph("scoring")
+    assert "scoring.batch" in graph["scoring.cli"]
+    assert cycles(graph) == []
+    for package in ("retina", "backend", "training", "frontend"):
+        assert not [m for m, deps in imported_packages(package).items() if "scoring" in deps], package
+
+
+def test_the_api_contract_depends_on_no_service() -> None:
+    """Routes -> services -> schemas / retina, never schemas -> services (type-checking imports included)."""
+    graph = import_graph("backend")
+    contract = [m for m in graph if m.startswith("backend.app.") and m.endswith("schemas")]
+    assert {"backend.app.schemas", "backend.app.exam_schemas", "backend.app.audit_schemas"} <= set(contract)
+    for name in contract:
+        assert not {d for d in graph[name] if d.startswith(("backend.app.services", "backend.app.api"))}, name
+
+
 def _project_modules() -> list[str]:
-    return [m for pkg in ("retina", "training", "backend") for m in sorted(import_graph(pkg)) if m != f"{pkg}.__main__"]
+    packages = ("retina", "training", "backend", "scoring")
+    return [m for pkg in packages for m in sorted(import_graph(pkg)) if m != f"{pkg}.__main__"]
 
 
 def test_every_module_imports() -> None:
     """Each module of the core, the trainers and the service imports: a name moved by a refactor
-    (``training.quantize`` once imported ``setup_logging`` from where it no longer lived) fails here,
+    (``training.ship.quantize`` once imported ``setup_logging`` from where it no longer lived) fails here,
     not on the first user who runs that command. In a subprocess: importing ``backend.main`` sets
     process-wide defaults (``OMP_WAIT_POLICY``, ``TQDM_DISABLE``) that must not leak into other tests."""
     import json
@@ -90,7 +130,7 @@ def test_every_module_imports() -> None:
     import sys
 
     modules = _project_modules()
-    assert "training.quantize" in modules and "backend.main" in modules
+    assert "training.ship.quantize" in modules and "backend.main" in modules
     script = (
         "import importlib, json, sys\n"
         "failures = {}\n"

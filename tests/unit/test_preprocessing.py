@@ -176,14 +176,14 @@ def _curved_scan(w: int = 768, h: int = 496, sag: float = 80.0) -> Image.Image:
 
 
 def test_oct_band_follows_and_flattens_the_retina() -> None:
-    from retina.preprocessing import _oct_band, oct_band_curve
+    from retina.image_ops import oct_band, oct_band_curve
 
     img = _curved_scan()
     curve = oct_band_curve(np.asarray(img))
     x = np.arange(img.width)
     truth = 200 + 80 * ((x - img.width / 2) / (img.width / 2)) ** 2
     assert np.abs(curve - truth).max() < 8  # rows, out of 496
-    flat = np.asarray(_oct_band(img), dtype=np.float32)
+    flat = np.asarray(oct_band(img), dtype=np.float32)
     rows = flat.argmax(axis=0)
     assert flat.shape[1] == img.width  # the full width is kept
     assert rows.max() - rows.min() <= 20  # the band is straight after flattening
@@ -208,8 +208,8 @@ def test_tail_fn_equals_tail_bit_for_bit(preset: str) -> None:
 
 
 def test_percentile_equals_numpys_value_and_dtype() -> None:
-    """``retina.preprocessing.percentile`` replaces ``np.percentile`` in the OCT band and the gate: it must be exact."""
-    from retina.preprocessing import percentile
+    """``retina.image_ops.percentile`` replaces ``np.percentile`` in the OCT band and the gate: it must be exact."""
+    from retina.image_ops import percentile
 
     rng = np.random.default_rng(0)
     for i in range(3000):

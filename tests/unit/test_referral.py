@@ -17,7 +17,7 @@ from retina.referral import (
     referral_for,
     served_thresholds,
 )
-from training.operating_point import sens_spec, threshold_for_sensitivity
+from training.evaluate.thresholds import sens_spec, threshold_for_sensitivity
 
 
 def meta(points: dict | None = None, ci: list[float] | None = None, k: int = 5) -> SimpleNamespace:
@@ -88,7 +88,7 @@ def test_threshold_for_sensitivity_keeps_the_target_on_the_fitting_set() -> None
 def test_operating_point_fits_on_several_files_and_raw_photos_only(tmp_path) -> None:
     from PIL import Image
 
-    from training.operating_point import read_predictions
+    from training.evaluate.thresholds import read_predictions
 
     rows = []
     for i, (size, label) in enumerate([((256, 256), "Moderate"), ((768, 512), "Moderate"), ((768, 512), "No DR")]):
@@ -107,7 +107,7 @@ def test_operating_point_fits_on_several_files_and_raw_photos_only(tmp_path) -> 
 
 
 def test_every_domain_point_keeps_the_target_on_each_domain_and_is_the_largest_such() -> None:
-    from training.operating_point import minimax_threshold
+    from training.evaluate.thresholds import minimax_threshold
 
     rng = np.random.default_rng(1)
     domains = {}
@@ -128,7 +128,7 @@ def test_every_domain_point_keeps_the_target_on_each_domain_and_is_the_largest_s
 
 
 def test_patients_are_resampled_together() -> None:
-    from training.operating_point import patient_of
+    from training.evaluate.thresholds import patient_of
 
     assert patient_of("/x/1005_left.jpeg") == patient_of("/y/1005_right.jpeg") == "1005"
     assert patient_of("IDRiD_012.jpeg") == "IDRiD_012"
@@ -136,3 +136,31 @@ def test_patients_are_resampled_together() -> None:
     pos = np.array([True, True, False, False])
     r = sens_spec(score, pos, 0.5, n_boot=50, groups=np.array(["a", "a", "b", "b"]))
     assert r["n_patients"] == 2 and r["sensitivity"] == 1.0 and r["specificity"] == 1.0
+
+
+def test_every_block_carries_its_headline_and_the_one_disclaimer() -> None:
+    from retina.referral import DISCLAIMER, HEADLINES, ReferralThresholds, ungradable_referral
+
+    blocks = [
+        referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, ReferralThresholds(), FUNDUS),
+        referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, ReferralThresholds(), meta()),
+        referral_for("oct", OCT_CLASSES, np.array([0.6, 0.1, 0.1, 0.2]), ReferralThresholds(), meta(k=4)),
+        referral_for("fundus", DR_GRADES, NO_DR_LIKELIEST, ReferralThresholds(), meta(ci=[0.1, 0.3])),
+        ungradable_referral(["too dark"]),
+    ]
+    for block in blocks:
+        assert block is not None
+        assert block["headline"] == HEADLINES[block["level"]] and block["note"] == DISCLAIMER
+    levels = {b["level"] for b in blocks if b}
+    assert levels == {"refer", "rescreen_12_months", "urgent", "not_informative", "ungradable"}
+
+
+def test_the_operating_point_sentence_names_the_rule_and_its_figures() -> None:
+    from retina.referral import operating_point_text
+
+    point = {"threshold": 0.4, "fitted_on": "OCT validation", "fit": {"sensitivity": 0.9, "n": 100, "n_positive": 40}}
+    assert operating_point_text("oct", "routine", point, 0.4) == (
+        "Routine referral when P(CNV) + P(DME) + P(DRUSEN) >= 0.400, chosen on OCT validation: "
+        "sensitivity 0.90 (n = 100, 40 positive)."
+    )
+    assert operating_point_text("oct", "urgent", None, None) == ""

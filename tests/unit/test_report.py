@@ -15,19 +15,19 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from backend.app.services.report import ReportInput, build_report, latin1, operating_point_text, referral_title
+from backend.app.services.report import ReportInput, build_report, latin1
 from retina.cam import overlay
 from retina.paths import REPO_ROOT
 from retina.preprocessing import get_preset, load_image, prepare
+from retina.referral import DISCLAIMER, DISCLAIMER_SHORT, decided_by_text, headline
 
-DISCLAIMER = "Research tool, not a diagnosis. Outputs must not be used for clinical decisions."
 CREATED = datetime(2026, 11, 22, 10, 15, 3, tzinfo=UTC)
 FUNDUS_METRICS = [
     ("Referable-DR ROC AUC (test, 742 images)", "0.725 [0.668, 0.774]"),
     ("Accuracy, 5 grades (test)", "0.722 [0.679, 0.763]"),
 ]
 OCT_METRICS = [("Accuracy (test, 9 images)", "0.889 [0.667, 1.000]")]
-# As training/operating_point.py stores it in the checkpoint (meta.extra["operating_points"]).
+# As training/evaluate/thresholds.py stores it in the checkpoint (meta.extra["operating_points"]).
 REFER_POINT = {
     "threshold": 0.23,
     "score": "P(Moderate + Severe + Proliferative)",
@@ -106,7 +106,6 @@ def fundus_input(fundus_dev: Path) -> ReportInput:
         input_sha256=hashlib.sha256(raw).hexdigest(),
         created=CREATED,
         filename=f"/home/someone/uploads/{path.name}",
-        disclaimer=DISCLAIMER,
     )
 
 
@@ -138,7 +137,6 @@ def oct_input(oct_dev: Path) -> ReportInput:
         input_sha256=hashlib.sha256(raw).hexdigest(),
         created=CREATED,
         filename=None,
-        disclaimer=DISCLAIMER,
     )
 
 
@@ -171,7 +169,7 @@ def test_report_has_every_part(case: str, request: pytest.FixtureRequest) -> Non
         assert f"{name} {p:.3f}" in text  # each class beside its probability, 3 decimals
     assert inp.referral["advice"] in text
     assert inp.referral["reason"] in text
-    assert referral_title(inp.referral["level"]).upper() in text
+    assert headline(inp.referral["level"]).upper() in text  # the level's headline when the block brings none
     assert f"referral level: {inp.referral['level']}" in text
     for name, value in inp.metrics:
         assert name in text and value in text
@@ -179,7 +177,7 @@ def test_report_has_every_part(case: str, request: pytest.FixtureRequest) -> Non
     assert "2026-11-22T10:15:03Z" in text
     assert inp.request_id in text
     assert inp.input_sha256 in text
-    assert "Research tool, not a diagnosis." in text
+    assert DISCLAIMER in text  # the default: the one disclaimer of retina.referral
     assert f"Modality: {inp.task}" in text and "Gradable: yes" in text
 
 
@@ -221,7 +219,7 @@ def test_ungradable_report_lists_reasons_and_no_probability_table(fundus_input: 
     pages, text, images = _read(build_report(inp))
     assert pages == 1
     assert images == 1  # no overlay
-    assert "UNGRADABLE IMAGE" in text and "Retake the photograph." in text
+    assert headline("ungradable").upper() in text and "Retake the photograph." in text
     assert "Not graded" in text and "Gradable: no" in text
     for reason in reasons:
         assert reason in text
@@ -308,7 +306,7 @@ def test_extreme_inputs_still_one_page(oct_input: ReportInput) -> None:
     assert pages == 1 and images == 2
     assert f"{names[-1]} {probs[names[-1]]:.3f}" in text  # the most probable class is kept
     assert "less probable classes" in text
-    assert "Research tool, not a diagnosis." in text and inp.input_sha256 in text
+    assert f"{DISCLAIMER_SHORT}." in text and inp.input_sha256 in text
 
 
 def test_rendered_page_is_not_blank_and_coloured_by_level(fundus_input: ReportInput) -> None:
@@ -337,44 +335,53 @@ def _refer(inp: ReportInput, threshold: float | None = 0.23, **points: dict) -> 
     return dataclasses.replace(inp, referral=referral, operating_points=points)
 
 
+def _point_text(inp: ReportInput) -> str:
+    """The operating-point sentence the PDF prints for ``inp`` (written by retina.referral)."""
+    return decided_by_text(inp.task, inp.referral, inp.operating_points)
+
+
 def test_report_prints_the_served_operating_point(fundus_input: ReportInput) -> None:
     inp = _refer(fundus_input, refer=REFER_POINT)
     expected = (
-        f"Operating point: threshold 0.230, fitted on fundus-train validation split: {FIT_TEXT}. "
+        f"Refer when P(grade >= 2) >= 0.230, chosen on fundus-train validation split: {FIT_TEXT}. "
         f"At this threshold {IDRID_TEXT}."
     )
-    assert operating_point_text(inp) == expected
+    assert _point_text(inp) == expected
     pages, text, images = _read(build_report(inp))
     assert pages == 1 and images == 2
     assert "Rule: P(grade >= 2) = 0.59 >= 0.23" in text
-    assert "Operating point: threshold 0.230, fitted on fundus-train validation split" in text
+    assert "Refer when P(grade >= 2) >= 0.230, chosen on fundus-train validation split" in text
     assert FIT_TEXT in text and IDRID_TEXT in text
     # A rescreen answer was decided by the same point: its figures are printed too.
     rescreen = dataclasses.replace(inp, referral={**inp.referral, "level": "rescreen_12_months"})
-    assert operating_point_text(rescreen) == expected
+    assert _point_text(rescreen) == expected
 
 
 def test_report_operating_point_overridden_or_absent(fundus_input: ReportInput) -> None:
-    over = operating_point_text(_refer(fundus_input, 0.5, refer=REFER_POINT))
+    over = _point_text(_refer(fundus_input, 0.5, refer=REFER_POINT))
     assert over.startswith(
-        "Threshold 0.500 (service setting) overrides the operating point 0.230 "
-        "fitted on fundus-train validation split: "
+        "Refer when P(grade >= 2) >= 0.500 (service setting RETINA_REFERRAL_FUNDUS_REFER), overriding the "
+        "operating point 0.230 chosen on fundus-train validation split: "
     )
     assert f"{FIT_TEXT}. At 0.230 {IDRID_TEXT}." in over
     # No operating point stored (or only another one): the served threshold alone.
     for inp in (_refer(fundus_input, 0.5), _refer(fundus_input, 0.5, urgent=REFER_POINT)):
-        assert operating_point_text(inp) == (
-            "Threshold 0.500 (service default or setting; no validated operating point in the checkpoint)."
+        assert _point_text(inp) == (
+            "Refer when P(grade >= 2) >= 0.500 (service default or setting; no validated operating point in the "
+            "checkpoint)."
         )
-        assert "Threshold 0.500 (service default or setting" in _read(build_report(inp))[1]
+        assert "Refer when P(grade >= 2) >= 0.500 (service default or setting" in _read(build_report(inp))[1]
     # No threshold decided the answer: nothing printed (the fixtures carry none).
-    assert operating_point_text(_refer(fundus_input, None, refer=REFER_POINT)) == ""
-    assert "Threshold" not in _read(build_report(fundus_input))[1]
+    assert _point_text(_refer(fundus_input, None, refer=REFER_POINT)) == ""
+    assert " when P(" not in _read(build_report(fundus_input))[1]
     # Hand-edited checkpoints: missing or non-finite figures are left out, never crash.
     odd = {"threshold": 0.23, "fit": {"sensitivity": float("nan"), "specificity": 0.5}, "checks": {"x": None}}
-    assert operating_point_text(_refer(fundus_input, refer=odd)) == (
-        "Operating point: threshold 0.230: specificity 0.50."
-    )
+    assert _point_text(_refer(fundus_input, refer=odd)) == "Refer when P(grade >= 2) >= 0.230: specificity 0.50."
+
+
+def test_report_prints_the_headline_it_is_given(fundus_input: ReportInput) -> None:
+    inp = dataclasses.replace(fundus_input, referral={**fundus_input.referral, "headline": "Given headline"})
+    assert "GIVEN HEADLINE" in _read(build_report(inp))[1]
 
 
 def test_not_informative_report(fundus_input: ReportInput) -> None:
@@ -387,12 +394,12 @@ def test_not_informative_report(fundus_input: ReportInput) -> None:
         "threshold": None,
     }
     inp = dataclasses.replace(fundus_input, referral=referral, operating_points={"refer": REFER_POINT})
-    assert referral_title("not_informative") == "No advice (model not informative)"
+    assert headline("not_informative") == "No advice (model not informative)"
     pages, text, _ = _read(build_report(inp))
     assert pages == 1
     assert "NO ADVICE (MODEL NOT INFORMATIVE)" in text and advice in text
     assert "referral level: not_informative" in text
-    assert "Operating point" not in text and "Threshold" not in text
+    assert " when P(" not in text and "service default" not in text
     grey = (238, 238, 238)
     assert int(np.all(_render(build_report(inp)) == np.array(grey, np.uint8), axis=-1).sum()) > 5000
 
@@ -413,8 +420,8 @@ def test_operating_point_and_extreme_inputs_still_one_page(oct_input: ReportInpu
     )
     pages, text, images = _read(build_report(inp))
     assert pages == 1 and images == 2
-    assert "Operating point: threshold 0.230" in text
-    assert "Research tool, not a diagnosis." in text and inp.input_sha256 in text
+    assert "Routine referral when P(CNV) + P(DME) + P(DRUSEN) >= 0.230" in text
+    assert f"{DISCLAIMER_SHORT}." in text and inp.input_sha256 in text
 
 
 def test_output_is_deterministic_apart_from_the_timestamp(fundus_input: ReportInput) -> None:

@@ -1,4 +1,4 @@
-"""Batch scoring (``python -m retina.score``): one row per file, error rows, resume, and Ray = local.
+"""Batch scoring (``python -m scoring``): one row per file, error rows, resume, and Ray = local.
 
 The scoring runs use the shipped models on ``samples/`` (real Kermany OCT scans, IDRiD photos and
 a DICOM), so they are ``slow``; listing the inputs is not.
@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from retina.batch import COLUMN_NAMES, list_inputs, read_rows
 from retina.labels import DR_GRADES, OCT_CLASSES
 from retina.paths import REPO_ROOT
-from retina.score import main
+from scoring.cli import main
+from scoring.inputs import list_inputs
+from scoring.rows import COLUMN_NAMES
+from scoring.sinks import read_rows
 
 SAMPLES = REPO_ROOT / "samples"
 SAMPLE_FILES = sorted(p for p in SAMPLES.rglob("*") if p.is_file())
@@ -226,3 +228,23 @@ def test_ray_gives_the_same_rows_as_the_local_pool(local_rows: list[dict[str, An
     local = {path: row for path, row in _by_path(local_rows).items() if Path(path).parent.name == "oct"}
     assert len(ray_rows) == len(local) == len([p for p in SAMPLE_FILES if p.parent.name == "oct"])
     assert ray_rows == local
+
+
+def test_ray_without_a_cluster_is_one_clear_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--ray auto`` with no cluster running: no ConnectionError traceback, a remedy, nothing written."""
+    ray = pytest.importorskip("ray")
+
+    def no_cluster(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    out = tmp_path / "r.parquet"
+    assert _score(SAMPLES / "oct", "--out", out, "--ray", "auto") == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    line = errors[0].getMessage()
+    assert "\n" not in line and "ray start --head" in line and "drop --ray" in line
+    assert not out.exists()

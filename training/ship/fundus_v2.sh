@@ -4,7 +4,7 @@ set -ex
 P=".venv/bin/python"
 CK=${CK:-runs/fundus-resnet18-idrid/best.pt}
 W=/tmp/f2; rm -rf $W; mkdir -p $W
-$P -m training.card --checkpoint $CK --key fundus-resnet18 --version 2.0.0 --int8 --out-dir $W/int8
+$P -m training.ship.card --checkpoint $CK --key fundus-resnet18 --version 2.0.0 --int8 --out-dir $W/int8
 F=$W/int8/fundus-resnet18.pt
 D=../shared/data/fundus-train,../shared/data/fundus-idrid
 E="$P -m training.evaluate --checkpoint $F --threads 2 --n-bootstrap 1000"
@@ -14,13 +14,13 @@ $E --data $D --split val --part 1 --out $O/val-idrid
 $E --data $D --split test --part 0 --subset raw --out $O/test
 $E --data $D --split test --part 1 --out $O/idrid-test
 $E --data ../shared/data/fundus-dev --split all --out $O/dev
-$P -m training.operating_point --checkpoint $F --fit $O/val-eyepacs/predictions.csv --fit $O/val-idrid/predictions.csv \
+$P -m training.evaluate.operating_point --checkpoint $F --fit $O/val-eyepacs/predictions.csv --fit $O/val-idrid/predictions.csv \
   --point refer --sensitivity 0.87 \
   --fitted-on "the validation splits: fundus-train's 742 validation images (371 patients) + IDRiD's 58-photo validation part" \
   --check "EyePACS test split (all)=$O/test/predictions.csv" \
   --check "IDRiD held-out part=$O/idrid-test/predictions.csv" \
   --check "fundus-dev raw photos=$O/dev/predictions.csv"
-$P -m training.card --checkpoint $F --key fundus-resnet18 --version 2.0.0 \
+$P -m training.ship.card --checkpoint $F --key fundus-resnet18 --version 2.0.0 \
   --eval "test=Held-out EyePACS test split of fundus-train (742 images, 371 patients; never trained on by any stage; 48 raw photos)=$O/test" \
   --eval "idrid=IDRiD held-out part: 58 raw photos (Kowa VX-10, India) never trained on=$O/idrid-test" \
   --eval "external=fundus-dev: 79 raw EyePACS camera photos of 46 other patients (never trained on)=$O/dev" \

@@ -8,7 +8,7 @@ P=".venv/bin/python"
 CK=${CK:-runs/fundus-resnet18-3dom/best.pt}
 SENS=${SENS:-0.87}
 W=/tmp/f3; rm -rf $W; mkdir -p $W
-$P -m training.card --checkpoint $CK --key fundus-resnet18 --version 3.0.0 --int8 --out-dir $W/int8
+$P -m training.ship.card --checkpoint $CK --key fundus-resnet18 --version 3.0.0 --int8 --out-dir $W/int8
 F=$W/int8/fundus-resnet18.pt
 D=../shared/data/fundus-train,../shared/data/fundus-idrid,../shared/data/fundus-odir
 E="$P -m training.evaluate --checkpoint $F --threads 2 --n-bootstrap 1000"
@@ -24,17 +24,17 @@ CHECKS=(--check "EyePACS test split=$O/test/predictions.csv"
   --check "IDRiD held-out part=$O/idrid-test/predictions.csv"
   --check "ODIR held-out part=$O/odir-test/predictions.csv"
   --check "fundus-dev raw photos=$O/dev/predictions.csv")
-$P -m training.operating_point --checkpoint $F --point refer --sensitivity $SENS \
+$P -m training.evaluate.operating_point --checkpoint $F --point refer --sensitivity $SENS \
   --fit-domain "EyePACS=$O/val-eyepacs/predictions.csv" --fit-domain "IDRiD=$O/val-idrid/predictions.csv" \
   --fit-domain "ODIR=$O/val-odir/predictions.csv" \
   --fitted-on "each domain's validation part (EyePACS 742 images, IDRiD 58, ODIR 208): the largest threshold with sensitivity >= $SENS on every one" \
   "${CHECKS[@]}"
-$P -m training.operating_point --checkpoint $F --point urgent --sensitivity 0.80 \
+$P -m training.evaluate.operating_point --checkpoint $F --point urgent --sensitivity 0.80 \
   --fit $O/val-eyepacs/predictions.csv --fit $O/val-idrid/predictions.csv --fit $O/val-odir/predictions.csv \
   --fitted-on "the pooled validation parts (EyePACS, IDRiD, ODIR; 22 proliferative eyes)" "${CHECKS[@]}"
-$P -m training.keyword_report --predictions $O/odir-test/predictions.csv --labels ../shared/data/fundus-odir/labels.csv \
+$P -m training.evaluate.keywords --predictions $O/odir-test/predictions.csv --labels ../shared/data/fundus-odir/labels.csv \
   --checkpoint $F --title "ODIR held-out part: eyes with other findings" --out $O/odir-keywords.md
-$P -m training.card --checkpoint $F --key fundus-resnet18 --version 3.0.0 \
+$P -m training.ship.card --checkpoint $F --key fundus-resnet18 --version 3.0.0 \
   --eval "test=Held-out EyePACS test split of fundus-train (742 images, 371 patients; never trained on by any stage)=$O/test" \
   --eval "idrid=IDRiD held-out part: 58 raw photos (Kowa VX-10, India) never trained on=$O/idrid-test" \
   --eval "odir=ODIR held-out part: 208 photos of other patients (China; Canon, Zeiss, Kowa) never trained on=$O/odir-test" \
@@ -58,4 +58,4 @@ cp $W/card/fundus-resnet18.md models/fundus-resnet18.md
 rm -rf models/cards/fundus-resnet18 && cp -r $W/card/cards/fundus-resnet18 models/cards/fundus-resnet18
 cat $O/odir-keywords.md >> models/fundus-resnet18.md
 # the served int8 engine is re-measured on this checkpoint's validation split (or not served)
-$P -m training.quantize --checkpoint models/fundus-resnet18.pt --data $D
+$P -m training.ship.quantize --checkpoint models/fundus-resnet18.pt --data $D

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     volume_rule: Literal["mean", "top3_mean", "max", "noisy_or", "vote"] = Field(
         default="mean",
         description="How B-scan probabilities become volume probabilities (retina/volume.py; chosen on "
-        "validation volumes by training/volume_eval.py).",
+        "validation volumes by training/evaluate/volumes.py).",
     )
     volume_min_gradable_frames: int = Field(
         default=1, ge=1, description="A volume answer needs at least this many gradable B-scans ..."

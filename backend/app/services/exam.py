@@ -29,10 +29,9 @@ from backend.app.services.exam_report import build_exam_report
 from backend.app.services.intake import Replay, Upload, read_upload
 from backend.app.services.pipeline import AUTO, Pipeline
 from backend.app.services.runtime import request_id_var, run_in
-from retina.dicom import is_dicom
+from retina.dicom import is_dicom, number_of_frames
 from retina.dicom_results import source_header
 from retina.exam import ExamAssessment, ExamItem, assess_exam
-from retina.exam_scoring import number_of_frames
 from retina.laterality import resolve, split_form
 
 

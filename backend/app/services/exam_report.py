@@ -1,19 +1,23 @@
 """The exam report: one PDF page with the patient's referral, each eye's answer and every image's line.
 
-Prints what ``retina.exam`` decided (levels, advice, reasons, the rule in words): it computes no
-figure of its own. Upload names are not printed (they often carry a patient's name); images are
-numbered in upload order. The single-image layout (CAM, model card figures) is
-``backend/app/services/report.py``; this page is the exam summary a screening programme files.
+Prints what ``retina.exam`` decided (levels, headlines, advice, reasons, the rule in words) and the
+disclaimer of ``retina.referral``: it computes no figure and writes no referral word of its own.
+Upload names are not printed (they often carry a patient's name); images are numbered in upload
+order. The single-image layout (CAM, model card figures) is ``backend/app/services/report/``; this
+page is the exam summary a screening programme files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from fpdf import FPDF
 
-from backend.app.services.report import DISCLAIMER, latin1, referral_title
+from backend.app.services.report import latin1
 from retina.exam import EXAM_HEADLINE, RULE_TEXT, ExamAssessment, ExamItem, EyeResult
+from retina.referral import DISCLAIMER, headline
 
 _MARGIN = 15.0
 
@@ -21,6 +25,11 @@ _MARGIN = 15.0
 def _line(pdf: FPDF, text: str, size: float = 9.5, style: str = "", h: float = 5.0) -> None:
     pdf.set_font("Helvetica", style, size)
     pdf.multi_cell(0, h, latin1(text), new_x="LMARGIN", new_y="NEXT")
+
+
+def _headline(referral: Mapping[str, Any]) -> str:
+    """The block's own headline (``retina.referral.headline`` of its level for a block written without one)."""
+    return str(referral.get("headline") or headline(str(referral["level"])))
 
 
 def _item_text(item: ExamItem) -> str:
@@ -40,7 +49,7 @@ def _item_text(item: ExamItem) -> str:
 def _eye_block(pdf: FPDF, eye: EyeResult, items: dict[int, ExamItem]) -> None:
     ref = eye.referral
     pdf.ln(2)
-    _line(pdf, f"{EXAM_HEADLINE[eye.eye]}: {referral_title(str(ref['level']))}", 12, "B", 6)
+    _line(pdf, f"{EXAM_HEADLINE[eye.eye]}: {_headline(ref)}", 12, "B", 6)
     _line(pdf, str(ref["advice"]))
     _line(pdf, f"Why: {ref['reason']}", 8.5)
     if eye.label is not None and eye.confidence is not None:
@@ -60,7 +69,7 @@ def build_exam_report(exam: ExamAssessment, request_id: str, created: datetime |
     _line(pdf, f"{created:%Y-%m-%d %H:%M} UTC; request {request_id}", 8.5)
     pdf.ln(3)
     patient = exam.patient
-    _line(pdf, f"Patient: {referral_title(str(patient['level']))}", 13, "B", 7)
+    _line(pdf, f"Patient: {_headline(patient)}", 13, "B", 7)
     _line(pdf, str(patient["advice"]), 10.5)
     _line(pdf, f"Decided by: {patient['reason']}", 8.5)
     items = {i.index: i for i in exam.items}

@@ -8,7 +8,8 @@ What gets served from ``settings.models_dir``:
 * every other ``*.pt`` file as an extra model whose id is the file stem, validated by its
   own metadata (loadable, known arch, head size = class names, CAM layer exists).
 
-Loading and those checks are ``retina.loading.load_model``, which batch scoring uses too.
+Loading, those checks and the choice of engine are ``retina.loading`` (``load_model``,
+``engine_for``, ``load_gate``), which batch scoring uses too.
 
 A missing, corrupt or mismatched checkpoint never stops the process and is never replaced
 by random weights: it is logged loudly, recorded in :attr:`ModelStore.failed`, ``/ready``
@@ -35,9 +36,9 @@ from backend.app.services.metrics import ServiceMetrics
 from backend.app.services.sites import SiteRegistry, load_sites
 from retina import registry
 from retina.checkpoint import CheckpointError, CheckpointMeta
-from retina.engine import Engine, EngineError, EngineInfo, load_engine
+from retina.engine import Engine, EngineError, EngineInfo
 from retina.gate import GATE_FILE, ImageGate
-from retina.loading import ModelRejected, gate_path, load_model
+from retina.loading import LoadedModel, ModelRejected, engine_for, gate_path, load_gate, load_model
 from retina.preprocessing import PreprocessSpec, tail
 from retina.runtime import resolve_device
 
@@ -211,12 +212,10 @@ class ModelStore:
             self.problems.append(f"image gate file {path} not found (train it with python -m training.fit_gate)")
             return
         try:
-            self.gate = ImageGate.load(path)  # a checkpoint: loads onto the CPU, where the gate runs
+            self.gate = load_gate(path, self.settings.engine, self.settings.engine_cache)
         except (CheckpointError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.problems.append(f"image gate file {path} is invalid: {type(e).__name__}: {e}")
         else:
-            if self.settings.engine != "torch":
-                self.gate.use_engine(self.settings.engine, path, self.settings.engine_cache)
             logger.info(
                 "image gate from %s (v%s, thresholds %s, engine %s)",
                 path,
@@ -248,7 +247,7 @@ class ModelStore:
         try:
             # The checks (registry match, CAM layer, temperature) are the core's, shared with batch scoring.
             loaded = load_model(key, path, spec, self.device)
-            engine, engine_info = self._engine_for(key, loaded.model, loaded.meta, path)
+            engine, engine_info = self._engine_for(loaded)
         except CheckpointError as e:
             task = e.task if isinstance(e, ModelRejected) else (spec.task if spec else None)
             self._fail(key, task, path, str(e), spec is not None, spec)
@@ -290,24 +289,14 @@ class ModelStore:
             self.metrics.model_loaded.labels(key).set(1)
         logger.debug("loaded %s in %.2f s", key, time.perf_counter() - start)
 
-    def _engine_for(self, key: str, model: nn.Module, meta: CheckpointMeta, path: Path) -> tuple[Engine, EngineInfo]:
-        """The forward-pass engine (``RETINA_ENGINE``); torch when no other builds (logged, shown in /models)."""
-        if self.device.type != "cpu":  # the exported engines here are CPU ones; CUDA stays on torch
-            from retina.engine import TorchEngine
-
-            return TorchEngine(model), EngineInfo("torch", self.settings.engine, f"{self.device.type}: torch")
+    def _engine_for(self, loaded: LoadedModel) -> tuple[Engine, EngineInfo]:
+        """The forward-pass engine (``RETINA_ENGINE``, ``retina.loading.engine_for``); torch when no other builds."""
+        s = self.settings
         try:
-            engine, info = load_engine(
-                self.settings.engine,
-                model,
-                meta,
-                path,
-                threads=self.settings.torch_threads,
-                cache_dir=self.settings.engine_cache,
-            )
+            engine, info = engine_for(s.engine, loaded, self.device, threads=s.torch_threads, cache_dir=s.engine_cache)
         except EngineError as e:  # not even torch: a broken model, which the loader reports
-            raise CheckpointError(f"no inference engine for {key}: {e}") from e
-        logger.info("%s: engine %s (%s)", key, info.name, info.detail)
+            raise CheckpointError(f"no inference engine for {loaded.id}: {e}") from e
+        logger.info("%s: engine %s (%s)", loaded.id, info.name, info.detail)
         return engine, info
 
     def _warm_up(self, m: ServedModel) -> None:
@@ -359,6 +348,15 @@ class ModelStore:
 
     def is_default(self, key: str) -> bool:
         return key in self.defaults.values()
+
+    # ``retina.assessment.ModelChoice``: what the domain step's routing asks of the served models.
+    def for_modality(self, modality: str) -> ServedModel:
+        """``model=auto``: the default model of the gate's modality (503 when it is not served)."""
+        return self.resolve(modality)
+
+    def default_id(self, modality: str) -> str | None:
+        """The default model id for ``modality`` (named in ``wrong_modality``'s advice)."""
+        return self.defaults.get(modality)
 
     def resolve(self, name: str) -> ServedModel:
         """``?model=`` value (id or task alias) -> served model; 404 unknown, 503 not ready."""

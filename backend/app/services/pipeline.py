@@ -12,8 +12,11 @@ refused, audited and counted the same way whichever endpoint it came to:
   ``ungradable_image``: there is no heatmap of an image that gets no diagnosis);
 * a graded image is audited and counted as ``ok``, its label in ``retina_predictions``.
 
-The domain step itself (refusal, referral, label) is ``retina.assessment``; nothing here is
-HTTP: failures are :class:`~backend.app.services.errors.ServiceError`.
+The domain step itself is ``retina.assessment``, run here in its parts: ``route`` (which model
+answers, ``auto`` by the gate's modality, and the gate's refusals) in the decode thread,
+``forward_probabilities`` in the micro-batcher, ``grade`` / ``ungradable`` after; the batch
+scorer runs the same step in one call (``assess_image``). Nothing here is HTTP: failures are
+:class:`~backend.app.services.errors.ServiceError`.
 
 Never runs torch on the event loop: decoding and preprocessing go to the decode pool, the
 forward pass to the model's micro-batcher thread (concurrent requests share one forward
@@ -55,13 +58,13 @@ from backend.app.services.model_store import ModelStore, ServedModel
 from backend.app.services.report import DISCLAIMER, ReportInput, VolumeSummary, build_report, report_metrics
 from backend.app.services.runtime import request_id_var, run_in
 from backend.app.services.sites import Decision, decision_for
-from retina.assessment import Assessment, grade, not_retinal, refusal, ungradable
+from retina.assessment import Assessment, Route, grade, route, ungradable
 from retina.dicom import is_dicom
 from retina.errors import ImageDecodeError
 from retina.gate import GateResult
 from retina.memory import estimate
 from retina.preprocessing import PreprocessSpec
-from retina.referral import label_chooser
+from retina.referral import NO_POLICY, label_chooser
 from retina.site_profile import SiteProfile
 from retina.volume import RULE_TEXT, VolumeAssessment, assess_volume
 
@@ -409,22 +412,14 @@ class Pipeline:
         s = self.settings
         # frame=: one B-scan of a volume, read up to the volume limit; a PNG/JPEG keeps the image limits.
         data = await read_upload(upload, s.max_upload_bytes if frame is None else s.max_volume_upload_bytes)
-        chosen: dict[str, Any] = {}
+        routes: list[Route[ServedModel]] = []
 
         def choose(verdict: GateResult | None) -> PreprocessSpec | None:
-            # In the decode thread: pure look-ups, so the full-size image never waits for the event loop.
-            served = requested
-            if served is None:
-                assert verdict is not None  # check(): auto always has a gate
-                served = None if verdict.modality == "other" else self.store.resolve(verdict.modality)
-            if served is None:  # model=auto and not retinal: audited as model "auto"
-                assert verdict is not None
-                refused = not_retinal(verdict)
-            else:
-                right = self.store.defaults.get(verdict.modality) if verdict is not None else None
-                refused = refusal(verdict, served.id, served.task, right)
-            chosen.update(served=served, refused=refused)
-            return served.preprocess if served is not None and refused is None else None
+            # In the decode thread: the domain step's routing (pure look-ups, check() made sure auto has a
+            # gate), so the full-size image is prepared for the chosen model without waiting for the event loop.
+            chosen = route(verdict, requested, self.store)
+            routes.append(chosen)
+            return chosen.model.preprocess if chosen.model is not None and chosen.refusal is None else None
 
         cost = await self._decode_cost(data)
         with self.admission.reserve(cost + len(data), "image"):
@@ -432,7 +427,7 @@ class Pipeline:
                 self.decode_pool, decode_gate_prepare, data, Limits.of(s), self.store.gate, choose, frame
             )
         del data
-        served, refused = chosen["served"], chosen["refused"]
+        served, refused = routes[0].model, routes[0].refusal  # served None: model=auto and not retinal
         if refused is not None:
             gate_seen = {"gate": refused.gate.to_dict()}
             await audit_prediction(self.audit, endpoint, served, gate_seen, checked.sha256, outcome=refused.code)
@@ -572,8 +567,7 @@ def _report_pdf(
         probabilities=body["probabilities"],
         derived=body["derived"],
         # One B-scan of a volume: the page is headed by the volume's referral, the decision a clinic takes.
-        referral=(volume.referral if volume is not None else body["referral"])
-        or {"level": "n/a", "advice": "no referral policy for this model", "reason": ""},
+        referral=(volume.referral if volume is not None else body["referral"]) or dict(NO_POLICY),
         gate=body["gate"],
         metrics=rows,
         metrics_source=source,

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from backend.app.api.deps import AuditDep, require_api_key, require_operator
-from backend.app.schemas import AuditResponse, ErrorResponse
+from backend.app.audit_schemas import AuditResponse
+from backend.app.schemas import ErrorResponse
 from backend.app.services.errors import invalid_parameter
 
 MAX_LIMIT = 1000
