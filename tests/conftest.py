@@ -14,12 +14,25 @@ from retina.registry import MODELS, ModelSpec
 from tests.support import copy_gate, save_random_checkpoint
 
 DATA = data_dir()
+# Fixtures that read ../shared/data: every test that uses one, even through another fixture, is marked ``data``.
+REAL_DATA_FIXTURES = frozenset({"oct_dev", "fundus_dev", "fundus_train"})
 
 # Apps and servers started by tests run the forward pass on torch unless a test asks for another
 # engine (tests/unit/test_engine.py, tests/api/test_engine_api.py): exporting every throwaway
 # random checkpoint to ONNX would add seconds to each of the hundreds of apps the suite builds.
 os.environ.setdefault("RETINA_ENGINE", "torch")
 os.environ.setdefault("RETINA_ENGINE_CACHE", tempfile.mkdtemp(prefix="retina-test-engines-"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: the marker must be there when "not data" is evaluated
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``data`` every test whose fixture closure holds one of :data:`REAL_DATA_FIXTURES`.
+
+    Tests that ask for a data set at run time (``request.getfixturevalue``) carry the marker themselves.
+    """
+    for item in items:
+        if REAL_DATA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
 
 
 def _need(sub: str) -> Path:
