@@ -5,7 +5,8 @@
   on a free loopback port until ``/ready``), :class:`Spawner`/:class:`Server` (processes in their own
   session, stopped as a group);
 * checkpoint factories: :func:`save_random_checkpoint` (a registered model with random weights,
-  written by the real ``checkpoint.save``) and :func:`copy_gate`.
+  written by the real ``checkpoint.save``) and :func:`copy_gate`;
+* the shipped real images: :data:`SAMPLES` and :func:`sample_images` (``samples/``, CC BY 4.0, in every clone).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from retina import checkpoint
 from retina.gate import GATE_FILE
+from retina.labels import OCT_CLASSES
 from retina.models import build_model
 from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
 from retina.registry import ModelSpec
@@ -287,3 +289,23 @@ def save_random_checkpoint(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
 def copy_gate(models_dir: Path) -> Path:
     """Put the shipped image gate (models/image-gate.pt) beside test checkpoints, as in models/."""
     return Path(shutil.copy(DEFAULT_MODELS_DIR / GATE_FILE, models_dir / GATE_FILE))
+
+
+# ----------------------------------------------------------------------------- shipped sample images
+
+SAMPLES = REPO_ROOT / "samples"  # real CC BY 4.0 images shipped in the repository (samples/ATTRIBUTION.md)
+
+
+def sample_images(kind: str) -> list[Path]:
+    """The shipped JPEGs of ``kind`` (``"oct"`` or ``"fundus"``), in an order tests can rely on.
+
+    OCT: one B-scan per class first (in ``OCT_CLASSES`` order), then the rest by name: 8 Kermany scans,
+    2 per class, each from another patient. Fundus: by name: 10 IDRiD photos, 2 per DR grade, each one the
+    shipped gate accepts as gradable (``scripts/make_samples.py``).
+    """
+    files = sorted((SAMPLES / kind).glob("*.jpeg"))
+    if kind == "oct":
+        first = [next(f for f in files if f.name.startswith(f"{c}-")) for c in OCT_CLASSES]
+        files = first + [f for f in files if f not in first]
+    assert files, f"no {kind} images in {SAMPLES}"
+    return files

@@ -7,6 +7,8 @@
 * ``client``: the default app over that dir, shared by the session (``with TestClient`` so the
   lifespan loads the models).
 * ``make_client``: builds other apps (strict limits, broken dirs) as context managers.
+
+Images are the shipped ``samples/`` (``oct_images``, ``oct_image``, ``fundus_image`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from retina.labels import OCT_CLASSES
 from retina.registry import MODELS
 from tests.api.helpers import (
     SMALL_ID,
@@ -66,25 +67,6 @@ def make_client() -> Callable[..., AbstractContextManager[TestClient]]:
 
 
 # ----------------------------------------------------------------------------- images
-
-
-@pytest.fixture(scope="session")
-def oct_images(oct_dev: Path) -> list[Path]:
-    """Real OCT2017 B-scans, one per class first."""
-    files = sorted(oct_dev.glob("train/*/*.jpeg"))
-    by_class = [next(f for f in files if f.parent.name == c) for c in OCT_CLASSES]
-    return by_class + [f for f in files if f not in by_class]
-
-
-@pytest.fixture(scope="session")
-def oct_image(oct_images: list[Path]) -> Path:
-    return oct_images[0]
-
-
-@pytest.fixture(scope="session")
-def fundus_image() -> Path:
-    """A gradable colour fundus photo from the repo's own samples (IDRiD, CC BY 4.0; grade 2)."""
-    return Path(__file__).parents[2] / "samples" / "fundus" / "IDRiD_003-grade2.jpeg"
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from PIL import Image
 from retina.labels import DR_GRADES, OCT_CLASSES
 from retina.registry import default_for
 from tests.api.helpers import SMALL_ID, assert_probabilities_close, encode, offline_probabilities
+from tests.support import SAMPLES
 
 
 def _ckpt(models_dir: Path, model_id: str) -> Path:
@@ -146,12 +147,11 @@ def test_exif_orientation_is_applied(client: TestClient, fundus_image: Path) -> 
 
 @pytest.mark.parametrize("task", ["oct", "fundus"])
 def test_test_models_are_input_sensitive(
-    client: TestClient, task: str, oct_images: list[Path], fundus_dev: Path
+    client: TestClient, task: str, oct_images: list[Path], fundus_image: Path
 ) -> None:
     """Guard: with random weights a model could answer the same for every image, which would
     make the equality tests above pass vacuously; these must differ far beyond their 1e-5."""
-    samples = Path(__file__).parents[2] / "samples" / "fundus"
-    files = oct_images[:2] if task == "oct" else [samples / "IDRiD_003-grade2.jpeg", samples / "IDRiD_138-grade0.jpeg"]
+    files = oct_images[:2] if task == "oct" else [fundus_image, SAMPLES / "fundus" / "IDRiD_138-grade0.jpeg"]
     a, b = (client.post(f"/predict?model={task}", files={"file": f.read_bytes()}).json() for f in files)
     diff = np.abs(np.subtract(list(a["probabilities"].values()), list(b["probabilities"].values()))).max()
     assert diff > 1e-4

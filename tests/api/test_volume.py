@@ -1,8 +1,9 @@
 """OCT volumes: POST /predict/volume, /gradcam and /report with frame=, multi-frame DICOM limits and identifiers.
 
-Volumes are built with pydicom from real Kermany B-scans of one patient (oct-dev) as Ophthalmic
-Tomography and multi-frame Secondary Capture files carrying fake patient identifiers
-(``tests.dicom_helpers.PATIENT``), which must appear in no response, log record or audit row.
+Volumes are built with pydicom from the real Kermany B-scans of one patient in the shipped sample volume
+(``samples/oct/*-volume.dcm``) as Ophthalmic Tomography and multi-frame Secondary Capture files carrying
+fake patient identifiers (``tests.dicom_helpers.PATIENT``), which must appear in no response, log record
+or audit row.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from tests.dicom_helpers import leaked, make_volume
 
 
 @pytest.fixture(scope="module")
-def frames(oct_dev: Path) -> list[np.ndarray]:
-    """Three real CNV B-scans (two of oct-dev patient 9333524, one of 9890872), resized to ``uint8 (496, 512)``."""
-    paths = sorted((oct_dev / "train" / "CNV").glob("CNV-9333524-*.jpeg"))
-    paths += sorted((oct_dev / "train" / "CNV").glob("CNV-9890872-*.jpeg"))[:1]
-    assert len(paths) == 3
-    return [np.asarray(Image.open(p).convert("L").resize((512, 496))) for p in paths]
+def frames(oct_volume: Path) -> list[np.ndarray]:
+    """The shipped sample volume's three real DRUSEN B-scans of one patient, each ``uint8 (496, 512)``."""
+    import pydicom
+
+    pixels = pydicom.dcmread(oct_volume).pixel_array
+    assert pixels.shape == (3, 496, 512) and pixels.dtype == np.uint8
+    return list(pixels)
 
 
 @pytest.fixture(scope="module")

@@ -50,16 +50,3 @@ def backend_models(backend_url: str) -> list[dict]:
     resp = requests.get(f"{backend_url}/models", timeout=10)
     resp.raise_for_status()
     return resp.json()
-
-
-@pytest.fixture(scope="session")
-def oct_image(oct_dev: Path) -> Path:
-    """One real OCT B-scan (the first in sorted order, so runs are repeatable)."""
-    return sorted(oct_dev.rglob("*.jpeg"))[0]
-
-
-@pytest.fixture(scope="session")
-def fundus_image() -> Path:
-    """A gradable colour fundus photo from the repo's samples (IDRiD, CC BY 4.0): the gate v2.0's learned
-    quality grade calls the first fundus-dev photo Reject."""
-    return Path(__file__).parents[2] / "samples" / "fundus" / "IDRiD_003-grade2.jpeg"

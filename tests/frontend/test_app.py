@@ -159,8 +159,10 @@ def test_fundus_shows_derived_probabilities(
     assert metric(at, "Any DR (grade ≥ 1)") == [f"{expected['derived']['any']:.1%}"]
 
 
-def test_several_uploads_table_and_csv(monkeypatch: pytest.MonkeyPatch, backend_url: str, oct_dev: Path) -> None:
-    scans = sorted(oct_dev.rglob("*.jpeg"))[:3]
+def test_several_uploads_table_and_csv(
+    monkeypatch: pytest.MonkeyPatch, backend_url: str, oct_images: list[Path]
+) -> None:
+    scans = oct_images[:3]
     at = upload(run_app(monkeypatch, backend_url), *scans)
     table = at.main.dataframe[0].value
     assert table["filename"].tolist() == [p.name for p in scans]

@@ -69,6 +69,7 @@ def _check_checkpoint(path: Path, task: str) -> checkpoint.CheckpointMeta:
 
 
 @pytest.mark.slow
+@pytest.mark.data  # asks for oct_dev / fundus_dev at run time, which the collection hook cannot see
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_one_epoch_on_real_images(name, tmp_path, request):
     cfg = C.resolve(name)

@@ -1,4 +1,4 @@
-"""DICOM decoding (``retina.dicom``) on files built with pydicom from the real OCT and fundus images.
+"""DICOM decoding (``retina.dicom``) on files built with pydicom from the real OCT and fundus sample images.
 
 Every file carries fake patient identifiers (``tests.dicom_helpers.PATIENT``); no error message,
 log record or warning may contain them.
@@ -28,9 +28,9 @@ from tests.dicom_helpers import OPHTHALMIC_PHOTOGRAPHY_8BIT, PATIENT, leaked, ma
 
 
 @pytest.fixture(scope="module")
-def oct_jpeg(oct_dev: Path) -> bytes:
-    """A real OCT2017 B-scan (grayscale JPEG, 8 bit)."""
-    return sorted(oct_dev.glob("train/*/*.jpeg"))[0].read_bytes()
+def oct_jpeg(oct_image: Path) -> bytes:
+    """A real OCT2017 B-scan from the samples (grayscale JPEG, 8 bit)."""
+    return oct_image.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def oct_grey(oct_jpeg: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def fundus_jpeg(fundus_dev: Path) -> bytes:
-    """A real EyePACS colour fundus photo (YCbCr JFIF JPEG)."""
-    return sorted(fundus_dev.glob("train/*.jpeg"))[0].read_bytes()
+def fundus_jpeg(fundus_image: Path) -> bytes:
+    """A real IDRiD colour fundus photo from the samples (YCbCr JFIF JPEG)."""
+    return fundus_image.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,8 @@ def _model_view_and_overlay(path: Path, preset: str) -> tuple[bytes, bytes, byte
 
 
 @pytest.fixture(scope="module")
-def fundus_input(fundus_dev: Path) -> ReportInput:
-    path = sorted((fundus_dev / "train").glob("*.jpeg"))[0]
+def fundus_input(fundus_image: Path) -> ReportInput:
+    path = fundus_image
     raw, image, over = _model_view_and_overlay(path, "fundus_224")
     return ReportInput(
         image_png=image,
@@ -110,8 +110,8 @@ def fundus_input(fundus_dev: Path) -> ReportInput:
 
 
 @pytest.fixture(scope="module")
-def oct_input(oct_dev: Path) -> ReportInput:
-    path = sorted((oct_dev / "train" / "CNV").glob("*.jpeg"))[0]
+def oct_input(oct_image: Path) -> ReportInput:
+    path = oct_image  # a CNV B-scan
     raw, image, over = _model_view_and_overlay(path, "oct_128")
     return ReportInput(
         image_png=image,
