@@ -196,7 +196,7 @@ def local_contrast(img: Image.Image, sigma_fraction: float, mask_circle: bool) -
     the retina mask is OpenCV's ``erode`` (separable, O(1) per pixel): identical to the PIL
     ``MinFilter`` used before (a square min filter; replicating the border adds only values
     already in the window), which is an O(k^2) rank filter and took ~80 % of the time.
-    ``tests/unit/test_preprocessing_parity.py`` compares both on real photos.
+    ``tests/retina/test_preprocessing_parity.py`` compares both on real photos.
 
     Args:
         img: ``L`` or ``RGB``, already squared and resized to the model's size ``S``.

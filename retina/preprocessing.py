@@ -11,7 +11,7 @@ image becomes a model input. There is exactly one path from an image to a tensor
   its output once per image, because it is the expensive part.
 * :func:`tail` turns a prepared ``uint8`` image into the normalised float tensor.
 * :func:`train_transform` is random augmentation between those two, so the served
-  transform is literally the training tail (tested in ``tests/unit``).
+  transform is literally the training tail (tested in ``tests/retina``).
 
 Mean and std are never retyped elsewhere: they come from the spec.
 """

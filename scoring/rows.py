@@ -1,7 +1,7 @@
 """One row per input file: the columns, and a row made from an assessment, a refusal or an error.
 
 A row is read off the same frozen result ``POST /predict`` answers from (``Assessment.to_dict()``,
-``Refusal``): nothing is recomputed, so the rows equal the API's answers (``tests/api/test_score_parity.py``).
+``Refusal``): nothing is recomputed, so the rows equal the API's answers (``tests/scoring/test_score_parity.py``).
 """
 
 from __future__ import annotations

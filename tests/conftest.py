@@ -28,7 +28,7 @@ DATA = data_dir()
 REAL_DATA_FIXTURES = frozenset({"oct_dev", "fundus_dev", "fundus_train"})
 
 # Apps and servers started by tests run the forward pass on torch unless a test asks for another
-# engine (tests/unit/test_engine.py, tests/api/test_engine_api.py): exporting every throwaway
+# engine (tests/retina/test_engine.py, tests/backend/test_engine_api.py): exporting every throwaway
 # random checkpoint to ONNX would add seconds to each of the hundreds of apps the suite builds.
 os.environ.setdefault("RETINA_ENGINE", "torch")
 os.environ.setdefault("RETINA_ENGINE_CACHE", tempfile.mkdtemp(prefix="retina-test-engines-"))

@@ -404,7 +404,7 @@ def dockerignore() -> DockerIgnore:
 @pytest.mark.parametrize(
     "path",
     [".venv/bin/python", "runs/exp1/last.pt", "data/x.png", "cache/a", ".git/HEAD", ".pytest_cache/v",
-     "retina/__pycache__/models.cpython-311.pyc", ".env", "tests/unit/test_cam.py", "training/x.py",
+     "retina/__pycache__/models.cpython-311.pyc", ".env", "tests/retina/test_cam.py", "training/x.py",
      "models/oct-simplecnn.pt.tmp", "backend/.env"],
 )  # fmt: skip
 def test_build_context_leaves_out(dockerignore: DockerIgnore, path: str) -> None:

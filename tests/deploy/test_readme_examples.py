@@ -1,4 +1,4 @@
-"""Every ``curl`` example in README.md and docs/api.md, run verbatim by bash against a live server with the shipped models.
+"""Every ``curl`` example in README.md and docs/api.md, run verbatim by bash against a live server (shipped models).
 
 The server is ``uvicorn backend.main:app`` with the models in ``models/`` and nothing from ``../shared``:
 the examples use ``samples/`` only, so they work from a fresh clone. Only the host is changed (the test's
@@ -28,9 +28,7 @@ KEY = "readme-example-key"
 
 def readme_curl_examples() -> list[str]:
     """Each ``curl`` command of the README's and docs/api.md's ``bash`` blocks, continuation lines joined."""
-    blocks = [
-        b for doc in DOCS for b in re.findall(r"^```bash\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
-    ]
+    blocks = [b for doc in DOCS for b in re.findall(r"^```bash\n(.*?)^```", doc.read_text(), flags=re.S | re.M)]
     commands: list[str] = []
     for block in blocks:
         text = block.replace("\\\n", " ")

@@ -16,7 +16,7 @@ import ast
 from pathlib import Path
 
 from retina.paths import REPO_ROOT
-from tests.unit.test_import_graph import cycles, import_graph
+from tests.test_import_graph import cycles, import_graph
 
 TRAINING = REPO_ROOT / "training"
 LAYERS = {"config": 0, "data": 1, "evaluate": 2, "fit": 3, "sites": 4, "ship": 4}

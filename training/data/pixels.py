@@ -23,6 +23,7 @@ from training.data.tables import DatasetError, ImageTable
 
 logger = logging.getLogger(__name__)
 
+
 def _prepare_one(args: tuple[str, PreprocessSpec]) -> np.ndarray:
     path, spec = args
     try:

@@ -15,6 +15,7 @@ from training.data.tables import ImageTable
 
 logger = logging.getLogger(__name__)
 
+
 def smote_resample(images: torch.Tensor, labels: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     """Oversample minority classes with imbalanced-learn's SMOTE on flattened uint8 images.
 

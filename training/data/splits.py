@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from training.data.tables import SPLITS, DatasetError, ImageTable
 
+
 def _holdout(labels: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Patient-disjoint stratified hold-out of about ``frac`` of the rows: ``(keep, held)`` positions."""
     n_groups = len(set(groups))

@@ -14,9 +14,9 @@ from PIL import Image
 
 from backend.app.main import create_app
 from retina import dicom
-from tests.api.helpers import SMALL_ID, base_settings
+from tests.backend.helpers import SMALL_ID, base_settings
 from tests.dicom_helpers import make_dicom
-from tests.unit.test_dicom_guard import _with_private_items
+from tests.retina.test_dicom_guard import _with_private_items
 
 
 def _png(width: int, height: int, mode: str = "RGB") -> bytes:

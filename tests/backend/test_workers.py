@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from retina.paths import REPO_ROOT
-from tests.api.helpers import metric_value
+from tests.backend.helpers import metric_value
 from tests.support import uvicorn_server
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from retina.registry import MODELS, default_for
-from tests.api.helpers import SMALL_ID, SMALL_TEMPERATURE
+from tests.backend.helpers import SMALL_ID, SMALL_TEMPERATURE
 
 
 def test_health_is_ok_and_lists_models(client: TestClient) -> None:

@@ -16,7 +16,7 @@ from backend.app.main import create_app
 from backend.app.services.audit import AuditLog, audit_table
 from backend.app.services.audit.upgrade import add_missing_columns
 from retina.registry import default_for
-from tests.api.helpers import base_settings
+from tests.backend.helpers import base_settings
 
 CLIENT_A, CLIENT_B, OPERATOR = "key-of-clinic-a", "key-of-the-ui-b", "key-of-the-operator"
 

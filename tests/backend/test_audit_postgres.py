@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.app.services.audit import AuditLog, make_engine
-from tests.api.helpers import SMALL_ID
+from tests.backend.helpers import SMALL_ID
 
 PROCESSES = 3
 

@@ -1,6 +1,6 @@
 """The faster fundus preprocessing gives exactly what the shipped fundus model was trained on.
 
-``tests/unit/legacy_preprocessing.py`` is the implementation that built the training cache
+``tests/retina/legacy_preprocessing.py`` is the implementation that built the training cache
 of fundus-resnet18 v2.0 (PIL's O(k^2) MinFilter, a fresh circle mask per call). The current
 ``retina.preprocessing.prepare`` (OpenCV erosion, cached mask, one-pass moments) must give
 the same bytes on real photos of every source the model serves: raw EyePACS photos, the
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from retina.preprocessing import decode_image, get_preset, prepare
-from tests.unit.legacy_preprocessing import prepare_fundus, prepare_oct_band
+from tests.retina.legacy_preprocessing import prepare_fundus, prepare_oct_band
 
 
 def _photos(root: Path, pattern: str, n: int) -> list[Path]:

@@ -1,7 +1,7 @@
 """backend/app/core/multiprocess.py: which folder each uvicorn worker's metrics go to.
 
 The workers here are spawned the way uvicorn spawns its own (multiprocessing, "spawn"), and only
-call ``configure()``; tests/api/test_workers.py runs a real two-worker server.
+call ``configure()``; tests/backend/test_workers.py runs a real two-worker server.
 """
 
 from __future__ import annotations

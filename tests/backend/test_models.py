@@ -12,7 +12,7 @@ from backend.app.services.catalog import point_texts
 from backend.app.services.sites import SiteEntry, SiteRegistry
 from retina.labels import DR_GRADES
 from retina.referral import DISCLAIMER, HEADLINES
-from tests.api.test_sites import make_profile
+from tests.backend.test_sites import make_profile
 
 REFER = {
     "threshold": 0.086,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from backend.app.services.intake import ACCEPTED_FORMATS, sniff
 from retina.labels import DR_GRADES, OCT_CLASSES
-from tests.api.helpers import assert_probabilities_close, encode
+from tests.backend.helpers import assert_probabilities_close, encode
 from tests.dicom_helpers import OPHTHALMIC_PHOTOGRAPHY_8BIT, leaked, make_dicom
 
 

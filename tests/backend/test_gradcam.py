@@ -15,7 +15,7 @@ from retina.cam import METHODS, Explainer, heatmap_rgb
 from retina.labels import DR_GRADES
 from retina.preprocessing import decode_image, eval_transform
 from retina.registry import default_for
-from tests.api.helpers import SMALL_ID, assert_probabilities_close, encode, offline_probabilities
+from tests.backend.helpers import SMALL_ID, assert_probabilities_close, encode, offline_probabilities
 
 
 def _png(data: bytes) -> np.ndarray:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 from skimage import data as skimage_data
 
-from tests.api.helpers import encode, metric_value
+from tests.backend.helpers import encode, metric_value
 
 ENDPOINTS = {"predict": "/predict", "gradcam": "/gradcam", "report": "/report"}
 # What an audit row says about the image, apart from when, which request and which endpoint.

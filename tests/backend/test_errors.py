@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from backend.app.main import create_app
 from backend.app.services import pipeline as pipeline_module
 from retina.registry import MODELS
-from tests.api.helpers import SMALL_ID, base_settings
+from tests.backend.helpers import SMALL_ID, base_settings
 
 KEY = "s3cret-key"
 LIMIT_MB = 0.05  # 50 kB: real OCT JPEGs are bigger

@@ -18,7 +18,7 @@ from retina import checkpoint
 from retina.paths import REPO_ROOT
 from retina.registry import default_for
 from retina.site_profile import SiteProfile, model_fingerprint, write_profile
-from tests.api.helpers import app_client, base_settings
+from tests.backend.helpers import app_client, base_settings
 
 FUNDUS = REPO_ROOT / "samples" / "fundus" / "IDRiD_003-grade2.jpeg"
 OCT = REPO_ROOT / "samples" / "oct" / "NORMAL-9698749-1.jpeg"

@@ -16,7 +16,7 @@ from backend.app.main import create_app
 from backend.app.services.report import ONE_PAGE_SKIPS
 from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
 from retina.registry import default_for
-from tests.api.helpers import base_settings
+from tests.backend.helpers import base_settings
 
 SAMPLES = {
     "oct": REPO_ROOT / "samples/oct/CNV-9333524-1.jpeg",

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from backend.app.main import create_app
 from retina.registry import default_for
-from tests.api.helpers import SMALL_ID, base_settings
+from tests.backend.helpers import SMALL_ID, base_settings
 from tests.support import save_random_checkpoint
 
 

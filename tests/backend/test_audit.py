@@ -24,7 +24,7 @@ from backend.app.main import create_app
 from backend.app.services.audit import COLUMNS, AuditLog, AuditRecord, audit_prediction, audit_table
 from backend.app.services.errors import ServiceError
 from retina.registry import default_for
-from tests.api.helpers import SMALL_ID, base_settings
+from tests.backend.helpers import SMALL_ID, base_settings
 
 KEY = "operator-secret"
 AUTH = {"X-API-Key": KEY}

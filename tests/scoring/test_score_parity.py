@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from backend.app.main import create_app
 from retina.paths import DEFAULT_MODELS_DIR, REPO_ROOT
 from scoring.batch import BatchScorer, ScoreConfig
-from tests.api.helpers import base_settings
+from tests.backend.helpers import base_settings
 
 SAMPLES = REPO_ROOT / "samples"
 IMAGES = sorted(p for p in SAMPLES.rglob("*") if p.is_file() and p.name != "ATTRIBUTION.md")

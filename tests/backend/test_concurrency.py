@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from retina.registry import default_for
-from tests.api.helpers import assert_probabilities_close, metric_value, offline_probabilities
+from tests.backend.helpers import assert_probabilities_close, metric_value, offline_probabilities
 
 
 def test_concurrent_predictions_are_correct_and_batched(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from tests.api.helpers import app_client, base_settings
+from tests.backend.helpers import app_client, base_settings
 
 # Any absolute URL or protocol-relative reference (//cdn...) in src/href/url(...) or a JS string.
 EXTERNAL = re.compile(r"""(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}""")

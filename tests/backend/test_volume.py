@@ -22,7 +22,7 @@ from PIL import Image
 
 from retina.labels import OCT_CLASSES
 from retina.volume import aggregate
-from tests.api.helpers import assert_probabilities_close, encode
+from tests.backend.helpers import assert_probabilities_close, encode
 from tests.dicom_helpers import leaked, make_volume
 
 

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from retina.registry import MODELS
-from tests.api.helpers import (
+from tests.backend.helpers import (
     SMALL_ID,
     app_client,
     base_settings,

@@ -8,7 +8,7 @@ import pytest
 
 from backend.app.core.config import Settings
 from retina.registry import MODELS
-from tests.api.helpers import SMALL_ID, save_lively_checkpoint, save_small_model
+from tests.backend.helpers import SMALL_ID, save_lively_checkpoint, save_small_model
 
 
 def _predict(client, image: Path, model: str) -> dict:  # noqa: ANN001

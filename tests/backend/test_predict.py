@@ -13,7 +13,7 @@ from PIL import Image
 
 from retina.labels import DR_GRADES, OCT_CLASSES
 from retina.registry import default_for
-from tests.api.helpers import SMALL_ID, assert_probabilities_close, encode, offline_probabilities
+from tests.backend.helpers import SMALL_ID, assert_probabilities_close, encode, offline_probabilities
 from tests.support import SAMPLES
 
 

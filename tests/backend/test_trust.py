@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 
 from retina.registry import default_for
-from tests.api.helpers import SMALL_ID, encode
+from tests.backend.helpers import SMALL_ID, encode
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -35,7 +35,7 @@ def test_a_cat_photo_is_not_a_retinal_image(client: TestClient, route: str) -> N
 
 
 def _non_retinal() -> dict[str, bytes]:
-    from tests.unit.test_gate import grace_hopper, letter, noise, photo_in_black_disc
+    from tests.retina.test_gate import grace_hopper, letter, noise, photo_in_black_disc
 
     return {
         "portrait": encode(grace_hopper(), "JPEG"),

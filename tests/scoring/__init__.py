@@ -1,0 +1,1 @@
+"""Tests of the batch scorer and the PACS tool (``scoring/``)."""
