@@ -135,8 +135,12 @@ def _is_grey(img: Image.Image) -> bool:
     """True when no pixel of the small copy has colour (``max - min`` over channels <= :data:`GREY_SPREAD`)."""
     if img.mode == "L":
         return True
-    a = np.asarray(img.convert("RGB"), dtype=np.int16)
-    return int((a.max(axis=2) - a.min(axis=2)).max()) <= GREY_SPREAD
+    a = np.asarray(img.convert("RGB"))
+    # Pairwise channel maxima, not ``max(axis=2)``: numpy's reduction over a 3-long last axis cost
+    # 0.8 ms of the gate's ~3 ms on a 128-px copy; this costs ~0.05 ms and gives the same answer.
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8: max >= min, no wrap
+    return int(spread.max()) <= GREY_SPREAD
 
 
 def _tone_range(img: Image.Image) -> int:
