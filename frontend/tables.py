@@ -18,7 +18,7 @@ from frontend.text import is_number, refusal_text
 from frontend.uploads import Upload
 
 # The few numbers a reader wants first, looked up in each evaluation split of the checkpoint's
-# metrics (training/metrics.py layout: {"val": {...}, "test": {...}}); dotted = nested.
+# metrics (training/evaluate/metrics.py layout: {"val": {...}, "test": {...}}); dotted = nested.
 HEADLINE_METRICS = (
     ("accuracy", "Accuracy"),
     ("balanced_accuracy", "Balanced accuracy"),

@@ -59,37 +59,6 @@ def percent(p: float | None, digits: int = 1) -> str:
     return f"{p or 0.0:.{digits}%}"
 
 
-def interval(ci: Any) -> str:
-    """`` (0.80-0.92)`` for a 95% interval ``[lo, hi]``; empty for anything else."""
-    if isinstance(ci, list | tuple) and len(ci) == 2 and all(is_number(c) for c in ci):
-        return f" ({ci[0]:.2f}-{ci[1]:.2f})"
-    return ""
-
-
-def sens_spec_text(stats: Any) -> str | None:
-    """``sensitivity 0.87 (0.80-0.92), specificity 0.55 (0.49-0.61)`` of one evaluation at a threshold.
-
-    ``stats`` is an operating point's ``fit`` or one of its ``checks`` (95% intervals in brackets);
-    ``None`` when it has neither number.
-    """
-    if not isinstance(stats, Mapping):
-        return None
-    parts = [
-        f"{name} {stats[name]:.2f}{interval(stats.get(f'{name}_ci95'))}"
-        for name in ("sensitivity", "specificity")
-        if is_number(stats.get(name))
-    ]
-    return ", ".join(parts) or None
-
-
-def sample_size(stats: Mapping[str, Any]) -> str:
-    """``; n=103, 61 positive`` (empty without ``n``)."""
-    n, pos = stats.get("n"), stats.get("n_positive")
-    if not is_number(n):
-        return ""
-    return f"; n={n}" + (f", {pos} positive" if is_number(pos) else "")
-
-
 # ----------------------------------------------------------------------------- models
 
 
@@ -131,28 +100,13 @@ def calibration_text(model: ModelInfo) -> str:
 
 
 def operating_point_lines(model: ModelInfo) -> list[list[str]]:
-    """Per referral operating point the backend states, its lines: the backend's sentence, then the point's
-    checks on other sets as figures.
+    """Per referral operating point the backend states, its lines: the backend's sentence, as it is.
 
-    E.g. ``["Refer when P(grade >= 2) >= 0.23, chosen on ...: sensitivity ...", "check idrid: sensitivity 0.80
-    (0.72-0.87), specificity 0.61 (0.50-0.72); n=103, 61 positive"]``. The sentence is the backend's
-    ``operating_point_text`` as it is; an older backend that sends none gets no lines. When a
-    ``RETINA_REFERRAL_*`` setting moved the served threshold off the checkpoint's, the checks name the
-    checkpoint's threshold they were measured at.
+    The sentence (``operating_point_text``) already carries the point's sensitivity and specificity
+    where it was chosen and on the other sets it was checked on, and says when a setting moved the
+    served threshold; the UI adds no figures of its own. An older backend that sends none gets no lines.
     """
-    out = []
-    for name, sentence in model.operating_point_text.items():
-        point = model.operating_points.get(name) or {}
-        fitted = point.get("threshold")
-        served = model.served_thresholds.get(name, fitted)
-        moved = is_number(fitted) and is_number(served) and abs(float(served) - float(fitted)) > 1e-9
-        lines = [sentence]
-        for check, stats in (point.get("checks") or {}).items():
-            if text := sens_spec_text(stats):
-                at = f" at {fitted:.2f}" if moved else ""
-                lines.append(f"check {check}{at}: {text}{sample_size(stats)}")
-        out.append(lines)
-    return out
+    return [[sentence] for sentence in model.operating_point_text.values()]
 
 
 # ----------------------------------------------------------------------------- site profiles

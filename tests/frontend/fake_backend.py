@@ -67,7 +67,8 @@ OPERATING_POINT_TEXT: dict[str, dict[str, str]] = {
     },
     "fundus-test": {
         "refer": "Refer when P(grade >= 2) >= 0.23, chosen on the fundus-train validation split (742 images, 371 "
-        "patients): sensitivity 0.87 [0.80, 0.92], specificity 0.55 [0.51, 0.59]",
+        "patients): sensitivity 0.87 [0.80, 0.92], specificity 0.55 [0.51, 0.59]. At this threshold on idrid: "
+        "sensitivity 0.80, specificity 0.61 (n = 103, 61 positive).",
         "urgent": "Urgent referral when P(proliferative) >= 0.50 (a service setting, not a validated operating point)",
     },
 }

@@ -15,8 +15,6 @@ from frontend.model_info import ModelInfo
 from retina.paths import REPO_ROOT
 from tests.frontend.fake_backend import DARK_REASONS, DR, FUNDUS_REFER_POINT, HEADLINES, NOTE, OCT, OPERATING_POINT_TEXT
 
-IDRID_CHECK_TEXT = "check idrid: sensitivity 0.80 (0.72-0.87), specificity 0.61 (0.50-0.72); n=103, 61 positive"
-
 
 def _ref(level: str, headline: bool = True) -> Referral:
     return Referral(
@@ -45,31 +43,20 @@ def test_the_pure_modules_import_without_streamlit() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_operating_point_lines_are_the_backends_sentences_with_their_checks() -> None:
+def test_operating_point_lines_are_the_backends_sentences_alone() -> None:
+    # The point's checks on other sets are in the backend's sentence; the UI adds no figures of its own
+    # (it used to print each check a second time, in its own format).
     model = ModelInfo(
         id="dr",
         task="fundus",
         classes=tuple(DR),
         operating_points={"refer": FUNDUS_REFER_POINT},
-        served_thresholds={"refer": 0.23, "urgent": 0.5},
+        served_thresholds={"refer": 0.4, "urgent": 0.5},
         operating_point_text=OPERATING_POINT_TEXT["fundus-test"],
     )
     assert text.operating_point_lines(model) == [
-        [OPERATING_POINT_TEXT["fundus-test"]["refer"], IDRID_CHECK_TEXT],
+        [OPERATING_POINT_TEXT["fundus-test"]["refer"]],
         [OPERATING_POINT_TEXT["fundus-test"]["urgent"]],
-    ]
-
-
-def test_operating_point_checks_name_the_checkpoints_threshold_when_a_setting_moved_it() -> None:
-    model = ModelInfo(
-        id="dr",
-        task="fundus",
-        operating_points={"refer": FUNDUS_REFER_POINT},
-        served_thresholds={"refer": 0.4},
-        operating_point_text={"refer": "the backend's sentence for 0.40"},
-    )
-    assert text.operating_point_lines(model) == [
-        ["the backend's sentence for 0.40", IDRID_CHECK_TEXT.replace("check idrid:", "check idrid at 0.23:")]
     ]
 
 
@@ -93,7 +80,7 @@ def test_referral_markdown_places_the_backends_words() -> None:
     assert text.referral_markdown(sited).endswith("site profile **clinic-a** (this clinic's own operating points).")
     # Ungradable: the backend's words, then the gate's reasons.
     assert text.referral_markdown(_dark()) == (
-        "**Ungradable image**  \nadvice for ungradable\n\nWhy:" + "".join(f"\n- {r}" for r in DARK_REASONS)
+        "**Not gradable**  \nadvice for ungradable\n\nWhy:" + "".join(f"\n- {r}" for r in DARK_REASONS)
     )
     no_policy = Prediction("m", "1", "oct", "DRUSEN", 0.6, {"DRUSEN": 0.6})
     assert text.referral_markdown(no_policy) == ""
@@ -118,7 +105,7 @@ def test_result_summary() -> None:
     assert text.result_summary(pred) == "DRUSEN (60%) · Routine referral"
     informative = Prediction("m", "1", "fundus", "No DR", 0.5, {"No DR": 0.5}, referral=_ref("not_informative"))
     assert text.result_summary(informative) == "No DR (50%) · No advice (model not informative)"
-    assert text.result_summary(_dark()) == "Ungradable image"
+    assert text.result_summary(_dark()) == "Not gradable"
     # An older backend: no headline, so nothing of the referral in the line.
     old = Prediction("m", "1", "oct", "DRUSEN", 0.6, probs, referral=_ref("routine", headline=False))
     assert text.result_summary(old) == "DRUSEN (60%)"
@@ -165,8 +152,6 @@ def test_site_caption_and_numbers() -> None:
     site = {"profile": {"n_images": 150, "n_referable": 60, "temperature": 1.4, "refer": {"threshold": 0.31}}}
     assert text.site_caption(site) == "Fitted on 150 photos (60 referable); refer threshold 0.310; temperature 1.40."
     assert (text.percent(0.7142), text.percent(None), text.percent(0.5, 0)) == ("71.4%", "0.0%", "50%")
-    assert text.sens_spec_text({"sensitivity": 0.9}) == "sensitivity 0.90"
-    assert text.sens_spec_text("not a mapping") is None
 
 
 def test_auto_model_stands_for_the_task_defaults() -> None:

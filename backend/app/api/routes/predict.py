@@ -85,7 +85,7 @@ async def predict_volume(
     (`deciding_frames`, 0-based). Ungradable or non-OCT B-scans are counted and skipped; too few gradable
     ones make the volume ungradable (`gradable: false`, no diagnosis). `model=auto` is the OCT default.
 
-    Example: `curl -F file=@samples/oct/volume-DRUSEN-9280370.dcm 'localhost:8000/predict/volume?model=oct'`.
+    Example: `curl -F file=@samples/oct/DRUSEN-1237848-volume.dcm 'localhost:8000/predict/volume?model=oct'`.
     `format=dicom-sr`: the volume's answer as a DICOM Structured Report in the volume's study.
     """
     if format == "dicom-sr":
