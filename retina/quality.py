@@ -364,9 +364,12 @@ def fundus_field(img: Image.Image) -> dict[str, float]:
     ``round``: IoU of the bright region with its ellipse (a fundus field, even cut at top and bottom);
     ``surround``: mean channel max outside that region (a camera's black rim: near 0);
     ``redness``: share of field pixels with red > green > blue (a retina's colour, lit or dark);
-    ``structure``: mean |Laplacian| of the green inside the field over its level (vessels, lesions).
+    ``structure``: mean |Laplacian| of the green inside the field over its level (vessels, lesions);
+    ``chroma``: the 90th percentile of the field's per-pixel channel spread (``max - min``), in [0, 1]:
+    whether some of the field has colour, whatever its hue.
     """
-    p = _planes(thumbnail_u8(img))
+    u8 = thumbnail_u8(img)
+    p = _planes(u8)
     bright = p.bright
     iou, box = _ellipse_iou(bright)
     a = p.a[bright] if bright.any() else np.zeros((1, 3), np.float32)
@@ -379,21 +382,33 @@ def fundus_field(img: Image.Image) -> dict[str, float]:
         "surround": float(out.mean()) if out.size else 1.0,
         "redness": float(red.mean()),
         "structure": _sharpness(p.a, bright, g_mean),
+        "chroma": _chroma(u8, bright),
     }
 
 
+def _chroma(u8: np.ndarray, field: np.ndarray) -> float:
+    """90th percentile of the per-pixel channel spread of ``u8 (H, W, 3)`` inside ``field (H, W)``, in [0, 1]."""
+    r, g, b = u8[..., 0], u8[..., 1], u8[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    values = spread[field] if field.any() else spread.ravel()
+    return float(np.percentile(values, 90)) / 255.0
+
+
 # The rule's limits: a round field (IoU >= 0.75) filling a good part of the frame, a black rim,
-# and some detail inside. No colour limit: the real fundus photos the v2.1 CNN doubted most
-# were colour-shifted (publisher-normalised EyePACS crops, blue and yellow casts, ODIR's darkest
-# photo: "redness" 0.12-0.30), and another camera's white balance is no reason to call a retina
-# "not retinal". A grey image never reaches the rule (the gate's grey rule refuses it first), and
-# the gate's P(fundus) floor, chosen with the photographs the rule lets in counted against the 1 %
-# budget, keeps photographs with a dark round surround out. ``redness`` stays in the evidence.
+# some detail inside, and some colour, of any hue. No hue limit: the real fundus photos the v2.1
+# CNN doubted most were colour-shifted (publisher-normalised EyePACS crops, blue and yellow casts,
+# ODIR's darkest photo: "redness" 0.12-0.30), and another camera's white balance is no reason to
+# call a retina "not retinal". The colour limit (10 % of the field spreads >= 10 grey levels
+# between its channels) refuses a grey photograph with a speck or a faint tint in a black disc;
+# every real fundus photo here but one near-black EyePACS photo (6) reaches 14. The gate's
+# P(fundus) floor, chosen with the photographs the rule lets in counted against the 1 % budget,
+# keeps other photographs with a dark round surround out. ``redness`` stays in the evidence.
 FIELD_RULE: dict[str, tuple[str, float]] = {
     "round": ("min", 0.75),
     "box_share": ("min", 0.3),
     "surround": ("max", 0.06),
     "structure": ("min", 0.005),
+    "chroma": ("min", 10 / 255),
 }
 
 

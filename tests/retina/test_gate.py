@@ -142,6 +142,30 @@ def noise() -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
 
 
+def grey_photo_in_black_disc(tint: int = 0, speck: bool = False) -> Image.Image:
+    """scikit-image's grey ``camera`` photo in a black disc, warmed by ``tint`` levels of red, or with one red speck."""
+    a = np.asarray(Image.fromarray(skimage_data.camera()).convert("RGB")).astype(np.int16)
+    a[..., 0] += tint
+    if speck:
+        a[100:103, 100:103] = (255, 0, 0)
+    photo = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    w, h = photo.size
+    mask = Image.new("L", photo.size, 0)
+    r = min(w, h) * 0.48
+    ImageDraw.Draw(mask).ellipse((w / 2 - r, h / 2 - r, w / 2 + r, h / 2 + r), fill=255)
+    return Image.composite(photo, Image.new("RGB", photo.size), mask)
+
+
+@pytest.mark.parametrize("tint, speck", [(0, True), (6, False)], ids=["speck", "tint"])
+def test_a_grey_photo_in_a_black_disc_is_no_fundus_even_with_a_speck_or_a_tint(
+    gate: ImageGate, tint: int, speck: bool
+) -> None:
+    # The fundus-field rule asks no hue (a colour-shifted retina is a retina), so it asks for some
+    # colour instead: a grey photo with a red speck or a faint tint in a black disc has none.
+    v = gate.assess(grey_photo_in_black_disc(tint, speck))
+    assert v.modality == "other", (v.probabilities, v.reasons)
+
+
 @pytest.mark.parametrize("make", [letter, photo_in_black_disc, noise], ids=["letter", "disc", "noise"])
 def test_letters_noise_and_disc_photos_are_refused(gate: ImageGate, make) -> None:  # noqa: ANN001
     assert _refused(gate, make())

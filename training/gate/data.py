@@ -30,15 +30,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from retina.gate import GATE_CLASSES, gate_view
+from retina.gate import GATE_CLASSES, MIN_SIDE, _is_grey, gate_view, screen
 from retina.preprocessing import load_image
-from retina.quality import fundus_field, fundus_quality, quality
+from retina.quality import fundus_field, fundus_quality, gate_thumb, quality
 from retina.serialize import atomic_write
 from training.gate import augment, negatives
 
 logger = logging.getLogger("training.gate")
 
-FIELD_KEYS: tuple[str, ...] = ("round", "box_share", "surround", "redness", "structure")
+# The fundus-field evidence (retina.quality.fundus_field), then two flags of the served gate on the
+# same copy: ``grey`` (its grey rule) and ``screened`` (refused before the CNN: tiny, blank, noise).
+FIELD_KEYS: tuple[str, ...] = ("round", "box_share", "surround", "redness", "structure", "chroma", "grey", "screened")
 RETINAL_SETS: tuple[str, ...] = ("oct-dev", "oct-train", "fundus-train", "fundus-idrid", "fundus-odir", "fundus-dev")
 N_GENERATED = 60
 
@@ -54,7 +56,8 @@ class Views:
         kind: ``(N,)`` str: ``real`` for an image as it came, else the variant's name.
         source: ``(N,)`` str: the set it came from (``oct-train``, ``imagenet``, ``generated`` ...).
         name: ``(N,)`` str: file or sample name.
-        field: ``float (N, 5)``: :func:`retina.quality.fundus_field` evidence, :data:`FIELD_KEYS` order.
+        field: ``float (N, K)``: :func:`retina.quality.fundus_field` evidence and the served gate's flags
+            (:data:`FIELD_KEYS` order).
         quality: per view, the real retinal images' quality measures, ``look`` and ``grade_features``.
     """
 
@@ -82,7 +85,9 @@ def retinal_files(root: Path) -> list[tuple[str, str, str, Path]]:
 
 
 def _evidence(img: Image.Image) -> list[float]:
-    e = fundus_field(img)
+    """:data:`FIELD_KEYS` of one image, as the served gate sees its small copy."""
+    thumb = gate_thumb(img) if min(img.size) >= MIN_SIDE else img
+    e = fundus_field(thumb) | {"grey": float(_is_grey(thumb)), "screened": float(screen(img, thumb) is not None)}
     return [float(e[k]) for k in FIELD_KEYS]
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from retina.gate import GATE_CLASSES, GATE_SPEC, GREY_SPREAD, MODALITIES, ImageGate
+from retina.gate import GATE_CLASSES, GATE_SPEC, MODALITIES, ImageGate
 from retina.models import build_model
 from retina.quality import FIELD_RULE, QUALITY_DIRECTION, QUALITY_MEASURES
 from training.gate.augment import augment_batch
@@ -144,10 +144,10 @@ def choose_thresholds(
     real = fit_mask & (v.y != OTHER) & (v.kind == "real")
     want = np.asarray(GATE_CLASSES)[v.y[real]]
     best: tuple[int, int, dict[str, float]] | None = None
-    grey = grey_views(v.x)
-    # A photograph the grey rule refuses uses none of the budget, so a modality may rank more
-    # photographs above its threshold than the budget holds: try up to that many more.
-    extra = int((neg & grey).sum())
+    # A photograph the grey rule or the screen refuses uses none of the budget, so a modality may
+    # rank more photographs above its threshold than the budget holds: try up to that many more.
+    refused = (v.field[:, FIELD_KEYS.index("grey")] > 0.5) | (v.field[:, FIELD_KEYS.index("screened")] > 0.5)
+    extra = int((neg & refused).sum())
     top = budget + extra
     for k_oct, k_fundus in ((a, b) for a in range(top + 1) for b in range(top + 1 - a)):
         allowed = {"oct": k_oct, "fundus": k_fundus}
@@ -157,14 +157,14 @@ def choose_thresholds(
             thr[m] = float(min(1.0, ns[allowed[m]] + 1e-4)) if len(ns) > allowed[m] else 1e-3
         if any(thr[m] > caps[m] for m in MODALITIES):
             continue
-        fa = int((verdicts(probs[neg], v.field[neg], grey[neg], thr, floor) != "other").sum())
-        fr = int((verdicts(probs[real], v.field[real], grey[real], thr, floor) != want).sum())
+        fa = int((verdicts(probs[neg], v.field[neg], thr, floor) != "other").sum())
+        fr = int((verdicts(probs[real], v.field[real], thr, floor) != want).sum())
         if fa <= budget and (best is None or (fr, fa) < (best[0], best[1])):
             best = (fr, fa, thr)
     if best is None:
         out = {m: max(1e-3, caps[m]) for m in MODALITIES}
-        fa = int((verdicts(probs[neg], v.field[neg], grey[neg], out, floor) != "other").sum())
-        fr = int((verdicts(probs[real], v.field[real], grey[real], out, floor) != want).sum())
+        fa = int((verdicts(probs[neg], v.field[neg], out, floor) != "other").sum())
+        fr = int((verdicts(probs[real], v.field[real], out, floor) != want).sum())
         best = (fr + len(want), fa, out)  # ranked after every split that meets the budget
         logger.warning("no threshold pair meets <= %.1f%% FA with every dev image accepted: %s", 100 * TARGET_FA, out)
     logger.info("floor %s, thresholds %s: %d of %d photos accepted, %d real images refused (out of fold)", floor,
@@ -254,7 +254,7 @@ def cross_validate(v: Views, fit_mask: np.ndarray, folds: int, epochs: int, seed
 
 
 def field_rule(ev: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: :data:`retina.quality.FIELD_RULE` on evidence rows ``(N, 5)`` (:data:`FIELD_KEYS` order)."""
+    """``(N,)`` bool: :data:`retina.quality.FIELD_RULE` on evidence rows ``(N, K)`` (:data:`FIELD_KEYS` order)."""
     ok = np.ones(len(ev), dtype=bool)
     for k, (d, lim) in FIELD_RULE.items():
         col = ev[:, FIELD_KEYS.index(k)]
@@ -262,29 +262,24 @@ def field_rule(ev: np.ndarray) -> np.ndarray:
     return ok
 
 
-def grey_views(x: torch.Tensor) -> np.ndarray:
-    """``(N,)`` bool: views ``uint8 (N, 3, S, S)`` with no colour, as :func:`retina.gate._is_grey` judges a copy."""
-    spread = (x.amax(dim=1).to(torch.int16) - x.amin(dim=1).to(torch.int16)).amax(dim=(1, 2))
-    return (spread <= GREY_SPREAD).numpy()
+def verdicts(probs: np.ndarray, ev: np.ndarray, thresholds: dict[str, float], floor: float | None) -> np.ndarray:
+    """``(N,)`` str as the served gate (:meth:`retina.gate.ImageGate.assess_many`) decides, from ``ev (N, K)``.
 
-
-def verdicts(
-    probs: np.ndarray, ev: np.ndarray, grey: np.ndarray, thresholds: dict[str, float], floor: float | None
-) -> np.ndarray:
-    """``(N,)`` str as the served gate decides.
-
-    :func:`accepted`; then a grey image is no colour fundus photo (an OCT scan when ``P(oct)``
-    reaches its threshold, else ``other``: the served gate's grey rule, so a grey photograph
-    the CNN likes costs no false acceptance here either); then a doubted fundus field is ``fundus``.
+    Screened out before the CNN (tiny, blank, noise) -> ``other``; else :func:`accepted`; a grey
+    image is no colour fundus photo (an OCT scan when ``P(oct)`` reaches its threshold, else
+    ``other``: the grey rule, so a grey photograph the CNN likes costs no false acceptance here
+    either); then a doubted colour image with a fundus field is ``fundus``.
     """
+    grey = ev[:, FIELD_KEYS.index("grey")] > 0.5
     out = accepted(probs, thresholds)
     grey_fundus = (out == "fundus") & grey
     is_oct = probs[:, GATE_CLASSES.index("oct")] >= thresholds["oct"]
     out = np.where(grey_fundus, np.where(is_oct, "oct", "other"), out)
+    screened = ev[:, FIELD_KEYS.index("screened")] > 0.5
     if floor is not None:
         rescue = (out == "other") & ~grey & (probs[:, GATE_CLASSES.index("fundus")] >= floor) & field_rule(ev)
         out = np.where(rescue, "fundus", out)
-    return out
+    return np.where(screened, "other", out)
 
 
 def _fundus_dev(gate: ImageGate, root: Path) -> dict[str, Any]:
@@ -345,7 +340,7 @@ def run(
         np.savez(report_dir / "oof.npz", oof=oof, y=v.y, source=v.source, kind=v.kind, name=v.name, group=v.group)
     gate, extra = _fit_final(v, fit_mask, cfg, lab, model)
     thresholds, floor = choose_policy(np.nan_to_num(oof), v, fit_mask, shipped=predict(gate.model, v.x))
-    out_cv = verdicts(np.nan_to_num(oof), v.field, grey_views(v.x), thresholds, floor)
+    out_cv = verdicts(np.nan_to_num(oof), v.field, thresholds, floor)
     res: dict[str, Any] = {"version": VERSION, "config": cfg.__dict__ | {"reused_cnn": reuse}, "folds": cfg.folds}
     res |= {"thresholds": thresholds, "field_floor": floor}
     res["refusals"] = report.refusals(v, out_cv, lab)
