@@ -74,6 +74,8 @@ class ModelInfo:
         disclaimer: the research-use disclaimer the pages show; empty from an older backend.
         informative: ``False`` when the model's validated balanced accuracy interval includes chance;
             its answers then carry the referral level ``not_informative``, never a referral.
+        advice_note: why the model's answers carry no referral advice (not informative, or no referral
+            policy for its classes), in the backend's words; None when they carry advice or from an older backend.
         loaded: ``False`` for a registered model the backend failed to load (``error`` says why).
         sites: site profiles fitted for this model (fundus): ``{name, loaded, default, error, profile}`` each.
     """
@@ -99,6 +101,7 @@ class ModelInfo:
     operating_point_text: dict[str, str] = field(default_factory=dict)
     disclaimer: str = ""
     informative: bool = True
+    advice_note: str | None = None
     sites: tuple[dict[str, Any], ...] = ()
 
     @classmethod
@@ -128,5 +131,6 @@ class ModelInfo:
             operating_point_text={str(k): str(v) for k, v in (d.get("operating_point_text") or {}).items() if v},
             disclaimer=str(d.get("disclaimer") or ""),
             informative=bool(d.get("informative", True)),
+            advice_note=str(d["advice_note"]) if d.get("advice_note") else None,
             sites=tuple(dict(s) for s in d.get("sites") or () if isinstance(s, Mapping) and "name" in s),
         )

@@ -35,10 +35,6 @@ GATE_TITLES: dict[str, tuple[str, str]] = {
     "ungradable_image": ("Image not gradable", "Retake the image."),
 }
 # A model flagged ``informative: false`` by the backend (its answers carry the level ``not_informative``).
-NOT_INFORMATIVE = (
-    "**Not informative**: this model's validated balanced accuracy is not distinguishable from chance, "
-    "so its answers carry no referral advice."
-)
 EYE_CHOICES: dict[str, str] = {
     "From the DICOM header or the file name": "",
     "Right eye (OD)": "right",

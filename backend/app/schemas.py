@@ -439,6 +439,11 @@ class ModelInfo(BaseModel):
         description="False when the model's validated balanced-accuracy interval includes chance: its answers "
         "carry `referral.level: not_informative`.",
     )
+    advice_note: str | None = Field(
+        default=None,
+        description="When this model's answers carry no referral advice, why, in the service's words (its validated "
+        "accuracy is indistinguishable from chance, or its classes have no referral policy); null when they do.",
+    )
     cam_layer: str | None = None
     sites: list[SiteInfo] = Field(
         default_factory=list,

@@ -62,9 +62,9 @@ def render_model_card(card: Any) -> None:
 
 
 def render_not_informative(model: ModelInfo) -> None:
-    """The warning of a model the backend flags ``informative: false`` (its answers carry no advice)."""
-    if model.loaded and not model.informative:
-        st.warning(text.NOT_INFORMATIVE, icon=ALERT_ICONS["warning"])
+    """The backend's note on a model whose answers carry no referral advice (not informative, or no policy)."""
+    if model.loaded and model.advice_note:
+        st.warning(model.advice_note, icon=ALERT_ICONS["warning"])
 
 
 def render_operating_points(model: ModelInfo, caption: bool = True) -> None:

@@ -22,11 +22,10 @@ def render_referral(pred: Prediction) -> None:
     and the backend's note beside it.
 
     An ungradable image gets the backend's words and the gate's reasons, never a diagnosis. A model
-    without a referral policy (``referral`` null) gets a one-line caption instead.
+    without a referral policy (``referral`` null) gets no box: the model's card says why (``advice_note``).
     """
     ref = pred.referral
     if pred.gradable and ref is None:
-        st.caption("No referral advice: this model's classes have no referral policy.")
         return
     body = text.referral_markdown(pred)
     if not body:

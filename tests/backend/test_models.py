@@ -8,10 +8,10 @@ from types import SimpleNamespace
 from fastapi.testclient import TestClient
 
 from backend.app.core.config import Settings
-from backend.app.services.catalog import point_texts
+from backend.app.services.catalog import advice_note, point_texts
 from backend.app.services.sites import SiteEntry, SiteRegistry
 from retina.labels import DR_GRADES
-from retina.referral import DISCLAIMER, HEADLINES
+from retina.referral import ADVICE, DISCLAIMER, HEADLINES, NO_POLICY
 from tests.backend.test_sites import make_profile
 
 REFER = {
@@ -69,3 +69,20 @@ def test_a_setting_and_a_default_site_profile_are_named_in_the_sentence() -> Non
     sited = point_texts(m, store, Settings())  # type: ignore[arg-type]
     assert sited["refer"].startswith(texts["refer"] + " Without site=, the site profile 'clinic-a' decides: refer when")
     assert "chosen on site profile 'clinic-a' (150 photos, 60 referable)" in sited["refer"]
+
+
+def test_advice_note_says_why_a_model_gives_no_advice(client: TestClient) -> None:
+    # The UI prints this note instead of words of its own (issue 28: one author of the words).
+    for m in client.get("/models").json():
+        if not m["informative"]:
+            assert m["advice_note"] == ADVICE["not_informative"]
+        elif not m["served_thresholds"]:
+            assert m["advice_note"] == NO_POLICY["advice"]
+        else:
+            assert m["advice_note"] is None
+    chance = SimpleNamespace(metrics={"test": {"balanced_accuracy_ci95": [0.2, 0.4]}}, class_names=DR_GRADES, extra={})
+    assert advice_note("fundus", list(DR_GRADES), chance, Settings()) == ADVICE["not_informative"]
+    useful = SimpleNamespace(metrics={}, class_names=["a", "b"], extra={})
+    assert advice_note("fundus", ["a", "b"], useful, Settings()) == NO_POLICY["advice"]
+    graded = SimpleNamespace(metrics={}, class_names=DR_GRADES, extra={})
+    assert advice_note("fundus", list(DR_GRADES), graded, Settings()) is None

@@ -47,6 +47,7 @@ DR = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
 NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
 DARK_REASONS = ["too dark: retina brightness 0.03 < 0.10", "blurred: sharpness 0.8 < 2.0"]
 NOT_INFORMATIVE_ADVICE = "No advice: this model's validated accuracy is not distinguishable from chance."
+NO_POLICY_NOTE = "No referral advice: this model's classes have no referral policy."
 UNGRADABLE_ADVICE = "No assessment: the image is not gradable. Retake it (or refer for an in-person examination)."
 # The backend's headline of each referral level (retina/referral.py writes them; the UI prints them).
 HEADLINES = {
@@ -299,7 +300,10 @@ def _handler(state: FakeBackend) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send(503, {"error": "not_ready", "detail": state.not_ready_detail})
             elif path == "/models":
-                self._send(200, _words(state, state.models))
+                models = state.models
+                if not state.referral_enabled:  # as the backend says of a model with no referral policy
+                    models = [m | {"served_thresholds": {}, "advice_note": NO_POLICY_NOTE} for m in models]
+                self._send(200, _words(state, models))
             elif path in ("/predict/exam", "/report/exam") and method == "POST":
                 self._exam_route(path, query, rec)
             elif path in ("/predict", "/predict/volume", "/gradcam", "/report") and method == "POST":

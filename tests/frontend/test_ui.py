@@ -18,6 +18,7 @@ from frontend.uploads import UPLOAD_TYPES
 from tests.frontend.fake_backend import (
     DARK_REASONS,
     HEADLINES,
+    NO_POLICY_NOTE,
     NOT_INFORMATIVE_ADVICE,
     NOTE,
     OCT,
@@ -366,7 +367,8 @@ def test_no_referral_policy_and_gate_off(monkeypatch: pytest.MonkeyPatch) -> Non
         fake.gate_enabled = False
         at = _files(_app(monkeypatch, fake), "scan.png")
     assert not at.error and not at.main.warning and not at.main.success
-    assert "No referral advice: this model's classes have no referral policy." in _captions(at)
+    # No referral box; the model's card in the sidebar carries the backend's note on why.
+    assert [w.value for w in at.sidebar.warning] == [NO_POLICY_NOTE]
     assert [m.value for m in at.metric if m.label == "Predicted class"] == ["DRUSEN"]
     assert not [c for c in _captions(at) if "Image check" in c]
 
@@ -405,10 +407,11 @@ def test_operating_points_in_sidebar_and_models_page(monkeypatch: pytest.MonkeyP
 
 def test_not_informative_model_warns_and_gives_no_advice(monkeypatch: pytest.MonkeyPatch) -> None:
     with FakeServer() as fake:
-        fake.models[1]["informative"] = False
+        fake.models[1] |= {"informative": False, "advice_note": NOT_INFORMATIVE_ADVICE}
         at = _app(monkeypatch, fake)
         at.sidebar.radio(key="task").set_value("fundus").run()
-        assert [w.value for w in at.sidebar.warning] == [text.NOT_INFORMATIVE]
+        # The warning is the backend's note on the model, printed as it comes.
+        assert [w.value for w in at.sidebar.warning] == [NOT_INFORMATIVE_ADVICE]
         _files(at, "fundus_left.png")
         # The referral box: a warning, titled "no advice", with the backend's advice and the note.
         [alert] = [w.value for w in at.main.warning]
@@ -420,10 +423,10 @@ def test_not_informative_model_warns_and_gives_no_advice(monkeypatch: pytest.Mon
         assert [m.value for m in at.metric if m.label == "Predicted class"] == ["Moderate"]
         # Auto-detect lists the default models: the non-informative one is flagged there too.
         at.sidebar.radio(key="task").set_value("auto").run()
-        assert [w.value for w in at.sidebar.warning] == [text.NOT_INFORMATIVE]
+        assert [w.value for w in at.sidebar.warning] == [NOT_INFORMATIVE_ADVICE]
         at.switch_page("app_pages/models.py").run()
     assert not at.exception
-    assert text.NOT_INFORMATIVE in [w.value for w in at.main.warning]
+    assert NOT_INFORMATIVE_ADVICE in [w.value for w in at.main.warning]
 
 
 def test_every_page_shows_the_backends_disclaimer(monkeypatch: pytest.MonkeyPatch) -> None:

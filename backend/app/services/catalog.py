@@ -19,7 +19,9 @@ from backend.app.services.model_store import FailedModel, ModelStore, ServedMode
 from retina.checkpoint import CheckpointMeta
 from retina.figures import model_figures
 from retina.referral import (
+    ADVICE,
     DISCLAIMER,
+    NO_POLICY,
     informative,
     operating_point_text,
     operating_points,
@@ -60,10 +62,20 @@ def served_info(m: ServedModel, store: ModelStore, settings: Settings) -> ModelI
         operating_point_text=point_texts(m, store, settings),
         disclaimer=DISCLAIMER,
         informative=informative(meta),
+        advice_note=advice_note(m.task, m.class_names, meta, settings),
         cam_layer=m.cam_layer,
         sites=site_rows(store, m.id),
         engine=m.engine_info.to_dict(),
     )
+
+
+def advice_note(task: str, class_names: list[str], meta: CheckpointMeta, settings: Settings) -> str | None:
+    """Why a model's answers carry no referral advice (``retina.referral``'s words), or None when they do."""
+    if task in ("oct", "fundus") and not informative(meta):
+        return ADVICE["not_informative"]
+    if not served_thresholds(task, class_names, settings, meta):
+        return str(NO_POLICY["advice"])
+    return None
 
 
 def failed_info(f: FailedModel, store: ModelStore) -> ModelInfo:
