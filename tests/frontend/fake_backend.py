@@ -42,23 +42,19 @@ from urllib.parse import parse_qs, urlsplit
 from fpdf import FPDF
 from PIL import Image
 
+from retina.referral import ADVICE, DISCLAIMER, NO_POLICY
+from retina.referral import HEADLINES as REFERRAL_HEADLINES
+
 OCT = ["CNV", "DME", "DRUSEN", "NORMAL"]
 DR = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
-NOTE = "Research use only: not a medical device; a clinician must confirm any referral."
 DARK_REASONS = ["too dark: retina brightness 0.03 < 0.10", "blurred: sharpness 0.8 < 2.0"]
-NOT_INFORMATIVE_ADVICE = "No advice: this model's validated accuracy is not distinguishable from chance."
-NO_POLICY_NOTE = "No referral advice: this model's classes have no referral policy."
-UNGRADABLE_ADVICE = "No assessment: the image is not gradable. Retake it (or refer for an in-person examination)."
-# The backend's headline of each referral level (retina/referral.py writes them; the UI prints them).
-HEADLINES = {
-    "urgent": "Urgent referral",
-    "refer": "Referral advised",
-    "routine": "Routine referral",
-    "observation": "Observation",
-    "rescreen_12_months": "Rescreen in 12 months",
-    "ungradable": "Not gradable",
-    "not_informative": "No advice (model not informative)",
-}
+# The backend's words come from their one author (retina.referral), never retyped here: a copy had
+# already drifted once ("Ungradable image" against the backend's "Not gradable").
+NOTE = DISCLAIMER
+NOT_INFORMATIVE_ADVICE = ADVICE["not_informative"]
+NO_POLICY_NOTE = str(NO_POLICY["advice"])
+UNGRADABLE_ADVICE = ADVICE["ungradable"]
+HEADLINES = dict(REFERRAL_HEADLINES)
 # The backend's operating-point sentences, by model id and point name.
 OPERATING_POINT_TEXT: dict[str, dict[str, str]] = {
     "oct-test": {
@@ -419,7 +415,7 @@ def _prediction(state: FakeBackend, model: dict[str, Any], modality: str, gradab
     else:
         probs = dict(zip(DR, [0.1, 0.2, 0.4, 0.2, 0.1], strict=True))
         body["derived"] = {"referable": 0.7, "any": 0.9}
-        advice = "Refer to an ophthalmologist: referable (moderate or worse) diabetic retinopathy suspected."
+        advice = ADVICE["refer"]
         ref = referral("refer", advice, "P(grade >= 2) = 0.70 >= 0.23", 0.7, 0.23)
     if not model.get("informative", True):
         why = "the model's validated balanced accuracy interval includes chance"
