@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from retina.checkpoint import CheckpointError
+from training.cli import setup_logging
 from training.sites.profile import DEFAULT_CHECKPOINT, DEFAULT_TARGET, ProfileRefused, fit_site
 
 logger = logging.getLogger("training.site_profile")
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         fit_site(
             args.data,

@@ -24,6 +24,7 @@ from retina import checkpoint
 from retina.cam import Explainer, overlay
 from retina.models import cam_layer_for
 from retina.preprocessing import denormalize, load_image, pil_to_uint8_tensor, prepare, tail
+from training.cli import setup_logging
 from training.data.tables import read_tables
 
 logger = logging.getLogger("training.evaluate.cam_gallery")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="gradcam")
     p.add_argument("--tile", type=int, default=192)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     model, meta = checkpoint.load(args.checkpoint)
     spec, names = meta.preprocess, list(meta.class_names)
     table = read_tables(args.data, task=meta.task)

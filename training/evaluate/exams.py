@@ -38,6 +38,7 @@ from retina.checkpoint import meta_from_dict, read
 from retina.exam import ExamItem, assess_exam
 from retina.labels import DR_GRADES, p_grade_at_least
 from retina.referral import ReferralThresholds, threshold_for
+from training.cli import setup_logging
 
 log = logging.getLogger("training.evaluate.exams")
 _NAME = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--predictions", type=Path, action="append", required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     meta = meta_from_dict(read(args.checkpoint))
     result = evaluate_exams(read_rows(args.predictions), meta)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
 from retina.preprocessing import get_preset
+from training.cli import setup_logging
 from training.data.pixels import prepare_all
 from training.data.splits import grouped_folds
 from training.data.tables import read_tables
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/oct-hog-svm"))
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     table = read_tables(args.data, task="oct")
     spec = get_preset(args.preset)
     images = prepare_all(table, spec, cache_dir=args.cache_dir).numpy()[:, 0]

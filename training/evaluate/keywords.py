@@ -23,6 +23,7 @@ import numpy as np
 from retina import checkpoint
 from retina.labels import DR_GRADES
 from retina.referral import operating_points
+from training.cli import setup_logging
 from training.evaluate.thresholds import patient_of, sens_spec
 
 logger = logging.getLogger("training.evaluate.keywords")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="Eyes with other findings")
     p.add_argument("--out", type=Path, help="also write the table here (markdown)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t = args.threshold
     if t is None:
         if args.checkpoint is None:

@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 
 from retina.paths import data_dir  # noqa: E402
 from retina.preprocessing import augmentations, get_preset, load_image, pil_to_uint8_tensor, prepare  # noqa: E402
+from training.cli import setup_logging
 
 logger = logging.getLogger("training.evaluate.look_alike")
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per", type=int, default=2, help="images per look")
     ap.add_argument("--out", type=Path, default=Path("runs/fundus-look/look_alike.png"))
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     spec = get_preset(args.preset)
     aug = augmentations(spec, "camera")
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from training.cli import setup_logging
 from training.evaluate.thresholds import store_operating_point
 
 logger = logging.getLogger("training.evaluate.operating_point")
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         store_operating_point(
             args.checkpoint,

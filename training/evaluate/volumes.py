@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from retina.preprocessing import eval_transform
 from retina.referral import operating_points
 from retina.volume import RULES, aggregate, frame_status, needed_gradable
 from training import config as config_mod
+from training.cli import setup_logging
 from training.data.bundle import read_config_table, select_rows
 from training.data.splits import grouped_folds
 from training.data.volumes import common_frames, patient_volumes, volume_dicom
@@ -310,7 +310,7 @@ def _test_figures(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    setup_logging()
     torch.set_num_threads(2)
     fold, models, class_names, meta, thresholds, gate, rows, drift = _fold_models(args)
 

@@ -28,6 +28,7 @@ from retina import checkpoint
 from retina.figures import figure_text
 from retina.formatting import fmt_ci, fmt_number
 from retina.models import build_model, count_parameters
+from training.cli import setup_logging
 
 logger = logging.getLogger("training.ship.card")
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("models"))
     p.add_argument("--int8", action="store_true", help="store conv/linear weights as int8 (per-channel scales)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     ckpt = checkpoint.read(args.checkpoint)
     ckpt["version"] = args.version

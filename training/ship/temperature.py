@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from retina import checkpoint
+from training.cli import setup_logging
 from training.evaluate.calibration import crossfit_temperature
 
 logger = logging.getLogger("training.ship.temperature")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint to update in place (atomically)")
     p.add_argument("--predictions", type=Path, required=True, help="CSV with path,label and p_<class> columns")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     ckpt = checkpoint.read(args.checkpoint)
     names = list(ckpt["class_names"])
     with args.predictions.open(newline="") as f:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from retina.referral import ReferralThresholds, threshold_for
+from training.cli import setup_logging
 from training.config import DataConfig
 from training.data.bundle import select_rows
 from training.data.splits import split_indices
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     result = run(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
