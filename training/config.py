@@ -83,7 +83,7 @@ class EarlyStoppingConfig:
     """``early_stopping:``: which validation score picks the best epoch, and when to stop."""
 
     patience: int = 5
-    metric: str = "val_balanced_accuracy"  # or val_loss, val_referable_auc, last
+    metric: str = "val_balanced_accuracy"  # or val_loss, val_referable_auc, val_domain_referable_auc, last
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     augment: str = "none"  # none | light | strong | camera (retina.preprocessing.augmentations)
     domain_balance: float | None = None  # p: draw each image domain (dataset x crop/raw photo) in proportion to n**p
+    domain_prevalence: float | None = None  # with domain_balance: every domain drawn this share referable (grade >= 2)
     epoch_images: int | None = None  # images drawn per training epoch; null = the training split's size
     imbalance: str = "none"  # none | class_weights | weighted_sampler | smote
     class_weight_power: float = 1.0  # class_weights ** power; 0.5 tempers extreme imbalance
@@ -324,13 +325,22 @@ _CHOICES = {
 }
 
 
+EARLY_STOPPING_METRICS = (
+    "val_balanced_accuracy",
+    "val_loss",
+    "val_referable_auc",
+    "val_domain_referable_auc",  # mean over datasets of each one's referable AUC (see training.fit.epochs)
+    "last",
+)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Value checks that types alone cannot express."""
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{key} must be one of {choices}, got {getattr(cfg, key)!r}")
-    if cfg.early_stopping.metric not in ("val_balanced_accuracy", "val_loss", "val_referable_auc", "last"):
-        raise ConfigError("early_stopping.metric must be val_balanced_accuracy, val_loss, val_referable_auc or last")
+    if cfg.early_stopping.metric not in EARLY_STOPPING_METRICS:
+        raise ConfigError(f"early_stopping.metric must be one of {EARLY_STOPPING_METRICS}")
     if cfg.optim.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"optim.name must be adam, adamw or sgd, got {cfg.optim.name!r}")
     if cfg.epochs < 0 or cfg.batch_size < 1:
@@ -338,6 +348,9 @@ def validate(cfg: TrainConfig) -> None:
     db, ei = cfg.domain_balance, cfg.epoch_images
     if db is not None and not (isinstance(db, (int, float)) and 0 <= db <= 1):
         raise ConfigError(f"domain_balance must be in [0, 1] or null, got {db!r}")
+    dp = cfg.domain_prevalence
+    if dp is not None and (db is None or not (isinstance(dp, (int, float)) and 0 < dp < 1)):
+        raise ConfigError(f"domain_prevalence must be in (0, 1) and needs domain_balance, got {dp!r}")
     if ei is not None and not (isinstance(ei, int) and ei >= 1):
         raise ConfigError(f"epoch_images must be a positive integer or null, got {ei!r}")
     if (db is not None or ei is not None) and cfg.augment == "none":

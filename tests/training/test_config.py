@@ -115,3 +115,16 @@ def test_data_section_of_an_older_checkpoint_takes_todays_defaults():
     d = C.DataConfig.from_saved({"path": "/d", "seed": 3, "a_key_since_removed": 1})
     assert (d.path, d.seed, d.patients) == ("/d", 3, "shared")
     assert C.DataConfig.from_saved(None) == C.DataConfig()
+
+
+def test_domain_prevalence_needs_domain_balance_and_a_share():
+    cfg = C.resolve("fundus_resnet18_384_v4")
+    assert cfg.domain_prevalence == 0.3 and cfg.early_stopping.metric == "val_domain_referable_auc"
+    raw = C.load_yaml(C.CONFIG_DIR / "fundus_resnet18_384_v4.yaml")
+    del raw["domain_balance"]
+    with pytest.raises(C.ConfigError, match="domain_prevalence"):
+        C.resolve(raw)
+    with pytest.raises(C.ConfigError, match="domain_prevalence"):
+        C.resolve("fundus_resnet18_384_v4", ["domain_prevalence=1.5"])
+    with pytest.raises(C.ConfigError, match="early_stopping.metric"):
+        C.resolve("fundus_resnet18_384_v4", ["early_stopping.metric=val_auc"])

@@ -1,4 +1,4 @@
-"""How the training split is drawn: class weights, SMOTE, domain-balanced draws.
+"""How the training split is drawn: class weights, SMOTE, domain-balanced draws, one prevalence per domain.
 
 Only ever applied to the *training* rows, after the patient-disjoint split.
 """
@@ -67,6 +67,29 @@ def domain_sample_weights(domains: np.ndarray, power: float) -> torch.Tensor:
     share = counts.astype(np.float64) ** power
     share /= share.sum()
     return torch.as_tensor(share[inverse] / counts[inverse])
+
+
+def prevalence_weights(domains: np.ndarray, positive: np.ndarray, target: float) -> torch.Tensor:
+    """Per-row factors ``(N,)`` that make every domain's draws ``target`` positive, its share kept.
+
+    Why: the datasets here were collected at very different prevalences (referable DR: EyePACS
+    19 %, ODIR 39 % after its 1-in-4 sampling of other eyes, IDRiD 63 %), and a network tells
+    the cameras apart at a glance. Drawn as they come, the camera itself predicts the label, and
+    the network learns it: v3 ran its probabilities high on every non-EyePACS camera (IDRiD
+    specificity 0.23 at the served point, AUC 0.96). With one prevalence in every domain the
+    camera carries no information about the grade; only the retina does. Multiply these into
+    the domain weights: within a domain the factors average to 1, so its share of draws stays.
+    A domain with no positive (or no negative) row is left as it is.
+    """
+    f = np.ones(len(domains), dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    for d in np.unique(domains):
+        rows = domains == d
+        p = positive[rows].mean()
+        if 0 < p < 1:
+            f[rows & positive] = target / p
+            f[rows & ~positive] = (1 - target) / (1 - p)
+    return torch.as_tensor(f)
 
 
 def class_weights(labels: np.ndarray, k: int, power: float = 1.0) -> torch.Tensor:

@@ -12,10 +12,17 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.config import TrainConfig
+from retina.labels import DR_GRADES
+from training.config import ConfigError, TrainConfig
 from training.data.bundle import DataBundle
 from training.data.loaders import AugmentedBatches, TensorBatches
-from training.data.sampling import class_weights, domain_sample_weights, image_domains, smote_resample
+from training.data.sampling import (
+    class_weights,
+    domain_sample_weights,
+    image_domains,
+    prevalence_weights,
+    smote_resample,
+)
 from training.data.splits import label_fraction_indices
 from training.fit.distributed import SINGLE, Dist
 from training.fit.model import build_for_training, freeze_module, make_optimizer
@@ -61,6 +68,15 @@ class Trainer:
     dist: Dist = SINGLE
 
 
+def _positive(labels: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
+    """``(N,)`` bool: referable DR (grade >= 2) for 5-grade models, the second class for binary ones."""
+    if tuple(class_names) == DR_GRADES:
+        return np.asarray(labels) >= 2
+    if len(class_names) == 2:
+        return np.asarray(labels) == 1
+    raise ConfigError(f"domain_prevalence needs a 5-grade DR or a binary model, not {class_names}")
+
+
 def _sample_weights(cfg: TrainConfig, bundle: DataBundle, train_idx: np.ndarray, tr_y: np.ndarray) -> Any:
     """Per-draw weights ``(N,)`` for ``weighted_sampler`` and/or ``domain_balance``; ``None`` = uniform."""
     imbalance = cfg.imbalance
@@ -71,6 +87,14 @@ def _sample_weights(cfg: TrainConfig, bundle: DataBundle, train_idx: np.ndarray,
     if cfg.domain_balance is not None and imbalance != "smote":
         domains = image_domains(bundle.table, train_idx)
         dom_w = domain_sample_weights(domains, float(cfg.domain_balance))
+        if cfg.domain_prevalence is not None:
+            positive = _positive(tr_y, bundle.table.class_names)
+            dom_w = dom_w * prevalence_weights(domains, positive, float(cfg.domain_prevalence))
+            logger.info(
+                "domain_prevalence=%s: positive share per domain before %s",
+                cfg.domain_prevalence,
+                {str(d): round(float(positive[domains == d].mean()), 3) for d in np.unique(domains)},
+            )
         sample_w = dom_w if sample_w is None else dom_w * sample_w
         names, counts = np.unique(domains, return_counts=True)
         share = {str(d): round(float(dom_w[domains == d].sum() / dom_w.sum()), 3) for d in names}
