@@ -207,7 +207,11 @@ def cached_views(root: Path, cache_dir: Path | None, *, seed: int = 0, limit: in
 
 
 def labels(root: Path) -> dict[tuple[str, str], dict[str, str]]:
-    """``(set, file name) -> {"level": DR grade, "keywords": ODIR findings, "eyeq": EyeQ grade}`` where known."""
+    """``(set, file name) -> {"level", "keywords", "quality_keywords", "eyeq"}`` where known.
+
+    ``level`` is the DR grade, ``keywords`` / ``quality_keywords`` ODIR's findings and its graders'
+    quality remarks, ``eyeq`` the EyeQ quality grade.
+    """
     import csv
 
     out: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
@@ -220,6 +224,7 @@ def labels(root: Path) -> dict[tuple[str, str], dict[str, str]]:
     if f.is_file():
         for row in csv.DictReader(f.open()):
             out[("fundus-odir", row["image"] + ".jpeg")]["keywords"] = row["keywords"]
+            out[("fundus-odir", row["image"] + ".jpeg")]["quality_keywords"] = row.get("quality_keywords") or ""
     f = root / "eyeq-quality.csv"
     if f.is_file():
         for row in csv.DictReader(f.open()):

@@ -35,7 +35,7 @@ from training.gate.data import FIELD_KEYS, Views
 logger = logging.getLogger("training.gate")
 
 MODEL_ARGS: dict[str, Any] = {"in_channels": 3, "num_classes": 3, "width": 16, "dropout": 0.2, "stem_stride": 2}
-VERSION = "2.1.0"
+VERSION = "2.2.0"
 TARGET_FA = 0.01  # largest accepted share of non-retinal photographs (issue: at most 1 %)
 # Quality limits: the 0.5 % quantile of the real images, loosened by this factor (OCT gets more
 # slack: its scanners and exports differ more than the fundus cameras here).
@@ -301,7 +301,7 @@ def _fundus_dev(gate: ImageGate, root: Path) -> dict[str, Any]:
 
 
 def _fit_final(
-    v: Views, fit_mask: np.ndarray, cfg: FitConfig, labels: dict, model: nn.Module | None
+    v: Views, fit_mask: np.ndarray, cfg: FitConfig, labels: dict, model: nn.Module | None, root: Path | None = None
 ) -> tuple[ImageGate, dict[str, Any]]:
     """The shipped model on everything but fundus-dev (``model`` when reused), its limits and the learned grade."""
     from training.gate.grade import fit_grade
@@ -309,7 +309,7 @@ def _fit_final(
     if model is None:
         model = train_model(v.x[fit_mask], v.y[fit_mask], epochs=cfg.epochs, per_epoch=cfg.per_epoch, seed=cfg.seed)
     limits = quality_limits(v, fit_mask)
-    grader, rule, grade_res = fit_grade(v, labels, limits["fundus"], seed=cfg.seed)
+    grader, rule, grade_res = fit_grade(v, labels, limits["fundus"], seed=cfg.seed, root=root)
     gate = ImageGate(model, GATE_SPEC, dict.fromkeys(MODALITIES, 0.5), limits, grader=grader, gradable_rule=rule)
     return gate, {"quality_limits": limits, "grade": grade_res}
 
@@ -338,7 +338,7 @@ def run(
     else:
         oof = cross_validate(v, fit_mask, cfg.folds, cfg.epochs, cfg.seed, cfg.per_epoch)
         np.savez(report_dir / "oof.npz", oof=oof, y=v.y, source=v.source, kind=v.kind, name=v.name, group=v.group)
-    gate, extra = _fit_final(v, fit_mask, cfg, lab, model)
+    gate, extra = _fit_final(v, fit_mask, cfg, lab, model, root)
     thresholds, floor = choose_policy(np.nan_to_num(oof), v, fit_mask, shipped=predict(gate.model, v.x))
     out_cv = verdicts(np.nan_to_num(oof), v.field, thresholds, floor)
     res: dict[str, Any] = {"version": VERSION, "config": cfg.__dict__ | {"reused_cnn": reuse}, "folds": cfg.folds}

@@ -205,6 +205,24 @@ def _grade_lines(g: dict[str, Any]) -> list[str]:
         sens, spec = (b[k] for k in b if k.startswith(("sens", "spec")))
         lines.append(f"| {rule} | {b['accuracy']:.3f} | {b['kappa']:.3f} | {sens:.3f} | {spec:.3f} |")
     lines += ["", f"Shipped gradable rule for fundus photos: **{g['gradable_rule']}** (best kappa above).", ""]
+    clinics = g.get("clinic_ungradable_held_out") or {}
+    if clinics:
+        cols = [k for k in next(iter(clinics.values())) if k != "n"]
+        lines += [
+            "### Other clinics' graded photos called ungradable (held-out patients)",
+            "",
+            f"{g['n_clinic_graded']} IDRiD and ODIR photos that their graders graded for DR (none with a cataract, "
+            "media-opacity or lens-dust remark) are gradable by that fact; the grade is fitted on three quarters "
+            'of their patients as "not Reject". Share called ungradable on the other quarter:',
+            "",
+            "| set | photos | " + " | ".join(cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+            *(
+                f"| {s} | {r['n']} | " + " | ".join(f"{100 * r[c]:.1f} %" for c in cols) + " |"
+                for s, r in clinics.items()
+            ),
+            "",
+        ]
     return lines
 
 

@@ -1,18 +1,20 @@
 #!/bin/bash
-# fundus-resnet18 v3 (issue 26): package, evaluate every domain's validation and held-out parts
+# fundus-resnet18 (issue 26), the recipe of the shipped version: package, evaluate every domain's validation and held-out parts
 # (the int8-stored file that is served), fit the refer point on every domain's validation part,
 # the urgent point on the pooled validation parts, and write the card.
-#   CK=runs/fundus-resnet18-3dom/best.pt SENS=0.87 bash training/ship/fundus_v3.sh
+#   CK=runs/fundus-resnet18-v4/best.pt VERSION=4.0.0 SENS=0.87 bash training/ship/fundus.sh
+# (v2's recipe is fundus_v2.sh; v3 was this script with CK=runs/fundus-resnet18-3dom/best.pt VERSION=3.0.0.)
 set -ex
 P=".venv/bin/python"
-CK=${CK:-runs/fundus-resnet18-3dom/best.pt}
+CK=${CK:-runs/fundus-resnet18-v4/best.pt}
+VERSION=${VERSION:-4.0.0}
 SENS=${SENS:-0.87}
-W=/tmp/f3; rm -rf $W; mkdir -p $W
-$P -m training.ship.card --checkpoint $CK --key fundus-resnet18 --version 3.0.0 --int8 --out-dir $W/int8
+W=/tmp/fundus-ship; rm -rf $W; mkdir -p $W
+$P -m training.ship.card --checkpoint $CK --key fundus-resnet18 --version $VERSION --int8 --out-dir $W/int8
 F=$W/int8/fundus-resnet18.pt
 D=../shared/data/fundus-train,../shared/data/fundus-idrid,../shared/data/fundus-odir
 E="$P -m training.evaluate --checkpoint $F --threads 2 --n-bootstrap 1000"
-O=runs/fundus3-eval
+O=${O:-runs/fundus-eval-$VERSION}
 $E --data $D --split val --part 0 --subset raw --out $O/val-eyepacs
 $E --data $D --split val --part 1 --out $O/val-idrid
 $E --data $D --split val --part 2 --out $O/val-odir
@@ -34,7 +36,7 @@ $P -m training.evaluate.operating_point --checkpoint $F --point urgent --sensiti
   --fitted-on "the pooled validation parts (EyePACS, IDRiD, ODIR; 22 proliferative eyes)" "${CHECKS[@]}"
 $P -m training.evaluate.keywords --predictions $O/odir-test/predictions.csv --labels ../shared/data/fundus-odir/labels.csv \
   --checkpoint $F --title "ODIR held-out part: eyes with other findings" --out $O/odir-keywords.md
-$P -m training.ship.card --checkpoint $F --key fundus-resnet18 --version 3.0.0 \
+$P -m training.ship.card --checkpoint $F --key fundus-resnet18 --version $VERSION \
   --eval "test=Held-out EyePACS test split of fundus-train (742 images, 371 patients; never trained on by any stage)=$O/test" \
   --eval "idrid=IDRiD held-out part: 58 raw photos (Kowa VX-10, India) never trained on=$O/idrid-test" \
   --eval "odir=ODIR held-out part: 208 photos of other patients (China; Canon, Zeiss, Kowa) never trained on=$O/odir-test" \
@@ -46,7 +48,8 @@ $P -m training.ship.card --checkpoint $F --key fundus-resnet18 --version 3.0.0 \
   --command "python -m training.train --config training/configs/fundus_resnet18_384.yaml --data ../shared/data/fundus-train --out runs/fundus-resnet18-384   # stage 2: warm start at 384 px, 6 epochs (v1.1/v1.2)" \
   --command "python -m training.train --config training/configs/fundus_resnet18_384_idrid.yaml --data ../shared/data/fundus-train,../shared/data/fundus-idrid --out runs/fundus-resnet18-idrid   # stage 3 (v2.0): EyePACS + IDRiD, camera augmentation" \
   --command "python -m training.train --config training/configs/fundus_resnet18_384_3dom.yaml --data $D --out runs/fundus-resnet18-3dom   # stage 4 (v3.0): from v2.0, EyePACS + IDRiD + ODIR, patients namespaced per dataset, domain_balance 0.25" \
-  --command "CK=runs/fundus-resnet18-3dom/best.pt SENS=$SENS bash training/ship/fundus_v3.sh   # int8 storage; evaluate --part per dataset; refer point on every domain's validation part" \
+  --command "python -m training.train --config training/configs/fundus_resnet18_384_v4.yaml --data $D --out runs/fundus-resnet18-v4   # stage 5 (v4.0): from v3.0, every domain drawn at one referable prevalence (30 %), epoch chosen by the mean of each dataset's validation AUC" \
+  --command "CK=$CK VERSION=$VERSION SENS=$SENS bash training/ship/fundus.sh   # int8 storage; evaluate --part per dataset; refer point on every domain's validation part" \
   --limit "Trained from scratch (no ImageNet weights were reachable) on 3,705 EyePACS images, 289 IDRiD photos and 1,040 ODIR photos, on a 2-core CPU; published systems use ~100x the data (Gulshan 2016: 128k images, referable-DR AUC 0.991)." \
   --limit "The refer point keeps sensitivity >= $SENS on each training domain's validation part; a camera none of them resembles may run its probabilities higher or lower. A clinic with its own camera should fit a site profile (python -m training.site_profile) on 100-300 of its own graded photos." \
   --limit "384-px input after the retina crop: microaneurysms (the only sign of mild DR) span a pixel or two, so grade 1 is not recognised." \
