@@ -70,7 +70,7 @@ class ModelInfo:
         served_thresholds: the referral thresholds the backend applies, by point name (a
             ``RETINA_REFERRAL_*`` setting overrides the checkpoint's operating point); empty: no policy.
         operating_point_text: the backend's sentence for each served point, by point name (``Refer when
-            P(grade >= 2) >= 0.086, chosen on validation: sensitivity ...``); empty from an older backend.
+            P(grade >= 2) >= 0.108, chosen on validation: sensitivity ...``); empty from an older backend.
         disclaimer: the research-use disclaimer the pages show; empty from an older backend.
         informative: ``False`` when the model's validated balanced accuracy interval includes chance;
             its answers then carry the referral level ``not_informative``, never a referral.

@@ -351,6 +351,9 @@ def validate(cfg: TrainConfig) -> None:
     dp = cfg.domain_prevalence
     if dp is not None and (db is None or not (isinstance(dp, (int, float)) and 0 < dp < 1)):
         raise ConfigError(f"domain_prevalence must be in (0, 1) and needs domain_balance, got {dp!r}")
+    if dp is not None and cfg.imbalance not in ("none", "class_weights"):
+        # smote skips the draw weights, and a weighted_sampler's class factors would undo the one prevalence
+        raise ConfigError(f"domain_prevalence works with imbalance none or class_weights, not {cfg.imbalance!r}")
     if ei is not None and not (isinstance(ei, int) and ei >= 1):
         raise ConfigError(f"epoch_images must be a positive integer or null, got {ei!r}")
     if (db is not None or ei is not None) and cfg.augment == "none":

@@ -426,8 +426,8 @@ class ModelInfo(BaseModel):
         "operating point was chosen with its sensitivity / specificity and 95% intervals there and on its "
         "check sets, a `RETINA_REFERRAL_*` setting that overrides it, and the default site profile "
         "(`RETINA_DEFAULT_SITE`) that decides instead when one applies. E.g. `Refer when P(grade >= 2) >= "
-        "0.086, chosen on <split>: sensitivity 0.86 [0.80, 0.91], specificity 0.48 [0.44, 0.52] (n = 742, "
-        "163 positive).`",
+        "0.108, chosen on <split>: sensitivity 0.92 [0.89, 0.96], specificity 0.33 [0.29, 0.38] (n = 1008, "
+        "262 positive).`",
     )
     disclaimer: str = Field(
         default=DISCLAIMER,

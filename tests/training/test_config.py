@@ -128,3 +128,5 @@ def test_domain_prevalence_needs_domain_balance_and_a_share():
         C.resolve("fundus_resnet18_384_v4", ["domain_prevalence=1.5"])
     with pytest.raises(C.ConfigError, match="early_stopping.metric"):
         C.resolve("fundus_resnet18_384_v4", ["early_stopping.metric=val_auc"])
+    with pytest.raises(C.ConfigError, match="domain_prevalence works with"):
+        C.resolve("fundus_resnet18_384_v4", ["imbalance=weighted_sampler"])

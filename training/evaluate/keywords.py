@@ -1,6 +1,6 @@
 """Referrals of eyes whose only findings are not DR, per finding (ODIR ``keywords``), at a served point.
 
-    python -m training.evaluate.keywords --predictions runs/fundus3-eval/odir-test/predictions.csv \\
+    python -m training.evaluate.keywords --predictions runs/fundus-eval-4.0.0/odir-test/predictions.csv \\
         --labels ../shared/data/fundus-odir/labels.csv --checkpoint models/fundus-resnet18.pt [--out R.md]
 
 A DR screen must not refer a glaucomatous, AMD or cataract eye *for DR*: those eyes are the

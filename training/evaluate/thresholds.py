@@ -82,13 +82,19 @@ def read_predictions(
     return (*out, np.asarray(pats)) if groups else out
 
 
+# predictions.csv holds each class probability to 5 decimals, so a summed score (up to 4 classes) can
+# sit up to 2e-5 above the served full-precision one; a threshold equal to the binding score would then
+# let that very eye fall below it in service (v4.0 first stored 0.10769 for an ODIR eye scoring 0.1076823).
+SCORE_ROUNDING = 2e-5
+
+
 def threshold_for_sensitivity(score: np.ndarray, positive: np.ndarray, target: float) -> float:
-    """The largest threshold ``t`` with ``mean(score[positive] >= t) >= target``."""
+    """The largest threshold ``t`` with ``mean(score[positive] >= t) >= target``, less :data:`SCORE_ROUNDING`."""
     s = np.sort(score[positive])[::-1]
     if not len(s):
         raise ValueError("no positives to fit a sensitivity on")
     k = int(np.ceil(target * len(s)))  # this many positives must be at or above t
-    return float(s[max(k, 1) - 1])
+    return float(s[max(k, 1) - 1]) - SCORE_ROUNDING
 
 
 def sens_spec(

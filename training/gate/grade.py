@@ -1,7 +1,7 @@
 """The learned fundus quality grade: Good / Usable / Reject, from EyeQ and from other clinics' graders.
 
 ``eyeq-quality.csv`` grades 1,848 of the EyePACS photos (Fu et al. 2019). Those are one camera
-family: fitted on them alone, the grade called 35 % of ODIR's photos "Reject" (China, other
+family: fitted on them alone, the grade called 29 % of ODIR's photos "Reject" (China, other
 cameras), every one of which ODIR's graders had graded for DR, myopic scars among them. So the
 photos that another clinic's graders graded (IDRiD, ODIR; not those with a cataract, media
 opacity or lens-dust remark) join the fit as "not Reject": half Good, half Usable, since their
@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 from retina.gate import GATE_CLASSES
 from retina.preprocessing import load_image
-from retina.quality import GRADES, QualityGrader, fundus_quality, quality_reasons
+from retina.quality import GRADE_FEATURES, GRADES, QualityGrader, fundus_quality, quality_reasons
 from training.gate.data import Views
 
 logger = logging.getLogger("training.gate")
@@ -92,7 +92,7 @@ def degraded_features(v: Views, rows: np.ndarray, root: Path | None, seed: int) 
     """``(len(rows), F)`` grade features of one degraded copy of each row's photo (kinds in turn);
     ``(0, F)`` without ``root`` (the photos are not at hand)."""
     if root is None or not len(rows):
-        return np.zeros((0, len(v.quality[rows[0]]["grade_features"]) if len(rows) else 0))
+        return np.zeros((0, len(v.quality[rows[0]]["grade_features"]) if len(rows) else len(GRADE_FEATURES)))
     rng = np.random.default_rng(seed)
     out = []
     for j, i in enumerate(rows):
@@ -155,7 +155,9 @@ def _clinic_ungradable(graders: dict[str, QualityGrader], v: Views, rows: np.nda
     """Per set: the share of held-out clinic-graded photos (``rows``) each grader calls ungradable, and
     of their degraded copies (``xd``, one per row; empty without the photos) the share it catches."""
     out: dict[str, Any] = {}
-    x = np.asarray([v.quality[i]["grade_features"] for i in rows], dtype=np.float64).reshape(len(rows), -1)
+    if not len(rows):
+        return out
+    x = np.asarray([v.quality[i]["grade_features"] for i in rows], dtype=np.float64)
     for s in CLINIC_SETS:
         m = v.source[rows] == s
         if not m.any():
@@ -186,7 +188,7 @@ def fit_grade(
     groups = np.asarray([str(v.group[i]).split(":", 1)[1] for i in rows])  # the patient id
     tr, te = next(GroupShuffleSplit(1, test_size=HELD_OUT, random_state=seed).split(x, y, groups))
     crows = clinic_rows(v, labels)
-    xc = np.asarray([v.quality[i]["grade_features"] for i in crows], dtype=np.float64).reshape(len(crows), -1)
+    xc = np.asarray([v.quality[i]["grade_features"] for i in crows], dtype=np.float64).reshape(-1, x.shape[1])
     ctr, cte = (
         next(GroupShuffleSplit(1, test_size=HELD_OUT, random_state=seed).split(xc, groups=v.group[crows]))
         if len(crows) >= 8

@@ -15,13 +15,15 @@ F=$W/int8/fundus-resnet18.pt
 D=../shared/data/fundus-train,../shared/data/fundus-idrid,../shared/data/fundus-odir
 E="$P -m training.evaluate --checkpoint $F --threads 2 --n-bootstrap 1000"
 O=${O:-runs/fundus-eval-$VERSION}
-$E --data $D --split val --part 0 --subset raw --out $O/val-eyepacs
-$E --data $D --split val --part 1 --out $O/val-idrid
-$E --data $D --split val --part 2 --out $O/val-odir
-$E --data $D --split test --part 0 --subset raw --out $O/test
-$E --data $D --split test --part 1 --out $O/idrid-test
-$E --data $D --split test --part 2 --out $O/odir-test
-$E --data ../shared/data/fundus-dev --split all --out $O/dev
+if [ "${EVAL:-1}" = 1 ]; then  # EVAL=0: points and card anew from the predictions already in $O
+  $E --data $D --split val --part 0 --subset raw --out $O/val-eyepacs
+  $E --data $D --split val --part 1 --out $O/val-idrid
+  $E --data $D --split val --part 2 --out $O/val-odir
+  $E --data $D --split test --part 0 --subset raw --out $O/test
+  $E --data $D --split test --part 1 --out $O/idrid-test
+  $E --data $D --split test --part 2 --out $O/odir-test
+  $E --data ../shared/data/fundus-dev --split all --out $O/dev
+fi
 CHECKS=(--check "EyePACS test split=$O/test/predictions.csv"
   --check "IDRiD held-out part=$O/idrid-test/predictions.csv"
   --check "ODIR held-out part=$O/odir-test/predictions.csv"

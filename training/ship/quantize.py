@@ -174,8 +174,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu, t = torch.device("cpu"), meta.temperature
         out = Path(args.out) if args.out else calibration_path(ckpt)
         scores = out.with_suffix(".val-probs.npz")
+        sha = file_sha256(ckpt)
         previous = np.load(scores) if scores.is_file() else None
-        if previous is not None and np.array_equal(previous["labels"], val_y):
+        if (
+            previous is not None
+            and "checkpoint_sha256" in previous
+            and str(previous["checkpoint_sha256"]) == sha  # another model on the same split has other scores
+            and np.array_equal(previous["labels"], val_y)
+        ):
             p_torch = previous["torch_fp32"]  # torch's scores do not depend on the int8 choices
         else:
             p_torch, _ = predict_probs(model, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
@@ -186,7 +192,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             probes[name] = probe_probabilities(engine, meta).tolist()
     # The scores themselves, for anyone re-checking the comparison (not read by the service).
-    np.savez_compressed(scores, torch_fp32=p_torch, labels=val_y, **{k.replace("-", "_"): v for k, v in probs.items()})
+    np.savez_compressed(
+        scores,
+        checkpoint_sha256=np.asarray(sha),
+        torch_fp32=p_torch,
+        labels=val_y,
+        **{k.replace("-", "_"): v for k, v in probs.items()},
+    )
 
     names = tuple(meta.class_names)
     m_torch = {**summary_metrics(p_torch, val_y, names), **operating_point_metrics(p_torch, val_y, meta)}

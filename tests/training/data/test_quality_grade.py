@@ -73,3 +73,24 @@ def test_degraded_copies_are_what_their_names_say() -> None:
     assert np.abs(np.diff(blurred, axis=1)).mean() < 0.3 * np.abs(np.diff(base, axis=1)).mean()
     assert crop.size[0] <= 0.5 * 300 + 1 and crop.size[1] <= 0.5 * 200 + 1
     assert set(DEGRADATIONS) == {"blurred", "dark", "overexposed", "cropped"}
+
+
+def test_without_other_clinics_the_grade_is_fitted_on_eyeq_alone() -> None:
+    """A data root without IDRiD / ODIR (or a --limit smoke run with a handful of them) still fits."""
+    v, labels = _views(np.random.default_rng(0))
+    for keep in (0, 3):
+        odir = np.flatnonzero(v.source == "fundus-odir")[: 2 * keep]  # every other one has a cataract
+        rows = np.r_[np.flatnonzero(v.source == "fundus-train"), odir]
+        sub = Views(
+            x=v.x[rows],
+            y=v.y[rows],
+            group=v.group[rows],
+            kind=v.kind[rows],
+            source=v.source[rows],
+            name=v.name[rows],
+            field=v.field[rows],
+            quality=[v.quality[i] for i in rows],
+        )
+        grader, _, res = fit_grade(sub, labels, limits={}, seed=0)
+        assert res["n_clinic_graded"] == keep and res["clinic_ungradable_held_out"] == {}
+        assert res["three_class"]["accuracy"] > 0.6 and grader.reject_at > 0
