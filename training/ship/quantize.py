@@ -148,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _saved_torch_scores(path: Path, sha: str, labels: np.ndarray) -> np.ndarray | None:
+    """Torch's val probabilities ``(N, K)`` from an earlier run on this very checkpoint and split, else None.
+
+    Torch's scores do not depend on the int8 choices, so a rerun (other ``--fp32-layers``) reuses them;
+    another model on the same split has other scores, hence the checkpoint's SHA-256.
+    """
+    if not path.is_file():
+        return None
+    previous = np.load(path)
+    same = "checkpoint_sha256" in previous and str(previous["checkpoint_sha256"]) == sha
+    return previous["torch_fp32"] if same and np.array_equal(previous["labels"], labels) else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = set_threads(args.threads)
     ckpt = Path(args.checkpoint)
@@ -175,15 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = Path(args.out) if args.out else calibration_path(ckpt)
         scores = out.with_suffix(".val-probs.npz")
         sha = file_sha256(ckpt)
-        previous = np.load(scores) if scores.is_file() else None
-        if (
-            previous is not None
-            and "checkpoint_sha256" in previous
-            and str(previous["checkpoint_sha256"]) == sha  # another model on the same split has other scores
-            and np.array_equal(previous["labels"], val_y)
-        ):
-            p_torch = previous["torch_fp32"]  # torch's scores do not depend on the int8 choices
-        else:
+        p_torch = _saved_torch_scores(scores, sha, val_y)
+        if p_torch is None:
             p_torch, _ = predict_probs(model, TensorBatches(val_x, val_y, 32), cpu, spec, temperature=t, progress=True)
         probs, probes = {}, {}
         for name, engine in int8_engines(q, threads):
