@@ -92,7 +92,7 @@ def degraded_features(v: Views, rows: np.ndarray, root: Path | None, seed: int) 
     """``(len(rows), F)`` grade features of one degraded copy of each row's photo (kinds in turn);
     ``(0, F)`` without ``root`` (the photos are not at hand)."""
     if root is None or not len(rows):
-        return np.zeros((0, len(v.quality[rows[0]]["grade_features"]) if len(rows) else len(GRADE_FEATURES)))
+        return np.zeros((0, len(GRADE_FEATURES)))
     rng = np.random.default_rng(seed)
     out = []
     for j, i in enumerate(rows):
